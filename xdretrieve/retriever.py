@@ -1,0 +1,161 @@
+"""The query path: a user, a history or a text -> nearest target-domain items.
+
+This is what ``xdretrieve query``, ``xdretrieve evaluate`` (method ``xdretrieve``), the HTTP
+service and the plugins all call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from xdretrieve.config import Settings
+from xdretrieve.errors import NotFoundError, StoreError
+from xdretrieve.store import ITEMS, USERS, StoreInfo, VectorStore, item_point_id, open_store
+from xdretrieve.store import user_point_id as profile_id
+from xdretrieve.users import pool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One recommended item, best first."""
+
+    item_id: str
+    domain: str
+    title: str
+    score: float
+    payload: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A resolved query: the vector to search with and the items to leave out."""
+
+    vector: np.ndarray  # (dim,) unit
+    exclude: tuple[str, ...] = ()  # item ids
+    source: str = ""  # what the vector came from, for people
+
+
+class Retriever:
+    """Answers cold-start queries from a store built by ``index``.
+
+    Args:
+        settings: where the store is and which encoder to use for text queries.
+        store: an open store to use instead of the one ``settings`` names.
+
+    Raises:
+        StoreError: there is no xdretrieve store there.
+        EncoderMismatchError: ``settings.model`` was given and is not the store's encoder.
+
+    Example:
+        >>> r = Retriever(Settings(store="shop.xdr"))                       # doctest: +SKIP
+        >>> r.recommend_user("u42", domain="movies", limit=10)[0].title
+        'Alien'
+    """
+
+    def __init__(self, settings: Settings | None = None, *, store: VectorStore | None = None):
+        self.settings = settings or Settings()
+        self._own_store = store is None
+        self.store = store or open_store(self.settings)
+        info = self.store.read_info()
+        if info is None or not self.store.exists(ITEMS):
+            where = self.settings.url or self.settings.store
+            raise StoreError(f"no xdretrieve store at {where}: run `xdretrieve index` first")
+        self.info: StoreInfo = info
+        if "model" in self.settings.model_fields_set:
+            from xdretrieve.encoder import resolve_model
+
+            ref = resolve_model(self.settings.model)
+            info.check_encoder(ref.name, ref.fingerprint)
+        self._encoder: Any = None
+
+    # -- building queries ----------------------------------------------------------------------
+    def _check_domain(self, domain: str) -> None:
+        if domain not in self.info.domains:
+            raise NotFoundError(
+                f"unknown domain '{domain}'; this store has: {', '.join(self.info.domains)}")
+
+    def user_query(self, user_id: str, domain: str) -> Query:
+        """The query of a stored user for ``domain``: the user's profiles in the other domains
+        (weighted by history length); a user with history only in ``domain`` gets that one.
+        Items the user already has in ``domain`` are excluded."""
+        self._check_domain(domain)
+        ids = [profile_id(user_id, d) for d in self.info.domains]
+        profiles = self.store.retrieve(USERS, ids, with_vectors=True) if self.store.exists(
+            USERS) else []
+        if not profiles:
+            raise NotFoundError(f"unknown user '{user_id}'")
+        source = [p for p in profiles if p.payload["domain"] != domain] or profiles
+        weights = np.array([len(p.payload["history"]) for p in source], dtype=np.float32)
+        vector = weights @ np.stack([p.vector for p in source])
+        vector /= np.linalg.norm(vector) or 1.0
+        have = next((p.payload["history"] for p in profiles if p.payload["domain"] == domain), [])
+        names = "+".join(p.payload["domain"] for p in source)
+        return Query(vector, tuple(have), f"user {user_id} ({names} history)")
+
+    def history_query(self, item_ids: Sequence[str]) -> Query:
+        """The query of a user the store has never seen: pooled vectors of their items, in
+        order (oldest first). The items themselves are excluded from the answer."""
+        if not item_ids:
+            raise NotFoundError("the history is empty")
+        points = self.store.retrieve(ITEMS, [item_point_id(i) for i in item_ids],
+                                     with_vectors=True)
+        by_id = {p.payload["item_id"]: p.vector for p in points}
+        missing = [i for i in item_ids if i not in by_id]
+        if missing:
+            raise NotFoundError(f"unknown item(s): {', '.join(missing[:10])}")
+        matrix = np.stack([by_id[i] for i in item_ids])  # (len(history), dim)
+        vector = pool(matrix, self.settings.pooling, self.settings.recency_half_life)
+        return Query(vector, tuple(item_ids), f"history of {len(item_ids)} item(s)")
+
+    def text_query(self, text: str) -> Query:
+        """A free-text query embedded by the store's encoder."""
+        if not text.strip():
+            raise NotFoundError("the text is empty")
+        if self._encoder is None:
+            from xdretrieve.encoder import Encoder, resolve_model
+
+            ref = resolve_model(self.settings.model if "model" in self.settings.model_fields_set
+                                else self.info.encoder)
+            self.info.check_encoder(ref.name, ref.fingerprint)
+            self._encoder = Encoder.from_settings(self.settings, ref)
+        return Query(self._encoder.encode([text])[0], (), "text")
+
+    # -- answering ---------------------------------------------------------------------------------
+    def search(self, query: Query, domain: str, limit: int = 10) -> list[Hit]:
+        """Nearest items of ``domain`` to the query vector, best first."""
+        self._check_domain(domain)
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        hits = self.store.search(ITEMS, query.vector, limit, domain=domain,
+                                 exclude=[item_point_id(i) for i in query.exclude])
+        return [Hit(h.payload["item_id"], h.payload["domain"], h.payload.get("title", ""),
+                    h.score, h.payload) for h in hits]
+
+    def recommend_user(self, user_id: str, domain: str, limit: int = 10) -> list[Hit]:
+        """Items of ``domain`` for a stored user."""
+        return self.search(self.user_query(user_id, domain), domain, limit)
+
+    def recommend_history(self, item_ids: Sequence[str], domain: str, limit: int = 10) -> list[Hit]:
+        """Items of ``domain`` for a cold-start user given by their history (item ids)."""
+        return self.search(self.history_query(item_ids), domain, limit)
+
+    def search_text(self, text: str, domain: str, limit: int = 10) -> list[Hit]:
+        """Items of ``domain`` for a free-text query."""
+        return self.search(self.text_query(text), domain, limit)
+
+    def close(self) -> None:
+        if self._own_store:
+            self.store.close()
+
+    def __enter__(self) -> Retriever:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,47 @@
+"""Qdrant, embedded or served, behind one interface.
+
+:func:`open_store` picks the backend from the settings, as ``QdrantClient`` does from its
+arguments: a URL means a server (``":memory:"`` means qdrant-client's in-process mode, for
+tests), otherwise the embedded Qdrant Edge store in ``settings.store``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from xdretrieve.store.base import (
+    ITEMS,
+    USERS,
+    ScoredHit,
+    StoredPoint,
+    StoreInfo,
+    VectorStore,
+    item_point_id,
+    user_point_id,
+)
+
+if TYPE_CHECKING:
+    from xdretrieve.config import Settings
+
+__all__ = ["ITEMS", "USERS", "ScoredHit", "StoreInfo", "StoredPoint", "VectorStore",
+           "item_point_id", "open_store", "user_point_id"]
+
+
+def open_store(settings: Settings) -> VectorStore:
+    """The store the settings name: a Qdrant server when ``settings.url`` is set, else the
+    embedded Qdrant Edge store in ``settings.store``."""
+    index_args = dict(hnsw_m=settings.hnsw_m, hnsw_ef_construct=settings.hnsw_ef_construct,
+                      search_ef=settings.search_ef)
+    if settings.url:
+        from qdrant_client import QdrantClient
+
+        from xdretrieve.store.server import ServerStore
+
+        if settings.url == ":memory:":
+            client = QdrantClient(":memory:")
+        else:
+            client = QdrantClient(url=settings.url, api_key=settings.api_key)
+        return ServerStore(client, settings.collection_prefix, **index_args)
+    from xdretrieve.store.edge import EdgeStore
+
+    return EdgeStore(settings.store, **index_args)

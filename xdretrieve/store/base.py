@@ -1,0 +1,173 @@
+"""The store interface: what xdretrieve asks of Qdrant, whichever way Qdrant runs.
+
+Backends (:mod:`.edge` in-process, :mod:`.server` over ``qdrant-client``) only translate these
+calls; ids, batching, build metadata and its checks live here, once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from xdretrieve.errors import EncoderMismatchError
+
+ITEMS = "items"
+USERS = "users"
+UPSERT_BATCH = 1024
+
+_NAMESPACE = uuid.UUID("6f9b1c52-3a1e-4c0e-9a57-8d1f3c2b7e10")
+
+
+def item_point_id(item_id: str) -> str:
+    """Deterministic point id of an item: re-indexing the same item overwrites, never adds."""
+    return str(uuid.uuid5(_NAMESPACE, f"item:{item_id}"))
+
+
+def user_point_id(user_id: str, domain: str) -> str:
+    """Deterministic point id of a user's profile in one domain."""
+    return str(uuid.uuid5(_NAMESPACE, f"user:{domain}:{user_id}"))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPoint:
+    id: str
+    payload: dict[str, Any]
+    vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredHit:
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+@dataclass
+class StoreInfo:
+    """What built a store; a query with another encoder is refused."""
+
+    encoder: str
+    fingerprint: str
+    dim: int
+    version: str
+    domains: list[str]
+    text_template: str
+    max_seq_length: int
+    pooling: str
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    updated_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StoreInfo:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def check_encoder(self, name: str, fingerprint: str) -> None:
+        """Raise :class:`EncoderMismatchError` unless the encoder is the one that built this."""
+        if fingerprint != self.fingerprint:
+            raise EncoderMismatchError(
+                f"this store was built by encoder '{self.encoder}' (fingerprint "
+                f"{self.fingerprint}, dim {self.dim}), not by '{name}' (fingerprint {fingerprint}); "
+                f"use --model '{self.encoder}', or re-index into a new store")
+
+
+class VectorStore(ABC):
+    """Two collections, ``items`` and ``users``, of unit vectors with payload.
+
+    Implementations must give the same answers for the same calls; ``tests/test_store.py`` runs
+    one contract against every backend and against NumPy brute force.
+
+    Example:
+        >>> store = open_store(Settings(store="shop.xdr"))   # doctest: +SKIP
+        >>> store.ensure(ITEMS, dim=384)
+        >>> store.upsert(ITEMS, [item_point_id("b1")], vectors, [{"item_id": "b1", ...}])
+        >>> store.search(ITEMS, query, limit=10, domain="movies")
+    """
+
+    # -- what a backend implements -------------------------------------------------------
+    @abstractmethod
+    def exists(self, collection: str) -> bool: ...
+
+    @abstractmethod
+    def create(self, collection: str, dim: int, keyword_fields: Sequence[str]) -> None:
+        """Create an empty collection (cosine), with a keyword index on each field and the
+        HNSW index deferred until :meth:`build_index`."""
+
+    @abstractmethod
+    def drop(self, collection: str) -> None: ...
+
+    @abstractmethod
+    def _upsert(self, collection: str, ids: list[str], vectors: np.ndarray,
+                payloads: list[dict[str, Any]]) -> None: ...
+
+    @abstractmethod
+    def delete(self, collection: str, ids: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def retrieve(self, collection: str, ids: Sequence[str],
+                 with_vectors: bool = False) -> list[StoredPoint]:
+        """Points by id; ids not in the store are left out."""
+
+    @abstractmethod
+    def scroll(self, collection: str, with_vectors: bool = False,
+               fields: Sequence[str] | None = None) -> Iterator[StoredPoint]: ...
+
+    @abstractmethod
+    def count(self, collection: str) -> int: ...
+
+    @abstractmethod
+    def search(self, collection: str, vector: np.ndarray, limit: int,
+               domain: str | None = None, exclude: Iterable[str] = (),
+               ef: int | None = None) -> list[ScoredHit]:
+        """Nearest points by cosine, best first, optionally in one domain and without
+        the excluded point ids."""
+
+    @abstractmethod
+    def build_index(self, collection: str) -> None:
+        """Build the HNSW index after a bulk load (blocks until it is built)."""
+
+    @abstractmethod
+    def read_info(self) -> StoreInfo | None: ...
+
+    @abstractmethod
+    def write_info(self, info: StoreInfo) -> None: ...
+
+    def close(self) -> None:  # noqa: B027 - optional for backends
+        """Release files and connections."""
+
+    # -- shared logic ------------------------------------------------------------------------
+    def ensure(self, collection: str, dim: int, keyword_fields: Sequence[str] = ("domain",)) -> None:
+        if not self.exists(collection):
+            self.create(collection, dim, keyword_fields)
+
+    def upsert(self, collection: str, ids: Sequence[str], vectors: np.ndarray,
+               payloads: Sequence[dict[str, Any]], progress: bool = False) -> None:
+        """Insert or overwrite points, in batches."""
+        from tqdm.auto import tqdm
+
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if not (len(ids) == len(vectors) == len(payloads)):
+            raise ValueError("ids, vectors and payloads differ in length")
+        with tqdm(total=len(ids), desc=f"upserting {collection}", unit="point",
+                  disable=not progress) as bar:
+            for start in range(0, len(ids), UPSERT_BATCH):
+                end = start + UPSERT_BATCH
+                self._upsert(collection, list(ids[start:end]), vectors[start:end],
+                             list(payloads[start:end]))
+                bar.update(min(end, len(ids)) - start)
+
+    def __enter__(self) -> VectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,155 @@
+"""Embedded backend: Qdrant Edge (``qdrant-edge-py``), the Qdrant engine in-process.
+
+Layout of a store directory: ``items/`` and ``users/`` (one Edge shard each) and
+``xdretrieve.json`` (the :class:`StoreInfo`). Edge builds HNSW only in ``optimize()``; until
+then search is exact, which is what a bulk load wants.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import qdrant_edge as qe
+
+from xdretrieve.store.base import ScoredHit, StoredPoint, StoreInfo, VectorStore
+
+INFO_FILE = "xdretrieve.json"
+_SCROLL_PAGE = 2048
+
+
+class EdgeStore(VectorStore):
+    """Store in a local directory, no server.
+
+    Args:
+        path: the store directory (created on first write).
+        hnsw_m, hnsw_ef_construct: HNSW graph settings used by :meth:`build_index`.
+        search_ef: default ``ef`` of searches.
+    """
+
+    def __init__(self, path: str | Path, hnsw_m: int = 16, hnsw_ef_construct: int = 128,
+                 search_ef: int = 128):
+        self.path = Path(path)
+        self.hnsw_m, self.hnsw_ef_construct, self.search_ef = hnsw_m, hnsw_ef_construct, search_ef
+        self._shards: dict[str, qe.EdgeShard] = {}
+
+    def __repr__(self) -> str:
+        return f"EdgeStore({str(self.path)!r})"
+
+    def _dir(self, collection: str) -> Path:
+        return self.path / collection
+
+    def _shard(self, collection: str) -> qe.EdgeShard:
+        shard = self._shards.get(collection)
+        if shard is None:
+            shard = qe.EdgeShard.load(str(self._dir(collection)))
+            self._shards[collection] = shard
+        return shard
+
+    def exists(self, collection: str) -> bool:
+        return (self._dir(collection) / "edge_config.json").is_file()
+
+    def create(self, collection: str, dim: int, keyword_fields: Sequence[str]) -> None:
+        config = qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+            hnsw_config=qe.HnswIndexConfig(m=self.hnsw_m, ef_construct=self.hnsw_ef_construct,
+                                           full_scan_threshold=10_000),
+        )
+        self._dir(collection).mkdir(parents=True, exist_ok=True)
+        shard = qe.EdgeShard.create(str(self._dir(collection)), config)
+        for name in keyword_fields:
+            shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
+        self._shards[collection] = shard
+
+    def drop(self, collection: str) -> None:
+        import shutil
+
+        shard = self._shards.pop(collection, None)
+        if shard is not None:
+            shard.close()
+        shutil.rmtree(self._dir(collection), ignore_errors=True)
+
+    def _upsert(self, collection: str, ids: list[str], vectors: np.ndarray,
+                payloads: list[dict[str, Any]]) -> None:
+        points = [qe.Point(pid, vec, payload)
+                  for pid, vec, payload in zip(ids, vectors.tolist(), payloads)]
+        self._shard(collection).update(qe.UpdateOperation.upsert_points(points))
+
+    def delete(self, collection: str, ids: Sequence[str]) -> None:
+        if ids:
+            self._shard(collection).update(qe.UpdateOperation.delete_points(list(ids)))
+
+    @staticmethod
+    def _point(record: Any, with_vectors: bool) -> StoredPoint:
+        vector = np.asarray(record.vector, dtype=np.float32) if with_vectors else None
+        return StoredPoint(str(record.id), dict(record.payload or {}), vector)
+
+    def retrieve(self, collection: str, ids: Sequence[str],
+                 with_vectors: bool = False) -> list[StoredPoint]:
+        if not ids:
+            return []
+        records = self._shard(collection).retrieve(list(ids), True, with_vectors)
+        return [self._point(r, with_vectors) for r in records]
+
+    def scroll(self, collection: str, with_vectors: bool = False,
+               fields: Sequence[str] | None = None) -> Iterator[StoredPoint]:
+        shard = self._shard(collection)
+        payload: Any = list(fields) if fields is not None else True
+        offset = None
+        while True:
+            records, offset = shard.scroll(qe.ScrollRequest(
+                offset=offset, limit=_SCROLL_PAGE, with_payload=payload, with_vector=with_vectors))
+            for r in records:
+                yield self._point(r, with_vectors)
+            if offset is None:
+                return
+
+    def count(self, collection: str) -> int:
+        return self._shard(collection).count(qe.CountRequest(exact=True))
+
+    @staticmethod
+    def _filter(domain: str | None, exclude: Iterable[str]) -> qe.Filter | None:
+        must = [qe.FieldCondition(key="domain", match=qe.MatchValue(domain))] if domain else None
+        excluded = set(exclude)
+        must_not = [qe.HasIdCondition(excluded)] if excluded else None
+        return qe.Filter(must=must, must_not=must_not) if (must or must_not) else None
+
+    def search(self, collection: str, vector: np.ndarray, limit: int,
+               domain: str | None = None, exclude: Iterable[str] = (),
+               ef: int | None = None) -> list[ScoredHit]:
+        request = qe.QueryRequest(
+            limit=limit, query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist()),
+            filter=self._filter(domain, exclude), with_payload=True,
+            params=qe.SearchParams(hnsw_ef=ef or self.search_ef))
+        return [ScoredHit(str(p.id), p.score, p.payload or {})
+                for p in self._shard(collection).query(request)]
+
+    def build_index(self, collection: str) -> None:
+        shard = self._shard(collection)
+        shard.optimize()
+        shard.flush()
+
+    def read_info(self) -> StoreInfo | None:
+        path = self.path / INFO_FILE
+        if not path.is_file():
+            return None
+        return StoreInfo.from_dict(json.loads(path.read_text()))
+
+    def write_info(self, info: StoreInfo) -> None:
+        # flush the shards first: the info file claims what they hold
+        for shard in self._shards.values():
+            shard.flush()
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.path / (INFO_FILE + ".tmp")
+        tmp.write_text(json.dumps(info.to_dict(), indent=2))
+        os.replace(tmp, self.path / INFO_FILE)
+
+    def close(self) -> None:
+        for shard in self._shards.values():
+            shard.flush()
+            shard.close()
+        self._shards.clear()
