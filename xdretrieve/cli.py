@@ -146,7 +146,8 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
     ]
     click.echo(format_table(("", "total", "changed"), rows))
     rate = report.items_embedded / t["embed"] if report.items_embedded and t["embed"] else 0
-    click.echo(f"\nembed {t['embed']:.1f} s ({rate:,.0f} items/s), upsert {t['upsert_items']:.1f} s,"
+    click.echo(f"\nload encoder {t.get('load_encoder', 0):.1f} s, embed {t['embed']:.1f} s "
+               f"({rate:,.0f} items/s), upsert {t['upsert_items']:.1f} s,"
                f" users {t.get('users', 0):.1f} s, HNSW build {t['build_index']:.1f} s, "
                f"total {t['total']:.1f} s")
     click.echo(f"store: {settings.url or settings.store}"

@@ -119,7 +119,10 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
                                       if iid in dataset.items and h == hashes[iid]}
     dim = next(iter(vectors.values())).shape[0] if vectors else None
     if todo:
-        encoder = encoder or Encoder.from_settings(settings, ref)
+        if encoder is None:
+            encoder = Encoder.from_settings(settings, ref)
+            report.timings["load_encoder"] = time.perf_counter() - t
+            t = time.perf_counter()
         dim = encoder.dim
         embedded = encoder.encode([texts[i] for i in todo], progress=progress,
                                   desc="embedding items")

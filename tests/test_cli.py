@@ -1,0 +1,103 @@
+"""The CLI through click's CliRunner: help of every command, index -> query round trip."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from xdretrieve.cli import main
+
+
+def run(*args: str, ok: bool = True):
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.mark.parametrize("command", sorted(main.commands))
+def test_help_of_every_command(command: str) -> None:
+    out = run(command, "--help").output
+    assert f"Usage: main {command}" in out
+    assert "--help" in out
+
+
+def test_index_query_round_trip(paired_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("XDR_CACHE_DIR", str(tmp_path / "cache"))
+    store = str(tmp_path / "store")
+    out = run("index", "--data", str(paired_dir), "--store", store, "-q").output
+    assert re.search(r"^items +24 +24 embedded", out, re.M)
+    again = run("index", "--data", str(paired_dir), "--store", store, "-q").output
+    assert "0 embedded" in again and "nothing changed" in again
+
+    table = run("query", "--store", store, "--history", "book-3", "--domain", "movies",
+                "--limit", "3").output
+    rows = table.splitlines()
+    assert rows[0] == "history of 1 item(s) -> movies" and len(rows) == 3 + 3
+    assert rows[3].split()[:2] == ["1", "movie-3"]
+    # a stored user never gets what they already watched
+    user = run("query", "--store", store, "--user", "u3-0", "--domain", "movies").output
+    assert user.startswith("user u3-0 (books history) -> movies") and "movie-3" not in user
+    data = json.loads(run("query", "--store", store, "--history", "book-5,book-6",
+                          "--domain", "movies", "--limit", "5", "--json").output)
+    assert [h["rank"] for h in data["hits"]] == [1, 2, 3, 4, 5]
+    assert {h["item_id"] for h in data["hits"][:2]} == {"movie-5", "movie-6"}
+    text = json.loads(run("query", "--store", store, "--text", "chess", "--domain", "movies",
+                          "--json").output)
+    assert text["hits"][0]["item_id"] == "movie-9"
+    info = json.loads(run("info", "--store", store).output)
+    assert info["points"] == {"items": 24, "users": 72} and info["dim"] == 384
+
+
+def test_errors_exit_non_zero_with_a_message(paired_dir: Path, tmp_path: Path,
+                                             monkeypatch) -> None:
+    monkeypatch.setenv("XDR_CACHE_DIR", str(tmp_path / "cache"))
+    store = str(tmp_path / "store")
+    r = run("query", "--store", store, "--user", "x", "--domain", "movies", ok=False)
+    assert r.exit_code == 1 and "no xdretrieve store" in r.output
+    run("index", "--data", str(paired_dir), "--store", store, "-q")
+    for args, message in [
+        (["--user", "ghost", "--domain", "movies"], "unknown user 'ghost'"),
+        (["--user", "u1-0", "--domain", "music"], "unknown domain 'music'"),
+        (["--history", "book-1,nope", "--domain", "movies"], "unknown item(s): nope"),
+    ]:
+        r = run("query", "--store", store, *args, ok=False)
+        assert r.exit_code == 1 and message in r.output
+    r = run("query", "--store", store, "--domain", "movies", ok=False)
+    assert r.exit_code == 2 and "exactly one of" in r.output
+
+
+def test_bad_input_writes_nothing(tmp_path: Path, paired_dir: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "items.jsonl").write_text((paired_dir / "items.jsonl").read_text()
+                                      + '{"item_id": "book-x", "domain": "books", "title": ""}\n')
+    (data / "interactions.csv").write_text((paired_dir / "interactions.csv").read_text())
+    store = tmp_path / "store"
+    r = run("index", "--data", str(data), "--store", str(store), ok=False)
+    assert r.exit_code == 1
+    assert "items.jsonl, line 25, field 'title': must not be empty" in r.output
+    assert not store.exists()
+
+    rejects = tmp_path / "rejects.jsonl"
+    out = run("index", "--data", str(data), "--store", str(store), "--skip-bad-rows",
+              "--rejects", str(rejects), "-q").output
+    assert "skipped 1 bad row(s)" in out and re.search(r"^items +24 ", out, re.M)
+    assert json.loads(rejects.read_text())["field"] == "title"
+
+
+def test_light_imports() -> None:
+    """`import xdretrieve` and `xdretrieve --help` must not import torch."""
+    code = ("import sys, xdretrieve, xdretrieve.cli\n"
+            "from click.testing import CliRunner\n"
+            "assert CliRunner().invoke(xdretrieve.cli.main, ['--help']).exit_code == 0\n"
+            "heavy = [m for m in ('torch', 'sentence_transformers', 'transformers') "
+            "if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

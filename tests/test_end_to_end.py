@@ -1,0 +1,55 @@
+"""End to end with the real packaged encoder on paired domains whose answer is known:
+a reader of book i likes movie i."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import THEMES
+from xdretrieve.data import Dataset
+from xdretrieve.errors import NotFoundError
+from xdretrieve.indexer import index_dataset
+from xdretrieve.retriever import Retriever
+
+
+@pytest.fixture(scope="module")
+def paired_store(paired_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    from xdretrieve.config import Settings
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    settings = Settings(store=tmp / "store", cache_dir=tmp / "cache")
+    ds = Dataset.from_dir(paired_dir)
+    # test users are cold-start in movies: index only their books
+    inter = [x for x in ds.interactions
+             if not (ds.splits[x.user_id] == "test" and x.domain == "movies")]
+    index_dataset(Dataset(ds.items, inter, ds.splits), settings)
+    return settings
+
+
+@pytest.mark.parametrize("theme", range(len(THEMES)))
+def test_cold_start_user_gets_the_counterpart_first(paired_store, theme: int) -> None:
+    with Retriever(paired_store) as r:
+        assert r.recommend_user(f"u{theme}-0", "movies", 3)[0].item_id == f"movie-{theme}"
+        assert r.recommend_history([f"book-{theme}"], "movies", 3)[0].item_id == f"movie-{theme}"
+        assert r.recommend_history([f"movie-{theme}"], "books", 3)[0].item_id == f"book-{theme}"
+
+
+def test_known_items_are_excluded_and_domain_respected(paired_store) -> None:
+    with Retriever(paired_store) as r:
+        hits = r.recommend_user("u4-1", "movies", 24)  # a train user who watched movie-4
+        assert "movie-4" not in {h.item_id for h in hits}
+        assert len(hits) == len(THEMES) - 1
+        assert {h.domain for h in hits} == {"movies"}
+        assert r.search_text("a film about volcanoes", "movies", 1)[0].item_id == "movie-10"
+
+
+def test_unknowns_are_clear_errors(paired_store) -> None:
+    with Retriever(paired_store) as r:
+        with pytest.raises(NotFoundError, match="unknown user 'ghost'"):
+            r.recommend_user("ghost", "movies")
+        with pytest.raises(NotFoundError, match="unknown domain 'music'; this store has: books"):
+            r.recommend_user("u1-0", "music")
+        with pytest.raises(NotFoundError, match="unknown item"):
+            r.recommend_history(["book-1", "book-99"], "movies")

@@ -1,0 +1,87 @@
+"""index: idempotent, incremental, refuses a mismatched encoder, writes nothing on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xdretrieve.data import Dataset, Item
+from xdretrieve.errors import EncoderMismatchError
+from xdretrieve.indexer import index_dataset
+from xdretrieve.retriever import Retriever
+from xdretrieve.store import ITEMS, USERS, item_point_id, open_store, user_point_id
+
+
+def snapshot(settings) -> dict[str, tuple]:
+    with open_store(settings) as s:
+        return {c: {p.id: (json.dumps(p.payload, sort_keys=True), p.vector.tobytes())
+                    for p in s.scroll(c, with_vectors=True)} for c in (ITEMS, USERS)}
+
+
+def test_reindex_changes_nothing(paired_dir: Path, tiny_model: str, settings_for) -> None:
+    settings = settings_for(model=tiny_model)
+    ds = Dataset.from_dir(paired_dir)
+    first = index_dataset(ds, settings)
+    assert first.items_embedded == len(ds.items) == 24
+    assert first.profiles_written == first.user_profiles == 2 * len(ds.histories)
+    before = snapshot(settings)
+    again = index_dataset(ds, settings)
+    assert not again.changed
+    assert (again.items_embedded, again.profiles_written) == (0, 0)
+    assert snapshot(settings) == before
+
+
+def test_changed_catalog_updates_only_what_changed(paired_dir: Path, tiny_model: str,
+                                                   settings_for) -> None:
+    settings = settings_for(model=tiny_model)
+    ds = Dataset.from_dir(paired_dir)
+    index_dataset(ds, settings)
+    before = snapshot(settings)
+    items = dict(ds.items)
+    old = items["movie-3"]
+    items["movie-3"] = Item(old.item_id, old.domain, old.title, "a film about deep sea subs")
+    del items["movie-11"]  # no longer sold; drop its interactions too
+    inter = [x for x in ds.interactions if x.item_id != "movie-11"]
+    report = index_dataset(Dataset(items, inter), settings)
+    assert (report.items_embedded, report.items_deleted) == (1, 1)
+    # profiles of users who watched movie-3 (its vector changed) or movie-11 (history changed)
+    assert report.profiles_written == 3 and report.profiles_deleted == 3
+    after = snapshot(settings)
+    changed = {pid for pid in before[ITEMS] if before[ITEMS][pid] != after[ITEMS].get(pid)}
+    assert changed == {item_point_id("movie-3"), item_point_id("movie-11")}
+    assert item_point_id("movie-11") not in after[ITEMS]
+    assert user_point_id("u11-0", "movies") not in after[USERS]
+
+
+def test_mismatched_encoder_is_refused(paired_dir: Path, tiny_model: str, other_tiny_model: str,
+                                       settings_for) -> None:
+    ds = Dataset.from_dir(paired_dir)
+    index_dataset(ds, settings_for(model=tiny_model))
+    with pytest.raises(EncoderMismatchError, match="built by encoder"):
+        index_dataset(ds, settings_for(model=other_tiny_model))
+    with pytest.raises(EncoderMismatchError, match="use --model"):
+        Retriever(settings_for(model=other_tiny_model))
+    # the store is intact and answers with the right encoder
+    with Retriever(settings_for(model=tiny_model)) as r:
+        assert len(r.search_text("dragons", "movies", 3)) == 3
+    # --recreate switches encoders on purpose
+    report = index_dataset(ds, settings_for(model=other_tiny_model), recreate=True)
+    assert report.items_embedded == len(ds.items)
+
+
+def test_vectors_are_what_the_encoder_gives(paired_dir: Path, tiny_model: str,
+                                            settings_for) -> None:
+    from xdretrieve.encoder import Encoder, item_text
+
+    settings = settings_for(model=tiny_model)
+    ds = Dataset.from_dir(paired_dir)
+    index_dataset(ds, settings)
+    encoder = Encoder.from_settings(settings)
+    expected = encoder.encode([item_text(ds.items["book-2"], settings.text_template)])[0]
+    with open_store(settings) as s:
+        (point,) = s.retrieve(ITEMS, [item_point_id("book-2")], with_vectors=True)
+        np.testing.assert_allclose(point.vector, expected, atol=1e-5)
+        assert point.payload["title"] == "The baseball chronicles"

@@ -1,0 +1,141 @@
+"""Reading items, interactions and users: every bad input names file, line and field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from xdretrieve.data import Dataset, RejectLog, read_interactions, read_items, read_users
+from xdretrieve.errors import DataError
+
+ITEMS = [
+    {"item_id": "b1", "domain": "books", "title": "Dune", "text": "sci-fi", "year": 1965},
+    {"item_id": "m1", "domain": "movies", "title": "Dune (film)", "text": "sci-fi"},
+    {"item_id": "m2", "domain": "movies", "title": "Alien"},
+]
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_formats_give_the_same_records(tmp_path: Path) -> None:
+    from_jsonl = read_items(write_jsonl(tmp_path / "items.jsonl", ITEMS))
+    csv_rows = ["item_id,domain,title,text", "b1,books,Dune,sci-fi", "m1,movies,Dune (film),sci-fi",
+                "m2,movies,Alien,"]
+    (tmp_path / "items.csv").write_text("\n".join(csv_rows) + "\n")
+    from_csv = read_items(tmp_path / "items.csv")
+    table = pa.Table.from_pylist([{k: r.get(k) for k in ("item_id", "domain", "title", "text")}
+                                  for r in ITEMS])
+    pq.write_table(table, tmp_path / "items.parquet")
+    from_parquet = read_items(tmp_path / "items.parquet")
+    assert list(from_jsonl.values()) == list(from_csv.values()) == list(from_parquet.values())
+    assert from_jsonl["b1"].extra == {"year": 1965}  # other fields are kept as payload
+
+    inter = ["user_id,item_id,domain,position", "u1,m1,movies,1", "u1,b1,books,0"]
+    (tmp_path / "i.csv").write_text("\n".join(inter) + "\n")
+    write_jsonl(tmp_path / "i.jsonl", [{"user_id": "u1", "item_id": "m1", "domain": "movies",
+                                        "position": 1},
+                                       {"user_id": "u1", "item_id": "b1", "position": 0}])
+    pq.write_table(pa.Table.from_pylist([{"user_id": "u1", "item_id": "m1", "position": 1},
+                                         {"user_id": "u1", "item_id": "b1", "position": 0}]),
+                   tmp_path / "i.parquet")
+    got = [read_interactions(tmp_path / f"i.{ext}", from_jsonl) for ext in ("csv", "jsonl",
+                                                                            "parquet")]
+    assert got[0] == got[1] == got[2]
+    assert [x.domain for x in got[0]] == ["movies", "books"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ([ITEMS[0], {"item_id": "x", "domain": "books"}], "line 2, field 'title': missing"),
+        ([ITEMS[0], {"item_id": "x", "domain": "books", "title": "  "}],
+         "line 2, field 'title': must not be empty"),
+        ([ITEMS[0], {"domain": "books", "title": "t"}], "line 2, field 'item_id': missing"),
+        ([ITEMS[0], {"item_id": "x", "title": "t"}], "line 2, field 'domain': missing"),
+        ([ITEMS[0], ITEMS[1], ITEMS[0]], "line 3, field 'item_id': duplicate item id 'b1'"),
+        ([ITEMS[0], '{"item_id": "x", "domain": '], "line 2: malformed JSON"),
+        (['["not", "an", "object"]'], "line 1: expected a JSON object"),
+        ([{"item_id": "x", "domain": "books", "title": ["a"]}],
+         "line 1, field 'title': expected a string"),
+    ],
+)
+def test_bad_items_name_file_line_and_field(tmp_path: Path, rows: list, expected: str) -> None:
+    path = write_jsonl(tmp_path / "items.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        read_items(path)
+    assert str(err.value).startswith(str(path))
+    assert expected in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (["u1,zz,books,0"], "line 2, field 'item_id': unknown item 'zz'"),
+        (["u1,b1,movies,0"], "line 2, field 'domain': 'movies' but item 'b1' is in 'books'"),
+        (["u1,b1,books,first"], "line 2, field 'position': expected a number, got 'first'"),
+        (["u1,b1,books,"], "line 2, field 'position': missing"),
+        (["u1,b1,books,0", ",m1,movies,1"], "line 3, field 'user_id': must not be empty"),
+        (["u1,b1,books,0,extra"], "line 2: malformed CSV: 5 fields, the header has 4"),
+        (['u1,"b1,books,0'], "malformed CSV"),
+    ],
+)
+def test_bad_interactions(tmp_path: Path, lines: list[str], expected: str) -> None:
+    items = read_items(write_jsonl(tmp_path / "items.jsonl", ITEMS))
+    path = tmp_path / "inter.csv"
+    path.write_text("\n".join(["user_id,item_id,domain,position", *lines]) + "\n")
+    with pytest.raises(DataError) as err:
+        read_interactions(path, items)
+    assert str(path) in str(err.value)
+    assert expected in str(err.value)
+
+
+def test_timestamps_order_histories(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "items.jsonl", ITEMS)
+    (tmp_path / "interactions.csv").write_text(
+        "user_id,item_id,timestamp,rating\n"
+        "u1,m2,2021-05-01T10:00:00Z,5\nu1,m1,2020-01-01T00:00:00Z,4\nu1,b1,1500000000,3\n")
+    ds = Dataset.from_dir(tmp_path)
+    assert ds.history("u1", "movies") == ("m1", "m2")
+    assert ds.history("u1", "books") == ("b1",)
+    assert ds.interactions[0].rating == 5.0
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,item_id,timestamp\nu1,m1,yesterday\n")
+    with pytest.raises(DataError, match="field 'timestamp': expected unix seconds or an ISO-8601"):
+        read_interactions(bad, ds.items)
+
+
+def test_skip_bad_rows_counts_and_records_them(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "items.jsonl",
+                       [ITEMS[0], {"item_id": "x", "domain": "books"}, "{oops", ITEMS[1], ITEMS[0]])
+    log = RejectLog()
+    items = read_items(path, log)
+    assert list(items) == ["b1", "m1"]
+    assert [(r["line"], r["field"]) for r in log.rejects] == [(2, "title"), (3, None),
+                                                              (5, "item_id")]
+    log.write(tmp_path / "rejects.jsonl")
+    saved = [json.loads(x) for x in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    assert saved[0]["row"] == {"item_id": "x", "domain": "books"}
+    assert saved[2]["error"] == "duplicate item id 'b1'"
+
+
+def test_users_split(tmp_path: Path) -> None:
+    path = tmp_path / "users.csv"
+    path.write_text("user_id,split\nu1,train\nu2,test\n")
+    assert read_users(path) == {"u1": "train", "u2": "test"}
+    path.write_text("user_id,split\nu1,training\n")
+    with pytest.raises(DataError, match="line 2, field 'split': 'training' is not one of"):
+        read_users(path)
+
+
+def test_unknown_extension_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="unknown file type '.xml'"):
+        read_items(tmp_path / "items.xml")
+    with pytest.raises(DataError, match="no such file"):
+        read_items(tmp_path / "items.jsonl")
