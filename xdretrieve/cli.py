@@ -240,8 +240,8 @@ def demo(store: Path) -> None:
             per_domain = dataset.histories[user]
             source, target = sorted(per_domain, key=lambda d: d != "books")[:2]
             history = per_domain[source]
-            click.echo(f"cold-start user {user}: knows {len(history)} {source}, "
-                       f"nothing in {target}")
+            click.echo(f"user {user}, treated as cold-start in {target}: the query is their "
+                       f"{len(history)} {source} only")
             for iid in history:
                 click.echo(f"   {source}: {dataset.items[iid].title}")
             hits = retriever.recommend_history(history, target, limit=5)
@@ -250,7 +250,7 @@ def demo(store: Path) -> None:
                                      for r, h in enumerate(hits, start=1)]))
             truth = set(per_domain[target])
             found = sum(h.item_id in truth for h in hits)
-            click.echo(f"   ({found} of the top 5 are {target} this user really watched)\n")
+            click.echo(f"   ({found} of these 5 are in the user's held-out {target} history)\n")
     click.echo(f"Try: xdretrieve query --store {store} --text 'space adventure' --domain movies")
 
 

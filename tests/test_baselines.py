@@ -1,0 +1,248 @@
+"""The baselines on a dataset whose right answer is known, one shared contract for every method,
+model selection on valid users, the retriever adapter and the registry."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from xdretrieve.data import Dataset, Interaction, Item
+from xdretrieve.errors import XDRetrieveError
+from xdretrieve.evaluate.emcdr import EMCDR, EMCDRConfig
+from xdretrieve.evaluate.itemknn import ItemKNN
+from xdretrieve.evaluate.leakcheck import check_no_leak
+from xdretrieve.evaluate.methods import RetrieverMethod, stable_rank
+from xdretrieve.evaluate.popularity import Popularity
+from xdretrieve.evaluate.protocol import Direction, Protocol, TrainView
+from xdretrieve.evaluate.registry import (
+    BASELINES,
+    METHODS,
+    make_method,
+    register_method,
+)
+from xdretrieve.evaluate.runner import evaluate
+from xdretrieve.evaluate.selection import choose
+from xdretrieve.evaluate.userknn import UserKNN
+
+THEMES = 8
+B2M = Direction("books", "movies")
+
+
+def paired_dataset() -> Dataset:
+    """Reading book-t means watching movie-t. Per theme t: user t-0 is a test user, t-1 a valid
+    user, t-2..t-4 train users; t-2 and t-3 also watched ``movie-hit``, which thus is by far the
+    most popular movie (16 train users against 3 per themed movie) and first in items.jsonl, so
+    only a method that reads the query can put movie-t first."""
+    items = {"movie-hit": Item("movie-hit", "movies", "a blockbuster")}
+    for t in range(THEMES):
+        items[f"book-{t}"] = Item(f"book-{t}", "books", f"book {t}")
+        items[f"movie-{t}"] = Item(f"movie-{t}", "movies", f"movie {t}")
+    events, splits = [], {}
+    for t in range(THEMES):
+        for k in range(5):
+            user = f"u{t}-{k}"
+            splits[user] = {0: "test", 1: "valid"}.get(k, "train")
+            events += [Interaction(user, f"book-{t}", "books", 0.0),
+                       Interaction(user, f"movie-{t}", "movies", 1.0)]
+            if k in (2, 3):
+                events.append(Interaction(user, "movie-hit", "movies", 2.0))
+    return Dataset(items, events, splits, name="paired")
+
+
+@pytest.fixture(scope="module")
+def dataset() -> Dataset:
+    return paired_dataset()
+
+
+@pytest.fixture(scope="module")
+def view(dataset: Dataset) -> TrainView:
+    return Protocol(dataset).train_view(B2M)
+
+
+def target_ids(view: TrainView, ranking: np.ndarray) -> list[str]:
+    return [view.target_items[i] for i in ranking]
+
+
+def queries(view: TrainView) -> list[tuple[str, ...]]:
+    return [(f"book-{t}",) for t in range(THEMES)]
+
+
+# -- the methods on the paired data ----------------------------------------------------------------
+
+def test_popularity_counts_train_users_and_keeps_file_order_on_ties(view: TrainView) -> None:
+    method = Popularity()
+    method.fit(view)
+    # movie-hit: 16 train users; movie-0..7: 3 each (tie -> items.jsonl order)
+    assert method.counts.tolist() == [16.0] + [3.0] * THEMES  # type: ignore[union-attr]
+    rankings = method.rank(queries(view))
+    assert target_ids(view, rankings[0]) == ["movie-hit", *(f"movie-{t}" for t in range(THEMES))]
+    assert (rankings == rankings[0]).all()  # the same for everybody
+
+
+@pytest.mark.parametrize("make", [ItemKNN, UserKNN, lambda: EMCDR(EMCDRConfig(factors=16)),
+                                  lambda: EMCDR(EMCDRConfig(factors=16, mapping="linear"))],
+                         ids=["itemknn", "userknn", "emcdr-mlp", "emcdr-linear"])
+def test_personalised_methods_find_the_paired_item(view: TrainView, make) -> None:
+    method = make()
+    method.fit(view)
+    rankings = method.rank(queries(view))
+    for t in range(THEMES):
+        top = target_ids(view, rankings[t])
+        assert top[0] == f"movie-{t}", (t, top[:3])
+
+
+def test_itemknn_similarity_by_hand(view: TrainView) -> None:
+    method = ItemKNN(alphas=(0.5,), shrinks=(2.0,))
+    method.fit(view)
+    # book-0 and movie-hit: 2 common users; n(book-0) = 3, n(movie-hit) = 16
+    # sim = 2 / (3 ** 0.5 * 16 ** 0.5 + 2) = 2 / (6.928203 + 2) = 0.224009
+    scores = method.score([("book-0",)])[0]
+    assert scores[0] == pytest.approx(2 / (np.sqrt(3) * 4 + 2), rel=1e-5)
+    # book-0 and movie-0: 3 common users, n = 3 and 3: 3 / (3 + 2) = 0.6; movie-1: never together
+    assert scores[1:3].tolist() == pytest.approx([0.6, 0.0], rel=1e-5)
+
+
+def test_userknn_with_one_neighbour_recommends_that_neighbours_items(view: TrainView) -> None:
+    method = UserKNN(neighbours=(1,))
+    method.fit(view)
+    ranking = target_ids(view, method.rank([("book-5",)])[0])
+    # the nearest train user (any of u5-2..u5-4) watched movie-5, perhaps movie-hit; the rest
+    # have score 0 and follow by popularity
+    assert set(ranking[:2]) <= {"movie-5", "movie-hit"} and "movie-5" in ranking[:2]
+
+
+def test_unknown_query_items_fall_back_to_popularity(view: TrainView) -> None:
+    for method in (ItemKNN(), UserKNN()):
+        method.fit(view)
+        ranking = target_ids(view, method.rank([("not-an-item",)])[0])
+        assert ranking == ["movie-hit", *(f"movie-{t}" for t in range(THEMES))]
+
+
+def test_stable_rank_ties() -> None:
+    scores = np.array([[1.0, 2.0, 1.0, 2.0, 0.0]])
+    assert stable_rank(scores).tolist() == [[1, 3, 0, 2, 4]]  # ties: index order
+    tiebreak = np.array([0.0, 0.0, 5.0, 1.0, 9.0])
+    assert stable_rank(scores, tiebreak).tolist() == [[3, 1, 2, 0, 4]]  # ties: tiebreak first
+
+
+def test_stable_rank_matches_a_sort_by_key_on_many_ties() -> None:
+    # long rows: numpy's default sort is only accidentally stable on short ones
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=(3, 500)).astype(float)
+    tiebreak = rng.integers(0, 3, size=500).astype(float)
+    for row in range(3):
+        by_index = sorted(range(500), key=lambda i: -scores[row, i])
+        by_both = sorted(range(500), key=lambda i: (-scores[row, i], -tiebreak[i]))
+        assert stable_rank(scores)[row].tolist() == by_index
+        assert stable_rank(scores, tiebreak)[row].tolist() == by_both
+
+
+# -- one contract for every baseline ---------------------------------------------------------------
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_method_contract(dataset: Dataset, name: str) -> None:
+    protocol = Protocol(dataset)
+    method = make_method(name, seed=0)
+    assert method.name == name
+    first = []
+    for direction in (B2M, Direction("movies", "books")):
+        view, task = protocol.train_view(direction), protocol.task(direction)
+        method.fit(view)  # re-fitting on another direction replaces what was learned
+        rankings = method.rank(task.queries)
+        n = len(view.target_items)
+        assert rankings.shape == (len(task), n)
+        assert (np.sort(rankings, axis=1) == np.arange(n)).all()  # each row a permutation
+        first.append(rankings)
+    again = make_method(name, seed=0)
+    again.fit(protocol.train_view(B2M))
+    assert (again.rank(protocol.task(B2M).queries) == first[0]).all()  # deterministic
+    assert isinstance(method.config(), dict)
+    check_no_leak(lambda ds: make_method(name, seed=0), dataset, B2M)
+
+
+# -- model selection -------------------------------------------------------------------------------
+
+def test_choose_picks_the_best_on_valid_users_and_sees_only_their_queries(view: TrainView) -> None:
+    seen: list[tuple[str, ...]] = []
+    truth_first = np.array([[int(t[0]), *[i for i in range(len(view.target_items))
+                                          if i != t[0]]] for t in view.valid.truth])
+
+    def rank_with(params, qs: Sequence[tuple[str, ...]]) -> np.ndarray:
+        seen.extend(qs)
+        if params["good"]:
+            return truth_first[:len(qs)]
+        return np.tile(np.arange(len(view.target_items)), (len(qs), 1))
+
+    best, table = choose([{"good": False}, {"good": True}], rank_with, view.valid)
+    assert best == {"good": True}
+    assert [v for _, v in table][1] == 1.0
+    assert set(seen) == set(view.valid.queries)
+
+
+def test_choose_refuses_test_users(dataset: Dataset) -> None:
+    with pytest.raises(ValueError, match="valid users"):
+        choose([{}], lambda p, q: np.zeros((len(q), 1)), Protocol(dataset).task(B2M))
+
+
+def test_grid_methods_report_their_valid_choice(view: TrainView) -> None:
+    method = UserKNN(neighbours=(1, 2, 3))
+    method.fit(view)
+    config = method.config()
+    assert config["k"] in (1, 2, 3) and set(config["valid_ndcg@10"]) == {"1", "2", "3"}
+
+
+# -- the retriever adapter -------------------------------------------------------------------------
+
+def test_retriever_method_completes_and_checks_rankings(view: TrainView) -> None:
+    calls: list[tuple[tuple[str, ...], str, int]] = []
+
+    def recommend(history: tuple[str, ...], domain: str, limit: int) -> list[str]:
+        calls.append((history, domain, limit))
+        return ["movie-3", "movie-1", "movie-3"]  # partial, with a repeat
+
+    method = RetrieverMethod("fake", recommend)
+    method.fit(view)
+    ranking = target_ids(view, method.rank([("book-0", "book-1")])[0])
+    assert calls == [(("book-0", "book-1"), "movies", THEMES + 1)]  # asked for every item
+    assert ranking == ["movie-3", "movie-1", "movie-hit", "movie-0", "movie-2",
+                       *(f"movie-{t}" for t in range(4, THEMES))]
+
+    bad = RetrieverMethod("bad", lambda h, d, n: ["book-0"])
+    bad.fit(view)
+    with pytest.raises(XDRetrieveError, match="not 'movies' items"):
+        bad.rank([("book-0",)])
+
+
+def test_retriever_method_build_and_close_hooks(dataset: Dataset) -> None:
+    built: list[TrainView] = []
+    closed: list[bool] = []
+
+    def build(view: TrainView):
+        built.append(view)
+        return lambda history, domain, limit: list(reversed(view.target_items))
+
+    method = RetrieverMethod("built", build=build, close=lambda: closed.append(True))
+    results = evaluate(dataset, methods=[method, "popularity"], progress=False)
+    assert [v.direction for v in built] == [B2M, Direction("movies", "books")]
+    assert closed == [True]
+    assert results.methods == ["built", "popularity"]
+    with pytest.raises(ValueError, match="exactly one"):
+        RetrieverMethod("neither")
+
+
+# -- the registry ----------------------------------------------------------------------------------
+
+def test_registry() -> None:
+    assert list(BASELINES) == ["popularity", "itemknn", "userknn", "emcdr"]
+    with pytest.raises(XDRetrieveError, match="known methods: popularity, itemknn, userknn, emcdr"):
+        make_method("no-such-method")
+    with pytest.raises(XDRetrieveError, match="already registered"):
+        register_method("popularity", lambda seed=0: Popularity())
+    register_method("test-only", lambda seed=0: Popularity())
+    try:
+        method = make_method("test-only")
+        assert isinstance(method, Popularity) and method.name == "test-only"
+    finally:
+        del METHODS["test-only"]

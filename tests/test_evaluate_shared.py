@@ -1,0 +1,45 @@
+"""The protocol on the real amazon-arts-office data: the popularity row of EVALUATION.md must be
+reproduced to the fourth decimal, in both directions."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import require_shared_data
+from xdretrieve.data import Dataset
+from xdretrieve.evaluate.protocol import Direction, Protocol
+from xdretrieve.evaluate.runner import evaluate
+
+# shared/EVALUATION.md, "Reference values", popularity (train users, T domain), 1,000 test users
+REFERENCE = {
+    "arts->office": {"recall@10": 0.0379, "ndcg@10": 0.0457, "hr@10": 0.201,
+                     "recall@50": 0.0931, "ndcg@50": 0.0664, "mrr": 0.1236},
+    "office->arts": {"recall@10": 0.0159, "ndcg@10": 0.0182, "hr@10": 0.084,
+                     "recall@50": 0.0607, "ndcg@50": 0.0361, "mrr": 0.0577},
+}
+
+
+@pytest.fixture(scope="module")
+def arts_office() -> Dataset:
+    return Dataset.from_dir(require_shared_data())
+
+
+@pytest.mark.shared_data
+def test_popularity_reproduces_the_reference_values(arts_office: Dataset) -> None:
+    results = evaluate(arts_office, methods=["popularity"], progress=False)
+    assert results.n_users == {"arts->office": 1000, "office->arts": 1000}
+    for direction, reference in REFERENCE.items():
+        for name, value in reference.items():
+            got = results.metric(direction, "popularity", name)
+            assert round(got, 4) == pytest.approx(value, abs=1e-9), (direction, name, got)
+
+
+@pytest.mark.shared_data
+def test_split_sizes_and_no_test_user_in_the_train_view(arts_office: Dataset) -> None:
+    protocol = Protocol(arts_office)
+    view = protocol.train_view(Direction("arts", "office"))
+    assert (len(view.users), len(protocol.split.valid), len(protocol.split.test)) == (
+        8000, 577, 1000)
+    assert not set(view.histories) & set(protocol.split.test)
+    assert view.popularity("office").sum() == sum(
+        len(arts_office.history(u, "office")) for u in protocol.split.train)

@@ -1,0 +1,281 @@
+"""The protocol on a hand-made dataset: test users, queries, truth, candidates, what a fit may
+see (and a leaky fit caught); then the protocol run end to end: runner, report, command line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from xdretrieve.data import Dataset, Interaction, Item
+from xdretrieve.errors import NotFoundError, XDRetrieveError
+from xdretrieve.evaluate.cli import evaluate as evaluate_command
+from xdretrieve.evaluate.leakcheck import LeakError, check_no_leak, perturb_test_targets
+from xdretrieve.evaluate.methods import Method, stable_rank
+from xdretrieve.evaluate.popularity import Popularity
+from xdretrieve.evaluate.protocol import Direction, Protocol, Split, TrainView
+from xdretrieve.evaluate.report import format_table, to_markdown, write_report
+from xdretrieve.evaluate.runner import evaluate
+
+BOOKS_TO_MOVIES = Direction("books", "movies")
+
+# items.jsonl order, domains interleaved; m5 comes first to show candidates keep file order
+ITEM_ORDER = ["m5", "b0", "m0", "b1", "m1", "b2", "m2", "b3", "m3", "m4"]
+
+# user -> (split, [(item, position), ...]); users.csv order is this order.
+# m3, m4 and m5 are watched by test users only: no fitted component may ever count them.
+USERS: dict[str, tuple[str, list[tuple[str, int]]]] = {
+    "tr1": ("train", [("b0", 0), ("m0", 1), ("b1", 2), ("m1", 3), ("m1", 4)]),
+    "tr2": ("train", [("b1", 0), ("m1", 1), ("b2", 2), ("m2", 3)]),
+    "tr3": ("train", [("b0", 0)]),  # books only: trains, but teaches no cross-domain pair
+    "va1": ("valid", [("b2", 0), ("m2", 1)]),
+    "te2": ("test", [("m3", 1), ("b0", 2), ("b3", 0), ("m5", 3)]),  # file order != position
+    "te1": ("test", [("b1", 0), ("m4", 1)]),
+    "te3": ("test", [("b2", 0)]),  # books only: in no direction
+    "te4": ("test", [("m0", 0)]),  # movies only: in no direction
+}
+
+
+def make_dataset(users: dict[str, tuple[str, list[tuple[str, int]]]] = USERS,
+                 with_splits: bool = True) -> Dataset:
+    items = {i: Item(i, "books" if i[0] == "b" else "movies", f"title {i}") for i in ITEM_ORDER}
+    events = [Interaction(u, item, items[item].domain, float(pos))
+              for u, (_, history) in users.items() for item, pos in history]
+    splits = {u: split for u, (split, _) in users.items()} if with_splits else None
+    return Dataset(items, events, splits, name="hand-made")
+
+
+@pytest.fixture
+def protocol() -> Protocol:
+    return Protocol(make_dataset())
+
+
+# -- test users, queries, truth, candidates ----------------------------------------------------
+
+def test_test_users_need_both_domains_and_keep_users_csv_order(protocol: Protocol) -> None:
+    task = protocol.task(BOOKS_TO_MOVIES)
+    assert task.users == ("te2", "te1")
+    assert protocol.task(Direction("movies", "books")).users == ("te2", "te1")
+
+
+def test_query_is_source_history_by_position_and_truth_is_target_set(protocol: Protocol) -> None:
+    task = protocol.task(BOOKS_TO_MOVIES)
+    assert task.target_items == ("m5", "m0", "m1", "m2", "m3", "m4")  # items.jsonl order
+    assert task.queries == (("b3", "b0"), ("b1",))
+    assert [[task.target_items[i] for i in t] for t in task.truth] == [["m5", "m3"], ["m4"]]
+    reverse = protocol.task(Direction("movies", "books"))
+    assert reverse.target_items == ("b0", "b1", "b2", "b3")
+    assert reverse.queries == (("m3", "m5"), ("m4",))
+
+
+def test_head_takes_the_first_users(protocol: Protocol) -> None:
+    task = protocol.task(BOOKS_TO_MOVIES)
+    assert task.head(1).users == ("te2",)
+    assert task.head(None) is task
+
+
+def test_train_view_holds_train_users_only(protocol: Protocol) -> None:
+    view = protocol.train_view(BOOKS_TO_MOVIES)
+    assert view.users == ("tr1", "tr2", "tr3")
+    assert set(view.histories) == {"tr1", "tr2", "tr3"}
+    # counts per movie in items.jsonl order m5 m0 m1 m2 m3 m4: tr1 m0 m1 m1, tr2 m1 m2
+    assert view.popularity("movies").tolist() == [0, 1, 3, 1, 0, 0]
+    assert view.matrix("books").shape == (3, 4)
+    assert view.valid.group == "valid" and view.valid.users == ("va1",)
+    assert not any(isinstance(v, Dataset) for v in vars(view).values())
+    with pytest.raises(TypeError):
+        view.histories["te1"] = {"movies": ("m4",)}  # type: ignore[index]
+
+
+def test_history_matrix_ignores_other_domains_and_repeats(protocol: Protocol) -> None:
+    view = protocol.train_view(BOOKS_TO_MOVIES)
+    m = view.history_matrix([("b1", "b1", "m0"), ()], "books")
+    assert m.toarray().tolist() == [[0, 1, 0, 0], [0, 0, 0, 0]]
+    counts = view.history_matrix([("b1", "b1")], "books", binary=False)
+    assert counts.toarray().tolist() == [[0, 2, 0, 0]]
+
+
+def test_directions_and_errors(protocol: Protocol) -> None:
+    assert [str(d) for d in protocol.directions()] == ["books->movies", "movies->books"]
+    assert Direction.parse(" books -> movies ") == BOOKS_TO_MOVIES
+    for bad in ("books", "books->books", "->movies", "a->b->c"):
+        with pytest.raises(XDRetrieveError):
+            Direction.parse(bad)
+    with pytest.raises(NotFoundError, match="unknown domain 'music'"):
+        protocol.task(Direction("books", "music"))
+
+
+def test_random_split_without_users_csv_is_seeded_and_takes_both_domain_users() -> None:
+    users = {f"u{i:02d}": ("train", [(f"b{i % 4}", 0), (f"m{i % 5}", 1)]) for i in range(40)}
+    users |= {f"s{i}": ("train", [(f"b{i % 4}", 0)]) for i in range(10)}  # books only
+    ds = make_dataset(users, with_splits=False)
+    split = Split.of(ds, seed=3)
+    assert not split.from_file and split.valid == ()
+    assert len(split.test) == 4  # 10% of the 40 users active in both domains
+    assert all(u.startswith("u") for u in split.test)
+    assert set(split.train) == set(ds.histories) - set(split.test)
+    assert Split.of(ds, seed=3) == split
+    assert any(Split.of(ds, seed=s).test != split.test for s in range(4, 10))
+    assert list(split.test) == [u for u in ds.histories if u in split.test]  # data order
+
+
+# -- leaks ---------------------------------------------------------------------------------------
+
+class Recorder(Method):
+    """Ranks by nothing; remembers every item id its fit could reach."""
+
+    name = "recorder"
+
+    def fit(self, view: TrainView) -> None:
+        self.seen = {i for h in view.histories.values() for ids in h.values() for i in ids}
+        self.n = len(view.target_items)
+
+    def rank(self, queries: Sequence[tuple[str, ...]]) -> np.ndarray:
+        return np.tile(np.arange(self.n), (len(queries), 1))
+
+
+class LeakyPopularity(Method):
+    """Counts target interactions of *all* users, read from the raw dataset: a leak."""
+
+    name = "leaky"
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def fit(self, view: TrainView) -> None:
+        index = view.item_index(view.target)
+        counts = np.zeros(len(index))
+        for x in self.dataset.interactions:
+            if x.domain == view.target:
+                counts[index[x.item_id]] += 1
+        self.ranking = stable_rank(counts[None, :])[0]
+
+    def rank(self, queries: Sequence[tuple[str, ...]]) -> np.ndarray:
+        return np.tile(self.ranking, (len(queries), 1))
+
+
+def test_a_fit_cannot_reach_test_users_target_items(protocol: Protocol) -> None:
+    method = Recorder()
+    method.fit(protocol.train_view(BOOKS_TO_MOVIES))
+    assert method.seen == {"b0", "b1", "b2", "m0", "m1", "m2"}  # not m3 m4 m5, nor valid's
+
+
+def test_perturbation_rewrites_only_test_users_target_interactions() -> None:
+    ds = make_dataset()
+    moved = perturb_test_targets(ds, BOOKS_TO_MOVIES, seed=0)
+    for user in ds.histories:
+        for domain in ds.domains:
+            before, after = ds.history(user, domain), moved.history(user, domain)
+            if ds.splits[user] == "test" and domain == "movies":  # type: ignore[index]
+                assert len(after) == len(before) and not set(after) & set(before)
+            else:
+                assert after == before
+
+
+def test_honest_method_passes_the_leak_check() -> None:
+    check_no_leak(lambda ds: Popularity(), make_dataset(), BOOKS_TO_MOVIES)
+
+
+def test_leaky_method_is_caught() -> None:
+    with pytest.raises(LeakError, match="leaky"):
+        check_no_leak(LeakyPopularity, make_dataset(), BOOKS_TO_MOVIES)
+
+
+# -- the run end to end: runner, report, command line -------------------------------------------
+
+def test_runner_scores_every_method_on_the_same_users() -> None:
+    results = evaluate(make_dataset(), methods=["popularity", Recorder()], progress=False)
+    assert results.directions == ["books->movies", "movies->books"]
+    assert results.methods == ["popularity", "recorder"]
+    assert results.n_users == {"books->movies": 2, "movies->books": 2}
+    # popularity over m5 m0 m1 m2 m3 m4 with counts 0 1 3 1 0 0 ranks m1 m0 m2 m5 m3 m4:
+    # te2 (truth m5, m3) first hit at rank 4, te1 (truth m4) at rank 6
+    pop = results.get("books->movies", "popularity")
+    assert pop.metrics["mrr"] == pytest.approx((1 / 4 + 1 / 6) / 2)
+    assert pop.per_user["mrr"].tolist() == pytest.approx([1 / 4, 1 / 6])
+    assert pop.fit_seconds >= 0 and pop.rank_seconds >= 0
+    # the recorder ranks in file order m5 m0 ...: te2 hits at rank 1
+    assert results.metric("books->movies", "recorder", "mrr") == pytest.approx((1 + 1 / 6) / 2)
+
+
+def test_runner_max_users_and_directions() -> None:
+    results = evaluate(make_dataset(), directions=["movies->books"], methods=["popularity"],
+                       max_users=1, progress=False)
+    assert results.n_users == {"movies->books": 1}
+    assert results.config["max_users"] == 1
+
+
+def test_runner_rejects_unknown_and_repeated_methods() -> None:
+    with pytest.raises(XDRetrieveError, match="known methods: popularity, itemknn"):
+        evaluate(make_dataset(), methods=["nope"], progress=False)
+    with pytest.raises(XDRetrieveError, match="given twice"):
+        evaluate(make_dataset(), methods=["popularity", "popularity"], progress=False)
+
+
+def test_report_files(tmp_path: Path) -> None:
+    results = evaluate(make_dataset(), methods=["popularity", Recorder()], progress=False)
+    paths = write_report(results, tmp_path / "out")
+    doc = json.loads(paths["json"].read_text())
+    assert doc["dataset"] == "hand-made" and doc["version"] != "" and doc["runtime_seconds"] >= 0
+    assert [d["direction"] for d in doc["directions"]] == ["books->movies", "movies->books"]
+    first = doc["directions"][0]
+    assert first["n_users"] == 2
+    assert [m["method"] for m in first["methods"]] == ["popularity", "recorder"]
+    assert set(first["methods"][0]["metrics"]) == {"recall@10", "ndcg@10", "hr@10", "recall@50",
+                                                   "ndcg@50", "hr@50", "mrr"}
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = paths["markdown"].read_text()
+    assert "## books->movies (2 test users)" in markdown and "metrics.png" in markdown
+    assert to_markdown(results, None).count("| popularity |") == 2
+    table = format_table(results).splitlines()
+    assert table[0].split()[:4] == ["direction", "method", "users", "recall@10"]
+    assert len(table) == 2 + 4
+
+
+def write_dataset_dir(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "items.jsonl", "w") as f:
+        for i in ITEM_ORDER:
+            f.write(json.dumps({"item_id": i, "domain": "books" if i[0] == "b" else "movies",
+                                "title": f"title {i}"}) + "\n")
+    rows = ["user_id,item_id,domain,position"] + [
+        f"{u},{i},{'books' if i[0] == 'b' else 'movies'},{p}"
+        for u, (_, h) in USERS.items() for i, p in h]
+    (directory / "interactions.csv").write_text("\n".join(rows) + "\n")
+    (directory / "users.csv").write_text(
+        "\n".join(["user_id,split"] + [f"{u},{s}" for u, (s, _) in USERS.items()]) + "\n")
+    return directory
+
+
+def test_cli_help() -> None:
+    result = CliRunner().invoke(evaluate_command, ["--help"])
+    assert result.exit_code == 0
+    for option in ("--data", "--direction", "--method", "--max-users", "--out", "--seed"):
+        assert option in result.output
+
+
+def test_cli_run_writes_files_and_prints_the_table(tmp_path: Path) -> None:
+    data = write_dataset_dir(tmp_path / "data")
+    result = CliRunner().invoke(evaluate_command, [
+        "--data", str(data), "--direction", "books->movies", "--method", "popularity",
+        "--max-users", "1", "--out", str(tmp_path / "out"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "books->movies  popularity  1" in result.output
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"results.json", "report.md",
+                                                              "metrics.png"}
+
+
+def test_cli_errors(tmp_path: Path) -> None:
+    data = write_dataset_dir(tmp_path / "data")
+    result = CliRunner().invoke(evaluate_command, ["--data", str(data), "--method", "magic"])
+    assert result.exit_code == 2
+    assert "unknown method 'magic'" in result.output and "popularity" in result.output
+    result = CliRunner().invoke(evaluate_command, ["--data", str(data), "--direction", "books"])
+    assert result.exit_code == 2 and "SOURCE->TARGET" in result.output
+    result = CliRunner().invoke(evaluate_command, ["--data", str(data), "--direction",
+                                                   "books->music", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "unknown domain 'music'" in result.output

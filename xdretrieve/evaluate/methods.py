@@ -1,0 +1,178 @@
+"""The interface every evaluated method implements, and the adapter for the retriever.
+
+A method is fitted once per direction on a :class:`~xdretrieve.evaluate.protocol.TrainView`
+(train users only; valid users for model selection) and then ranks *every* target item for
+each query (a test user's source-domain history). Methods never see a test user's truth.
+
+Example (a custom method)::
+
+    class Newest(ScoringMethod):
+        name = "newest"
+
+        def fit(self, view):
+            self.n_items = len(view.target_items)
+
+        def score(self, queries):
+            # (n_queries, n_items): later items in items.jsonl first
+            return np.tile(np.arange(self.n_items, dtype=np.float32), (len(queries), 1))
+
+    results = evaluate(dataset, methods=["popularity", Newest()])
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from xdretrieve.errors import XDRetrieveError
+from xdretrieve.evaluate.protocol import TrainView
+
+log = logging.getLogger(__name__)
+
+# recommend(history, domain, limit) -> ranked item ids of ``domain``, best first
+Recommend = Callable[[tuple[str, ...], str, int], list[str]]
+
+
+class Method(ABC):
+    """A cold-start recommender under evaluation.
+
+    Contract: ``fit(view)`` resets whatever an earlier fit learned (the runner fits one
+    instance per direction); ``rank(queries)`` returns, for each query, a permutation of all
+    ``len(view.target_items)`` target item indices, best first. Equal scores must keep
+    items.jsonl order (:func:`stable_rank` does it), so that results are reproducible.
+    """
+
+    name: str = "method"
+
+    @abstractmethod
+    def fit(self, view: TrainView) -> None:
+        """Learn from the train view of one direction."""
+
+    @abstractmethod
+    def rank(self, queries: Sequence[tuple[str, ...]]) -> np.ndarray:
+        """(n_queries, n_target_items) int64 full rankings; query = source item ids, oldest
+        first."""
+
+    def config(self) -> dict[str, Any]:
+        """Hyper-parameters, including those chosen on valid users, for the report."""
+        return {}
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release resources (stores, files) after the last ``rank``."""
+
+
+def stable_rank(scores: np.ndarray, tiebreak: np.ndarray | None = None) -> np.ndarray:
+    """(n_queries, n_items) int64: item indices by descending score; equal scores are ordered by
+    descending ``tiebreak`` (n_items,), then by index (items.jsonl order)."""
+    scores = np.asarray(scores)
+    if tiebreak is None:
+        return np.argsort(-scores, axis=1, kind="stable")
+    order = np.argsort(-np.asarray(tiebreak), kind="stable")  # (n_items,) tie-break order
+    ranked = np.argsort(-scores[:, order], axis=1, kind="stable")
+    return order[ranked]
+
+
+class ScoringMethod(Method):
+    """A method that scores every target item; ranking is a stable sort of the scores.
+
+    ``tiebreak`` (n_target_items,), when set by ``fit``, orders items of equal score (higher
+    first) before items.jsonl order does; the baselines use train popularity, so that items a
+    neighbourhood method knows nothing about fall back to a popularity ranking.
+    """
+
+    tiebreak: np.ndarray | None = None
+
+    @abstractmethod
+    def score(self, queries: Sequence[tuple[str, ...]]) -> np.ndarray:
+        """(n_queries, n_target_items) float scores, higher is better."""
+
+    def rank(self, queries: Sequence[tuple[str, ...]]) -> np.ndarray:
+        return stable_rank(self.score(queries), self.tiebreak)
+
+
+class RetrieverMethod(Method):
+    """Turns a ``recommend(history, domain, limit) -> [item_id, ...]`` callable (the project's
+    Retriever, or anything shaped like it) into an evaluated method.
+
+    ``rank`` calls ``recommend(query, target_domain, n_target_items)`` once per query, so the
+    callable is asked for every target item. Items it leaves out are appended in items.jsonl
+    order (and logged); an item id that is not a target item is an error.
+
+    Args:
+        name: the method's name in reports.
+        recommend: the callable, when it needs no fitting.
+        build: called as ``build(view)`` by ``fit``, returns the callable; for methods that
+            train or index on the train view first. Give ``recommend`` or ``build``.
+        close: called by :meth:`close` (e.g. the retriever's ``close``).
+        config: hyper-parameters to report.
+
+    Example:
+        >>> retriever = Retriever(Settings(store="shop.xdr"))                 # doctest: +SKIP
+        >>> method = RetrieverMethod(
+        ...     "zeroshot",
+        ...     lambda history, domain, limit: [
+        ...         h.item_id for h in retriever.recommend_history(history, domain, limit)],
+        ...     close=retriever.close)
+        >>> evaluate(dataset, methods=["popularity", method])
+    """
+
+    def __init__(self, name: str, recommend: Recommend | None = None, *,
+                 build: Callable[[TrainView], Recommend] | None = None,
+                 close: Callable[[], None] | None = None,
+                 config: Mapping[str, Any] | None = None):
+        if (recommend is None) == (build is None):
+            raise ValueError("give exactly one of recommend and build")
+        self.name = name
+        self._given = recommend
+        self._build = build
+        self._close = close
+        self._config = dict(config or {})
+        self._recommend: Recommend | None = None
+        self._target = ""
+        self._index: dict[str, int] = {}
+
+    def fit(self, view: TrainView) -> None:
+        self._target = view.target
+        self._index = dict(view.item_index(view.target))
+        self._recommend = self._build(view) if self._build is not None else self._given
+
+    def rank(self, queries: Sequence[tuple[str, ...]]) -> np.ndarray:
+        if self._recommend is None:
+            raise XDRetrieveError(f"method '{self.name}': rank() before fit()")
+        n = len(self._index)
+        out = np.empty((len(queries), n), dtype=np.int64)
+        short = 0
+        for row, query in enumerate(queries):
+            ids = self._recommend(tuple(query), self._target, n)
+            short += len(set(ids)) < n
+            out[row] = self._complete(ids, n)
+        if short:
+            log.warning("method '%s' ranked fewer than all %d items for %d of %d queries; the "
+                        "rest follow in items.jsonl order", self.name, n, short, len(queries))
+        return out
+
+    def _complete(self, ids: Sequence[str], n: int) -> np.ndarray:
+        """(n,) the ranking the ids give, then every missing target item in items.jsonl order."""
+        unknown = [i for i in ids if i not in self._index]
+        if unknown:
+            raise XDRetrieveError(f"method '{self.name}' returned {len(unknown)} item(s) that are "
+                                  f"not '{self._target}' items, e.g. {unknown[:3]}")
+        ranked = np.fromiter((self._index[i] for i in ids), dtype=np.int64, count=len(ids))
+        _, first = np.unique(ranked, return_index=True)
+        ranked = ranked[np.sort(first)]  # drop repeats, keep first occurrence
+        if len(ranked) < n:
+            seen = np.zeros(n, dtype=bool)
+            seen[ranked] = True
+            ranked = np.concatenate([ranked, np.flatnonzero(~seen)])
+        return ranked
+
+    def config(self) -> dict[str, Any]:
+        return dict(self._config)
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
