@@ -1,4 +1,6 @@
-"""compose.yaml starts a pinned, persistent, health-checked Qdrant server."""
+"""compose.yaml starts a pinned, persistent, health-checked Qdrant server, xdretrieve's HTTP
+service (built from the Dockerfile) once Qdrant is healthy, and, in the ``cluster`` profile, a
+three-node Qdrant cluster with its own xdretrieve service."""
 
 from __future__ import annotations
 
@@ -10,7 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-COMPOSE = Path(__file__).resolve().parent.parent / "compose.yaml"
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "compose.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+NODES = ("qdrant-node1", "qdrant-node2", "qdrant-node3")
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +88,96 @@ def test_restarts_unless_stopped(qdrant: dict) -> None:
     assert qdrant.get("restart") == "unless-stopped"
 
 
+def _command(service: dict) -> list[str]:
+    command = service.get("command", [])
+    return command.split() if isinstance(command, str) else [str(c) for c in command]
+
+
+def _env(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) for e in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def _waits_healthy(service: dict, on: str) -> bool:
+    depends = service.get("depends_on") or {}
+    return isinstance(depends, dict) and (depends.get(on) or {}).get(
+        "condition") == "service_healthy"
+
+
+def test_default_services_have_no_profile(compose: dict) -> None:
+    services = compose["services"]
+    assert {"qdrant", "xdretrieve"} <= set(services)
+    assert not services["qdrant"].get("profiles") and not services["xdretrieve"].get("profiles")
+
+
+def test_xdretrieve_service_serves_the_qdrant_service(compose: dict) -> None:
+    service = compose["services"]["xdretrieve"]
+    build = service["build"]
+    assert (build if isinstance(build, str) else build.get("context", ".")) == "."
+    command = _command(service)
+    assert command[:1] == ["serve"]
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert command[command.index("--url") + 1] == "http://qdrant:6333"
+    assert _waits_healthy(service, "qdrant")
+    assert 8000 in {_container_port(p) for p in service.get("ports", [])}
+    assert {"XDR_SHARDS", "XDR_REPLICAS"} <= set(_env(service))
+    assert (service.get("healthcheck") or {}).get("test")
+    assert service.get("restart") == "unless-stopped"
+
+
+def test_dockerfile_installs_cpu_torch_then_the_serve_extra() -> None:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
+    torch = text.index("pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu")
+    assert torch < text.index('pip install ".[serve]"')
+    assert 'ENTRYPOINT ["xdretrieve"]' in text
+    assert 'CMD ["serve", "--host", "0.0.0.0", "--url", "http://qdrant:6333"]' in text
+
+
+def test_cluster_profile_is_three_bootstrapped_nodes(compose: dict) -> None:
+    services = compose["services"]
+    declared = compose.get("volumes") or {}
+    for name in NODES:
+        node = services[name]
+        assert node.get("profiles") == ["cluster"]
+        assert node["image"] == services["qdrant"]["image"]
+        assert _env(node).get("QDRANT__CLUSTER__ENABLED") == "true"
+        assert (node.get("healthcheck") or {}).get("test")
+        command = _command(node)
+        assert command[0] == "./qdrant"
+        assert command[command.index("--uri") + 1] == f"http://{name}:6335"
+        storage = [str(v).split(":")[0] for v in node.get("volumes", [])
+                   if str(v).endswith(":/qdrant/storage")]
+        assert storage and storage[0] in declared, f"{name} has no named storage volume"
+    assert "--bootstrap" not in _command(services["qdrant-node1"])
+    for name in NODES[1:]:
+        command = _command(services[name])
+        assert command[command.index("--bootstrap") + 1] == "http://qdrant-node1:6335"
+        assert _waits_healthy(services[name], "qdrant-node1") or _waits_healthy(
+            services[name], "qdrant-node2")
+    volumes = [str(v).split(":")[0] for n in NODES for v in services[n].get("volumes", [])]
+    assert len(set(volumes)) == 3, "each node needs its own storage"
+
+
+def test_cluster_profile_has_its_own_xdretrieve_with_shards_and_replicas(compose: dict) -> None:
+    services = compose["services"]
+    service = services["xdretrieve-cluster"]
+    assert service.get("profiles") == ["cluster"]
+    command = _command(service)
+    assert command[command.index("--url") + 1] == "http://qdrant-node1:6333"
+    assert all(_waits_healthy(service, n) for n in NODES)
+    env = _env(service)
+    shards = re.fullmatch(r"\$\{XDR_SHARDS:-(\d+)\}", env["XDR_SHARDS"])
+    replicas = re.fullmatch(r"\$\{XDR_REPLICAS:-(\d+)\}", env["XDR_REPLICAS"])
+    assert shards and replicas, env
+    assert int(shards[1]) >= len(NODES) and 2 <= int(replicas[1]) <= len(NODES)
+    # no host port clashes between the default services and the profile's
+    published = [str(p).rsplit(":", 1)[0] for s in services.values() for p in s.get("ports", [])]
+    assert len(published) == len(set(published)), published
+
+
 def _docker_compose_available() -> bool:
     if shutil.which("docker") is None:
         return False
@@ -93,11 +188,12 @@ def _docker_compose_available() -> bool:
     return done.returncode == 0
 
 
-def test_docker_compose_accepts_the_file() -> None:
+@pytest.mark.parametrize("profile", [[], ["--profile", "cluster"]], ids=["default", "cluster"])
+def test_docker_compose_accepts_the_file(profile: list[str]) -> None:
     if not _docker_compose_available():
         pytest.skip("docker compose is not available; the YAML checks above still ran")
     done = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE), "config", "-q"],
+        ["docker", "compose", "-f", str(COMPOSE), *profile, "config", "-q"],
         capture_output=True,
         text=True,
         timeout=60,

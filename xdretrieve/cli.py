@@ -182,9 +182,10 @@ def query(user_id: str | None, history: str | None, text: str | None, domain: st
         if user_id is not None:
             q = retriever.user_query(user_id, domain)
         elif history is not None:
-            q = retriever.history_query([i.strip() for i in history.split(",") if i.strip()])
+            q = retriever.history_query([i.strip() for i in history.split(",") if i.strip()],
+                                        domain)
         else:
-            q = retriever.text_query(text or "")
+            q = retriever.text_query(text or "", domain)
         hits = retriever.search(q, domain, limit)
     if as_json:
         click.echo(json.dumps({"query": q.source, "domain": domain, "hits": [
@@ -256,11 +257,16 @@ def demo(store: Path) -> None:
 
 def _register_optional() -> None:
     """Commands that live in their own modules."""
-    try:
-        from xdretrieve.evaluate.cli import evaluate
-    except ImportError:  # pragma: no cover - the evaluate package is part of the project
-        return
+    from xdretrieve.evaluate.cli import evaluate
+    from xdretrieve.train.cli import finetune
+
     main.add_command(evaluate)
+    main.add_command(finetune)
+    try:
+        from xdretrieve.serve_cli import serve
+    except ImportError:  # serve_cli imported first (it imports this module): registered later
+        return
+    main.add_command(serve)
 
 
 _register_optional()

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     url: str | None = Field(None, description="Qdrant server URL; when set, used instead of `store`.")
     api_key: str | None = Field(None, description="Qdrant server API key.")
     collection_prefix: str = Field("xdr_", description="Prefix of the server's collection names.")
+    # server collections (applied when a collection is created)
+    shards: int = Field(1, ge=1, description="Shards of a new server collection.")
+    replicas: int = Field(1, ge=1, description="Copies of each shard on a cluster.")
 
     # encoder
     model: str = Field(DEFAULT_MODEL, description="Encoder: the packaged default or a local model directory.")

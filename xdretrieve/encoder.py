@@ -36,11 +36,22 @@ def item_text(item: Item, template: str) -> str:
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A local encoder model: its display name, directory and content fingerprint."""
+    """A local encoder model: its display name, directory and content fingerprint.
+
+    For a trained xdretrieve model directory (:mod:`xdretrieve.model`), ``path`` and
+    ``base_fingerprint`` name its base encoder and ``trained`` the directory; ``fingerprint``
+    covers both."""
 
     name: str
     path: Path
     fingerprint: str
+    trained: Path | None = None
+    base_fingerprint: str = ""
+
+    @property
+    def encoder_fingerprint(self) -> str:
+        """What the text embeddings depend on (the embedding cache's key)."""
+        return self.base_fingerprint or self.fingerprint
 
 
 def _default_model_dir() -> Path:
@@ -73,6 +84,22 @@ def resolve_model(name: str) -> ModelRef:
     Raises:
         XDRetrieveError: the name is neither the default nor a model directory.
     """
+    from xdretrieve.model import MANIFEST, is_model_dir
+
+    if is_model_dir(name):
+        import json
+
+        trained = Path(name).expanduser().resolve()
+        manifest = json.loads((trained / MANIFEST).read_text())
+        base = resolve_model(manifest["base_model"])
+        if base.fingerprint != manifest["base_fingerprint"]:
+            raise XDRetrieveError(
+                f"model '{trained}' was trained on encoder '{manifest['base_model']}' with "
+                f"fingerprint {manifest['base_fingerprint']}, but that encoder is now "
+                f"{base.fingerprint}")
+        fingerprint = hashlib.sha256(
+            (base.fingerprint + _fingerprint(trained)).encode()).hexdigest()[:16]
+        return ModelRef(str(trained), base.path, fingerprint, trained, base.fingerprint)
     if name in _DEFAULT_ALIASES:
         path, display = _default_model_dir(), DEFAULT_MODEL
     else:
@@ -133,8 +160,14 @@ class Encoder:
             self.model.half()
         get_dim = getattr(self.model, "get_embedding_dimension", None) or \
             self.model.get_sentence_embedding_dimension
-        self.dim = int(get_dim())
-        self.cache = (EmbeddingCache(cache_dir / "embeddings", f"{ref.fingerprint}-"
+        self.base_dim = int(get_dim())
+        self.trained = None
+        if ref.trained is not None:
+            from xdretrieve.model import TrainedModel
+
+            self.trained = TrainedModel.load(ref.trained)
+        self.dim = int(self.trained.manifest["dim"]) if self.trained else self.base_dim
+        self.cache = (EmbeddingCache(cache_dir / "embeddings", f"{ref.encoder_fingerprint}-"
                                      f"{self.model.max_seq_length}") if cache_dir else None)
 
     @classmethod
@@ -147,13 +180,25 @@ class Encoder:
                                     normalize_embeddings=True, show_progress_bar=False)
         return np.asarray(vectors, dtype=np.float32)
 
-    def encode(self, texts: list[str], progress: bool = False, desc: str = "embedding") -> np.ndarray:
-        """Embed texts; returns (len(texts), dim) float32 unit vectors."""
+    def encode_items(self, texts: list[str], domains: list[str], progress: bool = False,
+                     desc: str = "embedding items", cache: bool = True) -> np.ndarray:
+        """Embed item texts into the store's space: (len(texts), dim) float32 unit vectors.
+
+        With a trained model the encoder's vectors go through the item adapter of each item's
+        domain; otherwise they are stored as they are."""
+        base = self.encode(texts, progress=progress, desc=desc, cache=cache)
+        return base if self.trained is None else self.trained.item_vectors(base, domains)
+
+    def encode(self, texts: list[str], progress: bool = False, desc: str = "embedding",
+               cache: bool = True) -> np.ndarray:
+        """Embed texts with the base encoder; returns (len(texts), base_dim) float32 unit
+        vectors. ``cache=False`` neither reads nor writes the cache (one-off query texts)."""
         from tqdm.auto import tqdm
 
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        out = np.zeros((len(texts), self.base_dim), dtype=np.float32)
         todo = list(range(len(texts)))
-        if self.cache is not None:
+        use_cache = cache and self.cache is not None
+        if use_cache:
             cached = self.cache.get(texts)
             for i, vec in cached.items():
                 out[i] = vec
@@ -166,7 +211,7 @@ class Encoder:
                 chunk = [texts[i] for i in idx]
                 vectors = self._embed(chunk)
                 out[idx] = vectors
-                if self.cache is not None:
+                if use_cache:
                     self.cache.put(chunk, vectors)
                 bar.update(len(idx))
         return out

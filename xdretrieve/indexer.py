@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 
 from xdretrieve.config import Settings
-from xdretrieve.data import Dataset
+from xdretrieve.data import Dataset, Item
 from xdretrieve.encoder import Encoder, ModelRef, item_text, resolve_model
 from xdretrieve.store import (
     ITEMS,
@@ -54,6 +57,33 @@ def _digest(*parts: str) -> str:
     return hashlib.sha1("\x1f".join(parts).encode("utf-8")).hexdigest()[:20]
 
 
+def _text_hash(text: str, max_seq_length: int) -> str:
+    """What decides whether an item is re-embedded: its encoder text and the cut length."""
+    return _digest(text, str(max_seq_length))
+
+
+def _item_payload(item: Item, text_hash: str) -> dict[str, Any]:
+    return {**item.extra, "item_id": item.item_id, "domain": item.domain, "title": item.title,
+            "text": item.text, "text_hash": text_hash}
+
+
+def _store_info(ref: ModelRef, dim: int, domains: Iterable[str], settings: Settings,
+                previous: StoreInfo | None, changed: bool) -> StoreInfo:
+    """The build info to write after a run; creation time kept, update time only on change."""
+    from xdretrieve import __version__
+
+    now = StoreInfo(encoder=ref.name, fingerprint=ref.fingerprint, dim=dim, version=__version__,
+                    domains=sorted(set(domains) | set(previous.domains if previous else [])),
+                    text_template=settings.text_template,
+                    max_seq_length=settings.max_seq_length, pooling=settings.pooling,
+                    extra={"trained": str(ref.trained)} if ref.trained else {})
+    if previous is not None:
+        now.created_at = previous.created_at
+        if not changed:
+            now.updated_at = previous.updated_at
+    return now
+
+
 def index_dataset(dataset: Dataset, settings: Settings | None = None, *,
                   store: VectorStore | None = None, encoder: Encoder | None = None,
                   users: bool = True, recreate: bool = False,
@@ -89,8 +119,6 @@ def index_dataset(dataset: Dataset, settings: Settings | None = None, *,
 
 def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: Encoder | None,
            users: bool, recreate: bool, progress: bool) -> IndexReport:
-    from xdretrieve import __version__
-
     report = IndexReport(items=len(dataset.items))
     t0 = time.perf_counter()
     ref: ModelRef = encoder.ref if encoder is not None else resolve_model(settings.model)
@@ -112,7 +140,7 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
 
     # Items whose text changed (or are new) are embedded; the rest keep their vectors.
     texts = {iid: item_text(it, settings.text_template) for iid, it in dataset.items.items()}
-    hashes = {iid: _digest(t, str(settings.max_seq_length)) for iid, t in texts.items()}
+    hashes = {iid: _text_hash(t, settings.max_seq_length) for iid, t in texts.items()}
     todo = [iid for iid in dataset.items if stored.get(iid, ("",))[0] != hashes[iid]]
     t = time.perf_counter()
     vectors: dict[str, np.ndarray] = {iid: v for iid, (h, v) in stored.items()
@@ -124,9 +152,10 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
             report.timings["load_encoder"] = time.perf_counter() - t
             t = time.perf_counter()
         dim = encoder.dim
-        embedded = encoder.encode([texts[i] for i in todo], progress=progress,
-                                  desc="embedding items")
-        vectors.update(zip(todo, embedded))
+        embedded = encoder.encode_items([texts[i] for i in todo],
+                                        [dataset.items[i].domain for i in todo],
+                                        progress=progress, desc="embedding items")
+        vectors.update(zip(todo, embedded, strict=True))
     report.items_embedded = len(todo)
     report.timings["embed"] = time.perf_counter() - t
     if dim is None:
@@ -135,11 +164,7 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
     t = time.perf_counter()
     store.ensure(ITEMS, dim, ("domain",))
     if todo:
-        payloads = []
-        for iid in todo:
-            item = dataset.items[iid]
-            payloads.append({**item.extra, "item_id": iid, "domain": item.domain,
-                             "title": item.title, "text": item.text, "text_hash": hashes[iid]})
+        payloads = [_item_payload(dataset.items[iid], hashes[iid]) for iid in todo]
         store.upsert(ITEMS, [item_point_id(i) for i in todo], np.stack([vectors[i] for i in todo]),
                      payloads, progress=progress)
     gone = [iid for iid in stored if iid not in dataset.items]
@@ -157,17 +182,85 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
                 store.build_index(collection)
     report.timings["build_index"] = time.perf_counter() - t
 
-    now = StoreInfo(encoder=ref.name, fingerprint=ref.fingerprint, dim=dim, version=__version__,
-                    domains=sorted(set(dataset.domains) | set(info.domains if info else [])),
-                    text_template=settings.text_template,
-                    max_seq_length=settings.max_seq_length, pooling=settings.pooling)
-    if info is not None:
-        now.created_at = info.created_at
-        if not report.changed:
-            now.updated_at = info.updated_at
-    store.write_info(now)
+    store.write_info(_store_info(ref, dim, dataset.domains, settings, info, report.changed))
     report.timings["total"] = time.perf_counter() - t0
     return report
+
+
+def upsert_items(items: Sequence[Item], settings: Settings, store: VectorStore,
+                 encoder: Encoder) -> StoreInfo:
+    """Embed items and insert or overwrite them, outside a full ``index`` run (the HTTP
+    service's ``PUT /items``).
+
+    Items are embedded as ``index`` embeds them (same text, same hash), so a later ``index`` of
+    a catalog that holds them re-embeds nothing. A store that exists keeps its text template
+    and cut length; an empty one is created with ``settings``'. User profiles are left as they
+    are: a profile whose history holds a changed item is refreshed by the next ``index``.
+
+    Args:
+        items: the items; a later item replaces an earlier one with the same id.
+        settings: configuration for a store that does not exist yet.
+        store: an open store.
+        encoder: the store's encoder.
+
+    Returns:
+        The store's build info after the write (with any new domain).
+
+    Raises:
+        EncoderMismatchError: the store was built by another encoder.
+
+    Example:
+        >>> info = upsert_items([Item("m-9", "movies", "Alien")], settings, store,
+        ...                     encoder)                                  # doctest: +SKIP
+    """
+    info = store.read_info()
+    ref = encoder.ref
+    if info is not None:
+        info.check_encoder(ref.name, ref.fingerprint)
+        settings = settings.model_copy(update={"text_template": info.text_template,
+                                               "max_seq_length": info.max_seq_length,
+                                               "pooling": info.pooling})
+    unique = list({item.item_id: item for item in items}.values())
+    if not unique:
+        if info is None:
+            raise ValueError("no items to create a store from")
+        return info
+    texts = [item_text(item, settings.text_template) for item in unique]
+    vectors = encoder.encode_items(texts, [item.domain for item in unique])  # (len, dim)
+    created = not store.exists(ITEMS)
+    store.ensure(ITEMS, encoder.dim, ("domain",))
+    store.upsert(ITEMS, [item_point_id(item.item_id) for item in unique], vectors,
+                 [_item_payload(item, _text_hash(text, settings.max_seq_length))
+                  for item, text in zip(unique, texts, strict=True)])
+    if created:
+        store.build_index(ITEMS)
+    now = _store_info(ref, encoder.dim, (item.domain for item in unique), settings, info,
+                      changed=True)
+    store.write_info(now)
+    return now
+
+
+def delete_items(item_ids: Sequence[str], store: VectorStore) -> list[str]:
+    """Delete items by id (the HTTP service's ``DELETE /items``).
+
+    User profiles are left as they are; the next ``index`` of a catalog without these items
+    deletes or rewrites them.
+
+    Returns:
+        The ids that were in the store (and are now deleted), in the order given.
+    """
+    if not item_ids or not store.exists(ITEMS):
+        return []
+    ids = list(dict.fromkeys(item_ids))
+    present = {p.payload["item_id"] for p in store.retrieve(ITEMS, [item_point_id(i) for i in ids])}
+    deleted = [i for i in ids if i in present]
+    if deleted:
+        store.delete(ITEMS, [item_point_id(i) for i in deleted])
+        info = store.read_info()
+        if info is not None:
+            info.updated_at = datetime.now(timezone.utc).isoformat()
+            store.write_info(info)  # also makes the delete durable (Edge flushes)
+    return deleted
 
 
 def _index_users(dataset: Dataset, settings: Settings, store: VectorStore,

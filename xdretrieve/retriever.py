@@ -15,6 +15,7 @@ import numpy as np
 
 from xdretrieve.config import Settings
 from xdretrieve.errors import NotFoundError, StoreError
+from xdretrieve.rerank import features
 from xdretrieve.store import ITEMS, USERS, StoreInfo, VectorStore, item_point_id, open_store
 from xdretrieve.store import user_point_id as profile_id
 from xdretrieve.users import pool
@@ -40,6 +41,8 @@ class Query:
     vector: np.ndarray  # (dim,) unit
     exclude: tuple[str, ...] = ()  # item ids
     source: str = ""  # what the vector came from, for people
+    history: tuple[str, ...] = ()  # item ids the vector was made from (re-ranker features)
+    history_text: str = ""  # their titles and texts (re-ranker features)
 
 
 class Retriever:
@@ -74,6 +77,12 @@ class Retriever:
             ref = resolve_model(self.settings.model)
             info.check_encoder(ref.name, ref.fingerprint)
         self._encoder: Any = None
+        # a store built with a trained model: its user tower and item bias answer queries
+        self.model: Any = None
+        if info.extra.get("trained"):
+            from xdretrieve.model import TrainedModel
+
+            self.model = TrainedModel.load(info.extra["trained"])
 
     # -- building queries ----------------------------------------------------------------------
     def _check_domain(self, domain: str) -> None:
@@ -92,30 +101,50 @@ class Retriever:
         if not profiles:
             raise NotFoundError(f"unknown user '{user_id}'")
         source = [p for p in profiles if p.payload["domain"] != domain] or profiles
+        have = next((p.payload["history"] for p in profiles if p.payload["domain"] == domain), [])
+        names = "+".join(p.payload["domain"] for p in source)
+        source_text = f"user {user_id} ({names} history)"
+        if self.model is not None:  # the user tower reads the history itself
+            history = tuple(i for p in source for i in p.payload["history"])
+            vectors, text = self._items(history)
+            return Query(self.model.user_vector(vectors, domain), tuple(have), source_text,
+                         history, text)
         weights = np.array([len(p.payload["history"]) for p in source], dtype=np.float32)
         vector = weights @ np.stack([p.vector for p in source])
         vector /= np.linalg.norm(vector) or 1.0
-        have = next((p.payload["history"] for p in profiles if p.payload["domain"] == domain), [])
-        names = "+".join(p.payload["domain"] for p in source)
-        return Query(vector, tuple(have), f"user {user_id} ({names} history)")
+        return Query(vector, tuple(have), source_text)
 
-    def history_query(self, item_ids: Sequence[str]) -> Query:
-        """The query of a user the store has never seen: pooled vectors of their items, in
-        order (oldest first). The items themselves are excluded from the answer."""
-        if not item_ids:
-            raise NotFoundError("the history is empty")
+    def _items(self, item_ids: Sequence[str]) -> tuple[np.ndarray, str]:
+        """(len(item_ids), dim) stored vectors in order, and the items' text; unknown ids are
+        an error."""
         points = self.store.retrieve(ITEMS, [item_point_id(i) for i in item_ids],
                                      with_vectors=True)
-        by_id = {p.payload["item_id"]: p.vector for p in points}
+        by_id = {p.payload["item_id"]: p for p in points}
         missing = [i for i in item_ids if i not in by_id]
         if missing:
             raise NotFoundError(f"unknown item(s): {', '.join(missing[:10])}")
-        matrix = np.stack([by_id[i] for i in item_ids])  # (len(history), dim)
-        vector = pool(matrix, self.settings.pooling, self.settings.recency_half_life)
-        return Query(vector, tuple(item_ids), f"history of {len(item_ids)} item(s)")
+        text = " ".join(f"{p.payload.get('title', '')} {p.payload.get('text', '')}"
+                        for p in by_id.values())
+        return np.stack([by_id[i].vector for i in item_ids]), text
 
-    def text_query(self, text: str) -> Query:
-        """A free-text query embedded by the store's encoder."""
+    def history_query(self, item_ids: Sequence[str], domain: str | None = None) -> Query:
+        """The query of a user the store has never seen, for target ``domain``: their items'
+        vectors, oldest first, pooled (or read by the trained user tower). The items themselves
+        are excluded from the answer."""
+        if not item_ids:
+            raise NotFoundError("the history is empty")
+        matrix, text = self._items(item_ids)  # (len(history), dim)
+        if self.model is not None and domain is not None:
+            self._check_domain(domain)
+            vector = self.model.user_vector(matrix, domain)
+        else:
+            vector = pool(matrix, self.settings.pooling, self.settings.recency_half_life)
+        return Query(vector, tuple(item_ids), f"history of {len(item_ids)} item(s)",
+                     tuple(item_ids), text)
+
+    def text_query(self, text: str, domain: str | None = None) -> Query:
+        """A free-text query embedded by the store's encoder (with a trained model, mapped by
+        the item adapter of ``domain``, as an item of that domain would be)."""
         if not text.strip():
             raise NotFoundError("the text is empty")
         if self._encoder is None:
@@ -125,7 +154,12 @@ class Retriever:
                                 else self.info.encoder)
             self.info.check_encoder(ref.name, ref.fingerprint)
             self._encoder = Encoder.from_settings(self.settings, ref)
-        return Query(self._encoder.encode([text])[0], (), "text")
+        if self.model is not None:
+            if domain is None:
+                raise NotFoundError("a text query to a trained model needs its target domain")
+            self._check_domain(domain)
+            return Query(self._encoder.encode_items([text], [domain], cache=False)[0], (), "text")
+        return Query(self._encoder.encode([text], cache=False)[0], (), "text")
 
     # -- answering ---------------------------------------------------------------------------------
     def search(self, query: Query, domain: str, limit: int = 10) -> list[Hit]:
@@ -133,10 +167,31 @@ class Retriever:
         self._check_domain(domain)
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        hits = self.store.search(ITEMS, query.vector, limit, domain=domain,
-                                 exclude=[item_point_id(i) for i in query.exclude])
-        return [Hit(h.payload["item_id"], h.payload["domain"], h.payload.get("title", ""),
-                    h.score, h.payload) for h in hits]
+        exclude = [item_point_id(i) for i in query.exclude]
+        if self.model is None:
+            hits = self.store.search(ITEMS, query.vector, limit, domain=domain, exclude=exclude)
+            return [Hit(h.payload["item_id"], h.payload["domain"], h.payload.get("title", ""),
+                        h.score, h.payload) for h in hits]
+        # nearest neighbours by cosine, then the model's own score (scale * cosine + item bias)
+        hits = self.store.search(ITEMS, query.vector, max(limit, self.settings.candidates),
+                                 domain=domain, exclude=exclude)
+        ids = [h.payload["item_id"] for h in hits]
+        cosines = np.array([h.score for h in hits], dtype=np.float32)
+        scores = self.model.rescore(ids, cosines)
+        order = np.argsort(-scores, kind="stable")
+        if self.model.reranker is not None and query.history:
+            head = order[:self.settings.candidates]  # the re-ranker orders the candidates
+            x = features(self.model.reranker.stats, query.history, query.history_text,
+                         [ids[k] for k in head],
+                         [f"{hits[k].payload.get('title', '')} {hits[k].payload.get('text', '')}"
+                          for k in head], cosines[head], scores[head])
+            reranked = self.model.reranker.score(x)
+            scores = scores.copy()
+            scores[head] = reranked
+            order = np.concatenate([head[np.argsort(-reranked, kind="stable")],
+                                    order[self.settings.candidates:]])
+        return [Hit(ids[k], hits[k].payload["domain"], hits[k].payload.get("title", ""),
+                    float(scores[k]), hits[k].payload) for k in order[:limit]]
 
     def recommend_user(self, user_id: str, domain: str, limit: int = 10) -> list[Hit]:
         """Items of ``domain`` for a stored user."""
@@ -144,11 +199,11 @@ class Retriever:
 
     def recommend_history(self, item_ids: Sequence[str], domain: str, limit: int = 10) -> list[Hit]:
         """Items of ``domain`` for a cold-start user given by their history (item ids)."""
-        return self.search(self.history_query(item_ids), domain, limit)
+        return self.search(self.history_query(item_ids, domain), domain, limit)
 
     def search_text(self, text: str, domain: str, limit: int = 10) -> list[Hit]:
         """Items of ``domain`` for a free-text query."""
-        return self.search(self.text_query(text), domain, limit)
+        return self.search(self.text_query(text, domain), domain, limit)
 
     def close(self) -> None:
         if self._own_store:

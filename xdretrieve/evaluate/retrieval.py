@@ -14,9 +14,46 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from xdretrieve.evaluate.methods import Method, RetrieverMethod
 
 RETRIEVER_METHODS = ("zeroshot", "xdretrieve")
+SERVED = 1000  # ranks answered by the retriever itself; the tail is the same score, exact
+
+
+class _FullRanking:
+    """``recommend(history, domain, limit)`` for the protocol's full ranking.
+
+    The first :data:`SERVED` items are what ``Retriever.recommend_history`` returns (the served
+    path: query vector, filtered HNSW search, model re-scoring). The protocol also ranks every
+    other target item, which no service would be asked for: those follow by the same score,
+    computed exactly over the stored vectors (a user's first relevant item beyond rank 1,000
+    still counts in mrr)."""
+
+    def __init__(self, retriever, target: str):
+        from xdretrieve.store import ITEMS
+
+        self.retriever = retriever
+        points = [p for p in retriever.store.scroll(ITEMS, with_vectors=True,
+                                                    fields=["item_id", "domain"])
+                  if p.payload["domain"] == target]
+        self.ids = [p.payload["item_id"] for p in points]
+        self.matrix = np.stack([p.vector for p in points])  # (n_target, dim)
+
+    def __call__(self, history, domain, limit):
+        served = [h.item_id for h in self.retriever.recommend_history(history, domain,
+                                                                      min(limit, SERVED))]
+        if limit <= SERVED:
+            return served
+        query = self.retriever.history_query(history, domain)
+        scores = self.matrix @ query.vector
+        if self.retriever.model is not None:
+            scores = self.retriever.model.rescore(self.ids, scores)
+        seen = set(served) | set(query.exclude)
+        tail = [self.ids[k] for k in np.argsort(-scores, kind="stable")
+                if self.ids[k] not in seen]
+        return served + tail[:limit - len(served)]
 
 if TYPE_CHECKING:
     from xdretrieve.config import Settings
@@ -39,11 +76,9 @@ def retriever_method(name: str, settings: Settings, work_dir: Path) -> Method:
         from xdretrieve.retriever import Retriever
 
         if "retriever" not in state:
-            index_dataset(Dataset(dict(view.items), []), settings, users=False, progress=True)
+            index_dataset(Dataset(dict(view.items), []), settings, users=False)
             state["retriever"] = Retriever(settings)
-        retriever = state["retriever"]
-        return lambda history, domain, limit: [
-            h.item_id for h in retriever.recommend_history(history, domain, limit)]
+        return _FullRanking(state["retriever"], view.target)
 
     def close() -> None:
         if "retriever" in state:

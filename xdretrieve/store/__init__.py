@@ -41,7 +41,8 @@ def open_store(settings: Settings) -> VectorStore:
             client = QdrantClient(":memory:")
         else:
             client = QdrantClient(url=settings.url, api_key=settings.api_key)
-        return ServerStore(client, settings.collection_prefix, **index_args)
+        return ServerStore(client, settings.collection_prefix, shards=settings.shards,
+                           replicas=settings.replicas, **index_args)
     from xdretrieve.store.edge import EdgeStore
 
     return EdgeStore(settings.store, **index_args)

@@ -1,0 +1,62 @@
+"""The Haystack component, run on its own and inside a real haystack Pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from haystack import Document, Pipeline
+from xdretrieve_haystack import XDRetrieveRetriever
+
+from xdretrieve import NotFoundError
+
+
+@pytest.fixture(autouse=True)
+def _no_telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HAYSTACK_TELEMETRY_ENABLED", "False")
+
+
+@pytest.fixture
+def component(paired_settings) -> Iterator[XDRetrieveRetriever]:
+    c = XDRetrieveRetriever(domain="movies", limit=3, store=str(paired_settings.store))
+    yield c
+    if c._retriever is not None:
+        c._retriever.close()  # an embedded store is open in one place at a time
+
+
+def test_the_counterpart_comes_first(component: XDRetrieveRetriever, themes: list[str]) -> None:
+    for t, theme in enumerate(themes):
+        for kwargs in ({"user_id": f"u{t}"}, {"history": [f"book-{t}"]},
+                       {"text": f"The {theme} chronicles"}):
+            docs = component.run(**kwargs)["documents"]
+            assert len(docs) == 3 and all(isinstance(d, Document) for d in docs)
+            assert docs[0].id == docs[0].meta["item_id"] == f"movie-{t}", kwargs
+            assert docs[0].content == f"{theme.capitalize()}: the movie"
+            assert docs[0].meta["domain"] == "movies" and "text_hash" not in docs[0].meta
+            assert [d.score for d in docs] == sorted((d.score for d in docs), reverse=True)
+    back = component.run(history=["movie-2"], domain="books", limit=1)["documents"]
+    assert [d.id for d in back] == ["book-2"]
+
+
+def test_in_a_pipeline_and_serialized(component: XDRetrieveRetriever, paired_settings) -> None:
+    data = component.to_dict()  # not warmed up: the pipeline below opens the store
+    assert data["init_parameters"] == {"domain": "movies", "limit": 3,
+                                       "store": str(paired_settings.store), "url": None,
+                                       "model": None}
+    again = XDRetrieveRetriever.from_dict(data)
+    assert again.to_dict() == data
+
+    pipe = Pipeline()
+    pipe.add_component("recommend", again)
+    # YAML round trip of the whole pipeline; haystack >= 2.x asks which modules to trust
+    loaded = Pipeline.loads(pipe.dumps(), allowed_modules=["xdretrieve_haystack"])
+    result = loaded.run({"recommend": {"history": ["book-1"]}})
+    assert result["recommend"]["documents"][0].id == "movie-1"
+    loaded.get_component("recommend")._retriever.close()
+
+
+def test_bad_calls(component: XDRetrieveRetriever) -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        component.run(user_id="u1", text="dragons")
+    with pytest.raises(NotFoundError, match="unknown domain 'music'"):
+        component.run(user_id="u1", domain="music")

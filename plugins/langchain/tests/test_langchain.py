@@ -1,0 +1,49 @@
+"""The LangChain adapter, through langchain-core's own Runnable interface."""
+
+from __future__ import annotations
+
+import pytest
+from langchain_core.documents import Document
+from langchain_core.runnables import RunnableLambda
+from xdretrieve_langchain import XDRetrieveRetriever
+
+from xdretrieve import NotFoundError, Retriever
+
+
+@pytest.fixture(scope="module")
+def core(paired_settings):
+    with Retriever(paired_settings) as r:
+        yield r
+
+
+@pytest.mark.parametrize("mode, query", [("user", "u{t}"), ("history", "book-{t}"),
+                                         ("history", " book-{t} , "),
+                                         ("text", "The {theme} chronicles")])
+def test_the_counterpart_comes_first(core: Retriever, themes: list[str], mode: str,
+                                     query: str) -> None:
+    retriever = XDRetrieveRetriever(retriever=core, mode=mode, domain="movies", limit=3)
+    for t, theme in enumerate(themes):
+        docs = retriever.invoke(query.format(t=t, theme=theme))
+        assert all(isinstance(d, Document) for d in docs) and len(docs) == 3
+        top = docs[0]
+        assert top.metadata["item_id"] == f"movie-{t}"
+        assert top.page_content == f"{theme.capitalize()}: the movie"
+        assert top.metadata["domain"] == "movies"
+        assert top.metadata["text"] == f"a film about {theme}"
+        assert "text_hash" not in top.metadata
+        scores = [d.metadata["score"] for d in docs]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_is_a_runnable(core: Retriever) -> None:
+    retriever = XDRetrieveRetriever(retriever=core, domain="books", limit=1)
+    chain = retriever | RunnableLambda(lambda docs: docs[0].metadata["item_id"])
+    assert chain.invoke("movie-2") == "book-2"
+    assert chain.batch(["movie-0", "movie-3"]) == ["book-0", "book-3"]
+
+
+def test_errors_are_xdretrieve_errors(core: Retriever) -> None:
+    with pytest.raises(NotFoundError, match="unknown user 'ghost'"):
+        XDRetrieveRetriever(retriever=core, mode="user", domain="movies").invoke("ghost")
+    with pytest.raises(ValueError):
+        XDRetrieveRetriever(retriever=core, mode="vibes", domain="movies")

@@ -1,0 +1,44 @@
+"""The LlamaIndex adapter, through llama-index-core's own retrieve()."""
+
+from __future__ import annotations
+
+import pytest
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from xdretrieve_llamaindex import XDRetrieveRetriever
+
+from xdretrieve import NotFoundError, Retriever
+
+
+@pytest.fixture(scope="module")
+def core(paired_settings):
+    with Retriever(paired_settings) as r:
+        yield r
+
+
+@pytest.mark.parametrize("mode, query", [("user", "u{t}"), ("history", "book-{t}"),
+                                         ("text", "The {theme} chronicles")])
+def test_the_counterpart_comes_first(core: Retriever, themes: list[str], mode: str,
+                                     query: str) -> None:
+    retriever = XDRetrieveRetriever(core, domain="movies", mode=mode, limit=3)
+    for t, theme in enumerate(themes):
+        hits = retriever.retrieve(QueryBundle(query.format(t=t, theme=theme)))
+        assert len(hits) == 3 and all(isinstance(h, NodeWithScore) for h in hits)
+        top = hits[0]
+        assert isinstance(top.node, TextNode)
+        assert top.node.node_id == top.node.metadata["item_id"] == f"movie-{t}"
+        assert top.node.text == f"{theme.capitalize()}: the movie"
+        assert top.node.metadata["domain"] == "movies"
+        assert top.score == top.node.metadata["score"]
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_a_plain_string_and_the_other_direction(core: Retriever) -> None:
+    retriever = XDRetrieveRetriever(core, domain="books", limit=1)
+    assert [h.node.node_id for h in retriever.retrieve("movie-3, movie-3")] == ["book-3"]
+
+
+def test_errors(core: Retriever) -> None:
+    with pytest.raises(NotFoundError, match="unknown item"):
+        XDRetrieveRetriever(core, domain="movies").retrieve("book-99")
+    with pytest.raises(ValueError, match="mode"):
+        XDRetrieveRetriever(core, domain="movies", mode="vibes")  # type: ignore[arg-type]

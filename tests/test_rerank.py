@@ -1,0 +1,64 @@
+"""Re-ranker features on hand-made cases, and its listwise fit."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xdretrieve.rerank import FEATURES, ItemStats, Reranker, features, fit_reranker, tokens
+
+IDS = ["a1", "a2", "o1", "o2", "o3"]
+# train users: u1 has a1 + o1; u2 has a1 + o1 + o2; u3 has a2 + o3
+HISTORIES = {
+    "u1": {"arts": ("a1",), "office": ("o1",)},
+    "u2": {"arts": ("a1",), "office": ("o1", "o2")},
+    "u3": {"arts": ("a2",), "office": ("o3",)},
+}
+
+
+def test_item_stats_count_popularity_and_cross_domain_pairs() -> None:
+    stats = ItemStats.fit(IDS, HISTORIES)
+    np.testing.assert_array_equal(stats.popularity, [2, 1, 2, 1, 1])
+    cooc = stats.cooc.toarray()
+    assert cooc[0, 2] == 2 and cooc[2, 0] == 2  # a1-o1: u1 and u2
+    assert cooc[0, 3] == 1 and cooc[1, 4] == 1
+    assert cooc[2, 3] == 0  # o1-o2 is the same domain: not counted
+    assert np.trace(cooc) == 0
+
+
+def test_features_by_hand() -> None:
+    stats = ItemStats.fit(IDS, HISTORIES)
+    x = features(stats, history=["a1"], history_text="red pencil case",
+                 candidates=["o1", "o3", "zz"],
+                 candidate_texts=["pencil case blue", "stapler", "red"],
+                 cosines=np.array([0.5, 0.4, 0.1]), scores=np.array([3.0, 2.0, 1.0]))
+    assert x.shape == (3, len(FEATURES))
+    col = {name: x[:, k] for k, name in enumerate(FEATURES)}
+    np.testing.assert_allclose(col["score"], [3, 2, 1])
+    np.testing.assert_allclose(col["cosine"], [0.5, 0.4, 0.1])
+    np.testing.assert_allclose(col["log_popularity"], np.log1p([2, 1, 0]))  # zz is unknown
+    np.testing.assert_allclose(col["cooccurrence"], np.log1p([2, 0, 0]))
+    # a1-o1: 2 / (sqrt(pop(a1) * pop(o1)) + 1) = 2 / 3
+    np.testing.assert_allclose(col["cooccurrence_norm"], [2 / 3, 0, 0], rtol=1e-6)
+    # 'pencil case blue': 2 of its 3 tokens are in the history text
+    np.testing.assert_allclose(col["text_overlap"], [2 / 3, 0, 1])
+    assert tokens("Pen-Case, 3 pack!") == {"pen", "case", "3", "pack"}
+
+
+def test_fit_learns_the_feature_that_marks_the_positive(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    stats = ItemStats.fit(IDS, HISTORIES)
+    groups = []
+    for _ in range(50):
+        x = rng.normal(size=(20, len(FEATURES))).astype(np.float32)
+        y = np.zeros(20, dtype=np.float32)
+        pos = int(np.argmax(x[:, 3]))  # the positive is the top co-occurrence candidate
+        y[pos] = 1
+        groups.append((x, y))
+    model = fit_reranker(groups, stats)
+    assert int(np.argmax(np.abs(model.weights))) == 3 and model.weights[3] > 0
+    hits = sum(int(np.argmax(model.score(x))) == int(np.argmax(y)) for x, y in groups)
+    assert hits >= 45
+    model.save(tmp_path)
+    again = Reranker.load(tmp_path)
+    np.testing.assert_array_equal(again.weights, model.weights)
+    np.testing.assert_array_equal(again.stats.cooc.toarray(), stats.cooc.toarray())

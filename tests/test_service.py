@@ -1,0 +1,378 @@
+"""The HTTP service, driven over a real socket: uvicorn on a free loopback port in a thread,
+httpx as the client, the packaged encoder, paired domains whose answer is known (a reader of
+book i likes movie i)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed")
+httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+
+from tests.conftest import THEMES  # noqa: E402
+from xdretrieve.config import Settings  # noqa: E402
+from xdretrieve.data import Dataset  # noqa: E402
+from xdretrieve.indexer import index_dataset  # noqa: E402
+
+
+class LiveServer:
+    """uvicorn serving an app on 127.0.0.1:<free port> in a daemon thread."""
+
+    def __init__(self, app) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+def _index_paired(paired_dir: Path, directory: Path) -> Settings:
+    """The paired fixture with test users cold-start in movies (only their books indexed)."""
+    settings = Settings(store=directory / "store", cache_dir=directory / "cache")
+    ds = Dataset.from_dir(paired_dir)
+    inter = [x for x in ds.interactions
+             if not (ds.splits[x.user_id] == "test" and x.domain == "movies")]
+    index_dataset(Dataset(ds.items, inter, ds.splits), settings)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def served(paired_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from xdretrieve.service import create_app
+
+    settings = _index_paired(paired_dir, tmp_path_factory.mktemp("service"))
+    with LiveServer(create_app(settings)) as live:
+        yield live.url
+
+
+@pytest.fixture
+def client(served: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=served, timeout=60) as c:
+        yield c
+
+
+def _top(response: httpx.Response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [h["item_id"] for h in response.json()["hits"]]
+
+
+# -- answers ------------------------------------------------------------------------------------
+def test_recommendations_are_the_known_right_answers(client: httpx.Client) -> None:
+    for t in range(len(THEMES)):
+        r = client.post("/recommend/user", json={"user_id": f"u{t}-0", "domain": "movies",
+                                                 "limit": 3})
+        assert _top(r)[0] == f"movie-{t}"
+        body = r.json()
+        assert body["domain"] == "movies" and body["query"].startswith(f"user u{t}-0")
+        assert [h["rank"] for h in body["hits"]] == [1, 2, 3]
+        assert body["hits"][0]["title"] == f"{THEMES[t].capitalize()}: the movie"
+        r = client.post("/recommend/history", json={"item_ids": [f"book-{t}"], "domain": "movies"})
+        assert _top(r)[0] == f"movie-{t}"
+        assert len(r.json()["hits"]) == 10  # the default limit (12 movies exist)
+    r = client.post("/search/text", json={"text": "a film about volcanoes", "domain": "movies",
+                                          "limit": 1})
+    assert _top(r) == ["movie-10"]
+    scores = [h["score"] for h in client.post("/search/text", json={
+        "text": "jazz", "domain": "books", "limit": 5}).json()["hits"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_operations_endpoints(client: httpx.Client) -> None:
+    from xdretrieve import __version__
+
+    assert client.get("/health").json() == {"status": "ok", "version": __version__}
+    ready = client.get("/ready")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert ready.json()["items"] >= 2 * len(THEMES)
+    info = client.get("/info").json()
+    assert info["encoder"] == "all-MiniLM-L6-v2" and info["dim"] == 384
+    assert {"books", "movies"} <= set(info["domains"])
+    assert info["points"]["users"] == 2 * 3 * len(THEMES) - len(THEMES)  # test users: books only
+    schema = client.get("/openapi.json").json()
+    assert {"/recommend/user", "/recommend/history", "/search/text", "/items", "/health",
+            "/ready", "/info"} <= set(schema["paths"])
+    assert client.get("/docs").status_code == 200
+
+
+# -- bad requests: 404 with the library's message, 422 from validation, never a 500 ---------------
+@pytest.mark.parametrize("path, body, message", [
+    ("/recommend/user", {"user_id": "ghost", "domain": "movies"}, "unknown user 'ghost'"),
+    ("/recommend/user", {"user_id": "u1-0", "domain": "music"},
+     "unknown domain 'music'; this store has: books, movies"),
+    ("/recommend/history", {"item_ids": ["book-1", "book-99"], "domain": "movies"},
+     "unknown item(s): book-99"),
+    ("/search/text", {"text": "jazz", "domain": "music"}, "unknown domain 'music'"),
+])
+def test_unknowns_are_404_with_the_message(client: httpx.Client, path: str, body: dict,
+                                           message: str) -> None:
+    r = client.post(path, json=body)
+    assert r.status_code == 404
+    assert message in r.json()["detail"]
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/recommend/user", {"user_id": "u1-0", "domain": "movies", "limit": 0}),
+    ("/recommend/user", {"user_id": "u1-0", "domain": "movies", "limit": 1001}),
+    ("/recommend/user", {"user_id": "u1-0", "domain": "movies", "limit": "ten"}),
+    ("/recommend/user", {"user_id": "u1-0"}),
+    ("/recommend/user", {"user_id": "  ", "domain": "movies"}),
+    ("/recommend/user", {"user_id": "u1-0", "domain": "movies", "k": 3}),
+    ("/recommend/history", {"item_ids": [], "domain": "movies"}),
+    ("/recommend/history", {"item_ids": "book-1", "domain": "movies"}),
+    ("/search/text", {"text": "", "domain": "movies"}),
+    ("/search/text", None),
+])
+def test_invalid_bodies_are_422(client: httpx.Client, path: str, body: dict | None) -> None:
+    r = client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"]
+
+
+def test_malformed_and_misrouted_requests_are_4xx(client: httpx.Client) -> None:
+    r = client.post("/recommend/user", content=b"{not json",
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert client.request("DELETE", "/items", json={"item_ids": []}).status_code == 422
+    assert client.put("/items", json={"items": [{"item_id": "x", "domain": "movies"}]}
+                      ).status_code == 422  # no title
+    assert client.put("/items", json={"items": [{"item_id": "x", "domain": "movies", "title": "t",
+                                                 "extra": {"n": {"nested": 1}}}]}
+                      ).status_code == 422  # payload values are flat scalars
+    assert client.get("/recommend/user").status_code == 405
+    assert client.get("/nowhere").status_code == 404
+
+
+# -- writes ---------------------------------------------------------------------------------------
+def test_upsert_then_query_then_delete(client: httpx.Client) -> None:
+    knitting = {"item_id": "movie-knit", "domain": "movies", "title": "Knitting: the movie",
+                "text": "a film about knitting", "extra": {"year": 2024}}
+    r = client.put("/items", json={"items": [knitting]})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"upserted": 1, "domains": ["books", "movies"]}
+    r = client.post("/search/text", json={"text": "knitting", "domain": "movies", "limit": 1})
+    assert _top(r) == ["movie-knit"]
+    r = client.post("/recommend/history", json={"item_ids": ["movie-knit"], "domain": "movies"})
+    assert "movie-knit" not in _top(r)  # the history itself is excluded
+
+    # a new domain becomes queryable at once
+    game = {"item_id": "game-1", "domain": "games", "title": "Dragon quest", "text": "dragons"}
+    assert client.put("/items", json={"items": [game]}).json()["domains"] == [
+        "books", "games", "movies"]
+    r = client.post("/recommend/history", json={"item_ids": ["book-0"], "domain": "games"})
+    assert _top(r) == ["game-1"]
+    assert "games" in client.get("/info").json()["domains"]
+
+    r = client.request("DELETE", "/items", json={"item_ids": ["movie-knit", "game-1", "nope"]})
+    assert r.status_code == 200
+    assert r.json() == {"deleted": ["movie-knit", "game-1"], "not_found": ["nope"]}
+    r = client.post("/search/text", json={"text": "knitting", "domain": "movies", "limit": 20})
+    assert "movie-knit" not in _top(r)
+    r = client.post("/recommend/history", json={"item_ids": ["movie-knit"], "domain": "books"})
+    assert r.status_code == 404
+
+
+def test_concurrent_queries_during_upserts_never_fail(client: httpx.Client, served: str) -> None:
+    stop = threading.Event()
+    statuses: list[int] = []
+    answers_ok: list[bool] = []
+
+    def query_loop(t: int) -> None:
+        with httpx.Client(base_url=served, timeout=60) as c:
+            while not stop.is_set():
+                r = c.post("/recommend/history", json={"item_ids": [f"book-{t}"],
+                                                       "domain": "movies", "limit": 3})
+                statuses.append(r.status_code)
+                answers_ok.append(r.status_code == 200 and
+                                  r.json()["hits"][0]["item_id"] == f"movie-{t}")
+                r = c.post("/recommend/user", json={"user_id": f"u{t}-0", "domain": "movies"})
+                statuses.append(r.status_code)
+                r = c.post("/search/text", json={"text": f"a film about {THEMES[t]}",
+                                                 "domain": "movies", "limit": 1})
+                answers_ok.append(r.status_code == 200 and
+                                  r.json()["hits"][0]["item_id"] == f"movie-{t}")
+
+    batches = [[{"item_id": f"extra-{b}-{i}", "domain": "movies", "title": f"Filler {b}.{i}",
+                 "text": "a film about nothing in particular"} for i in range(5)]
+               for b in range(6)]
+    with ThreadPoolExecutor(4) as pool:
+        readers = [pool.submit(query_loop, t) for t in (0, 3, 7)]
+        try:
+            for batch in batches:
+                r = client.put("/items", json={"items": batch})
+                assert r.status_code == 200, r.text
+        finally:
+            stop.set()
+        for f in readers:
+            f.result()
+    assert statuses and set(statuses) == {200}
+    assert all(answers_ok)
+    r = client.request("DELETE", "/items", json={
+        "item_ids": [item["item_id"] for batch in batches for item in batch]})
+    assert len(r.json()["deleted"]) == 30
+
+
+def test_read_write_lock_excludes_writers_from_readers() -> None:
+    from xdretrieve.service import ReadWriteLock
+
+    lock, events = ReadWriteLock(), []
+    reading, release = threading.Event(), threading.Event()
+
+    def reader() -> None:
+        with lock.read():
+            events.append("read")
+            reading.set()
+            release.wait(5)
+            events.append("read done")
+
+    def writer() -> None:
+        with lock.write():
+            events.append("write")
+
+    threads = [threading.Thread(target=reader)]
+    threads[0].start()
+    reading.wait(5)
+    with lock.read():  # readers share the lock
+        events.append("second read")
+    threads.append(threading.Thread(target=writer))
+    threads[1].start()
+    time.sleep(0.1)
+    assert "write" not in events  # waits for the first reader
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert events == ["read", "second read", "read done", "write"]
+
+
+# -- an empty store, the CLI command, the missing extra --------------------------------------------
+def test_an_empty_store_is_alive_but_not_ready(tmp_path: Path) -> None:
+    from xdretrieve.service import create_app
+
+    settings = Settings(store=tmp_path / "empty", cache_dir=tmp_path / "cache")
+    with LiveServer(create_app(settings)) as live, httpx.Client(base_url=live.url) as c:
+        assert c.get("/health").status_code == 200
+        r = c.get("/ready")
+        assert r.status_code == 503 and r.json()["ready"] is False
+        assert "xdretrieve index" in r.json()["reason"]
+        r = c.post("/recommend/user", json={"user_id": "u1", "domain": "movies"})
+        assert r.status_code == 503 and "run `xdretrieve index` first" in r.json()["detail"]
+        assert c.get("/info").status_code == 503
+
+
+def test_serve_help_and_light_import() -> None:
+    from click.testing import CliRunner
+
+    from xdretrieve.serve_cli import serve
+
+    result = CliRunner().invoke(serve, ["--help"])
+    assert result.exit_code == 0
+    for option in ("--host", "--port", "--store", "--url", "--model"):
+        assert option in result.output
+    code = ("import sys, xdretrieve.serve_cli; "
+            "print(sorted(m for m in ('fastapi', 'uvicorn', 'torch') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_serve_command_runs_uvicorn(tmp_path: Path) -> None:
+    """`serve` in its own process, as a user starts it (an empty store: alive, not ready)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = "from xdretrieve.serve_cli import serve; serve()"
+    server = subprocess.Popen(
+        [sys.executable, "-c", code, "--store", str(tmp_path / "store"), "--port", str(port),
+         "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, server.communicate()
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "serve did not answer within 60 s"
+                time.sleep(0.1)
+        assert r.status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 503
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    assert f"on http://127.0.0.1:{port}" in err
+
+
+def test_missing_fastapi_names_the_install_command() -> None:
+    code = ("import sys; sys.modules['fastapi'] = None\n"
+            "from xdretrieve.errors import MissingDependencyError\n"
+            "try:\n    import xdretrieve.service\n"
+            "except MissingDependencyError as e:\n    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert "pip install 'xdretrieve[serve]'" in done.stdout
+
+
+# -- property-based: every operation of the OpenAPI schema, no 5xx -------------------------------
+def test_openapi_schema_fuzzed_without_server_errors(paired_dir: Path,
+                                                     tmp_path_factory: pytest.TempPathFactory
+                                                     ) -> None:
+    """schemathesis draws bodies from the schema (valid ones, and invalid ones for operations
+    that take a body) for every operation; the answer must be documented and never a 5xx."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from schemathesis import GenerationMode
+    from schemathesis.checks import (
+        content_type_conformance,
+        not_a_server_error,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    from xdretrieve.service import create_app
+
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance,
+              response_schema_conformance]
+    store_settings = _index_paired(paired_dir, tmp_path_factory.mktemp("fuzz"))
+    with LiveServer(create_app(store_settings)) as live:
+        schema = schemathesis.openapi.from_url(f"{live.url}/openapi.json")
+        operations = [result.ok() for result in schema.get_all_operations()]
+        assert len(operations) == 8
+        for operation in operations:
+            modes = [GenerationMode.POSITIVE]
+            if operation.body:
+                modes.append(GenerationMode.NEGATIVE)
+            strategy = st.one_of(*(operation.as_strategy(mode) for mode in modes))
+
+            @settings(max_examples=25, deadline=None, database=None, derandomize=True,
+                      suppress_health_check=list(HealthCheck))
+            @given(case=strategy)
+            def fuzz(case) -> None:
+                case.call_and_validate(checks=checks, timeout=60)
+
+            fuzz()

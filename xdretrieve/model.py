@@ -1,0 +1,106 @@
+"""A trained xdretrieve model directory, and its inference in NumPy (no torch at query time).
+
+Layout of ``MODEL_DIR``::
+
+    xdretrieve_model.json   manifest: kind, base encoder and its fingerprint, dim, domains,
+                            training configuration, validation metrics
+    weights.npz             item adapter per domain, user tower, per-item bias
+    reranker.json           the re-ranker's weights (when training kept it), with
+    item_stats.npz          the train users' popularity and co-occurrence it reads
+
+The base encoder embeds item text as before (and its embedding cache keeps working); the item
+adapter maps those vectors per domain into the shared, domain-aligned space that is stored in
+Qdrant; the user tower turns a history of stored item vectors into a query vector for a target
+domain; the per-item bias (learned, popularity-like) re-scores the nearest neighbours.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MANIFEST = "xdretrieve_model.json"
+WEIGHTS = "weights.npz"
+
+
+def is_model_dir(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    # tanh approximation: the training uses nn.GELU(approximate="tanh"), so this is exact
+    return 0.5 * x * (1.0 + np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3)))
+
+
+@dataclass
+class TrainedModel:
+    """Item adapter + user tower + item bias, loaded from a model directory."""
+
+    path: Path
+    manifest: dict[str, Any]
+    weights: dict[str, np.ndarray]
+    bias: dict[str, float]
+    reranker: Any = None  # xdretrieve.rerank.Reranker, when training kept one
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainedModel:
+        path = Path(path)
+        manifest = json.loads((path / MANIFEST).read_text())
+        with np.load(path / WEIGHTS, allow_pickle=False) as npz:
+            weights = {k: npz[k].astype(np.float32) if npz[k].dtype.kind == "f" else npz[k]
+                       for k in npz.files}
+        bias = dict(zip(weights.pop("bias_ids").tolist(), weights.pop("bias").tolist()))
+        from xdretrieve.rerank import Reranker
+
+        return cls(path, manifest, weights, bias, Reranker.load(path))
+
+    @property
+    def domains(self) -> list[str]:
+        return list(self.manifest["domains"])
+
+    @property
+    def max_history(self) -> int:
+        return int(self.manifest["max_history"])
+
+    @property
+    def scale(self) -> float:
+        return float(np.exp(self.weights["logit_scale"]))
+
+    def item_vectors(self, base: np.ndarray, domains: list[str]) -> np.ndarray:
+        """(n, base_dim) encoder vectors of items of the given domains -> (n, dim) unit vectors
+        in the shared space."""
+        out = np.zeros((len(base), int(self.manifest["dim"])), dtype=np.float32)
+        domains_arr = np.asarray(domains)
+        for d in set(domains):
+            if f"proj_w_{d}" not in self.weights:
+                raise KeyError(f"the model was not trained on domain '{d}' "
+                               f"(it knows {', '.join(self.domains)})")
+            rows = np.flatnonzero(domains_arr == d)
+            out[rows] = base[rows] @ self.weights[f"proj_w_{d}"] + self.weights[f"proj_b_{d}"]
+        return _normalize(out)
+
+    def user_vector(self, history: np.ndarray, target: str) -> np.ndarray:
+        """(L, dim) stored vectors of a history, oldest first -> (dim,) unit query vector for
+        ``target`` (attention pooling with recency positions, then a residual MLP)."""
+        w = self.weights
+        x = history[-self.max_history:]  # (L, dim)
+        x = x + w["pos"][self.max_history - len(x):]
+        a = np.tanh(x @ w["att_w1"] + w["att_b1"]) @ w["att_w2"] + w["att_b2"]  # (L,)
+        a = np.exp(a - a.max())
+        pooled = (a / a.sum()) @ x  # (dim,)
+        h = _gelu((pooled + w[f"tgt_{target}"]) @ w["mlp_w1"] + w["mlp_b1"])
+        return _normalize(pooled + h @ w["mlp_w2"] + w["mlp_b2"])
+
+    def rescore(self, item_ids: list[str], cosines: np.ndarray) -> np.ndarray:
+        """The model's score of candidates: scale * cosine + item bias."""
+        bias = np.fromiter((self.bias.get(i, 0.0) for i in item_ids), np.float32, len(item_ids))
+        return self.scale * cosines + bias

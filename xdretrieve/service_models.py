@@ -1,0 +1,145 @@
+"""Request and response bodies of the HTTP service (:mod:`xdretrieve.service`).
+
+Validated here, at the edge: a body that does not fit gets a 422 with the field that is wrong,
+before anything reaches the retriever or the store.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_LIMIT = 1000
+MAX_BATCH = 1000  # items per PUT / DELETE
+
+
+def _text(min_length: int, max_length: int) -> Any:
+    # pydantic refuses lone surrogates ("\ud800" in JSON) itself: they could not be stored
+    return Annotated[str, StringConstraints(strip_whitespace=True, min_length=min_length,
+                                            max_length=max_length)]
+
+
+Id = _text(1, 512)
+Title = _text(1, 1000)
+Body = _text(0, 20_000)
+QueryText = _text(1, 10_000)
+Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description="How many hits, best first.")]
+# payload values: flat JSON scalars that every Qdrant backend stores as given
+Scalar = (str | bool | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+          | Annotated[float, Field(allow_inf_nan=False)] | None)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UserRequest(_Body):
+    """A stored user: their history in the other domains is the query."""
+
+    user_id: Id
+    domain: Id = Field(description="The target domain to recommend from.")
+    limit: Limit = 10
+
+    model_config = ConfigDict(json_schema_extra={
+        "examples": [{"user_id": "u3-0", "domain": "movies", "limit": 10}]})
+
+
+class HistoryRequest(_Body):
+    """A user the store has never seen, given by item ids (oldest first)."""
+
+    item_ids: list[Id] = Field(min_length=1, max_length=MAX_BATCH)
+    domain: Id = Field(description="The target domain to recommend from.")
+    limit: Limit = 10
+
+    model_config = ConfigDict(json_schema_extra={
+        "examples": [{"item_ids": ["book-3"], "domain": "movies", "limit": 10}]})
+
+
+class TextRequest(_Body):
+    """A free-text query, embedded by the store's encoder."""
+
+    text: QueryText
+    domain: Id = Field(description="The target domain to search.")
+    limit: Limit = 10
+
+    model_config = ConfigDict(json_schema_extra={
+        "examples": [{"text": "space adventure", "domain": "movies", "limit": 10}]})
+
+
+class HitOut(BaseModel):
+    rank: int = Field(ge=1)
+    item_id: str
+    title: str
+    score: float
+
+
+class HitsResponse(BaseModel):
+    query: str = Field(description="What the query vector came from.")
+    domain: str
+    hits: list[HitOut]
+
+
+class ItemIn(_Body):
+    """An item as ``index`` reads it: ``extra`` fields travel to the store as payload."""
+
+    item_id: Id
+    domain: Id
+    title: Title
+    text: Body = ""
+    extra: dict[Annotated[str, StringConstraints(min_length=1, max_length=128)], Scalar] = Field(
+        default_factory=dict, max_length=100)
+
+
+class UpsertRequest(_Body):
+    items: list[ItemIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [
+        {"item_id": "movie-12", "domain": "movies", "title": "Knitting: the movie",
+         "text": "a film about knitting"}]}]})
+
+
+class UpsertResponse(BaseModel):
+    upserted: int = Field(description="Distinct items embedded and written.")
+    domains: list[str] = Field(description="The store's domains after the write.")
+
+
+class DeleteRequest(_Body):
+    item_ids: list[Id] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class DeleteResponse(BaseModel):
+    deleted: list[str] = Field(description="Ids that were in the store and are now gone.")
+    not_found: list[str] = Field(description="Ids the store did not have.")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    items: int = Field(description="Items in the store.")
+    reason: str | None = Field(None, description="Why it is not ready.")
+
+
+class InfoResponse(BaseModel):
+    """What built the store (:class:`xdretrieve.store.StoreInfo`) and what it holds."""
+
+    encoder: str
+    fingerprint: str
+    dim: int
+    version: str
+    domains: list[str]
+    text_template: str
+    max_seq_length: int
+    pooling: str
+    created_at: str
+    updated_at: str
+    extra: dict[str, Any] = Field(default_factory=dict)
+    points: dict[str, int] = Field(description="Points per collection (items, users).")
+
+
+class ErrorResponse(BaseModel):
+    detail: str

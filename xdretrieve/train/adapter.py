@@ -1,0 +1,345 @@
+"""Adapter-mode training over frozen, cached encoder vectors (CPU-friendly).
+
+What is learned, on train users only (valid users select the epoch):
+
+- an item adapter per domain (a linear map of the encoder vector; cf. UniSRec's adaptor) into one
+  shared space, where a history of one domain lands near the other domain's items it leads to;
+- a user tower: attention pooling over the history's item vectors with learned recency
+  positions, a target-domain token and a residual MLP;
+- a per-item bias and a logit scale: score(u, i) = exp(s) * cos(u, v_i) + b_i. The bias absorbs
+  popularity, which in-batch training would otherwise fight (logQ, Yi et al., RecSys 2019);
+- optionally a CORAL term (Sun & Saenko, 2016) aligning the second-order statistics of the two
+  domains' item vectors.
+
+Loss: for a user with source history H and target items G, the mean over g in G of the full
+softmax cross-entropy over every target item (no sampled negatives).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from xdretrieve.data import Dataset
+from xdretrieve.model import MANIFEST, WEIGHTS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AdapterConfig:
+    """Hyper-parameters; the defaults were chosen on valid users of amazon-arts-office."""
+
+    dim: int = 128
+    max_history: int = 50
+    epochs: int = 40
+    patience: int = 4
+    batch_size: int = 1024
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    dropout: float = 0.2
+    coral: float = 0.0
+    time_budget_s: float = 600.0
+    rerank_fraction: float = 0.15  # train users held out of the tower to fit the re-ranker
+    rerank_candidates: int = 200
+    seed: int = 0
+
+
+@dataclass
+class _Examples:
+    """Per direction: padded source histories (global item rows) and target sets (local)."""
+
+    source: int
+    target: int
+    histories: list[np.ndarray]
+    targets: list[np.ndarray]
+
+
+def _examples(users, histories, row_of, local_of, domains, s, t, max_history) -> _Examples:
+    hs, ts = [], []
+    for u in users:
+        h = histories.get(u, {})
+        src, tgt = h.get(domains[s], ()), h.get(domains[t], ())
+        if src and tgt:
+            hs.append(np.array([row_of[i] for i in src[-max_history:]], dtype=np.int64))
+            ts.append(np.unique(np.array([local_of[i] for i in tgt], dtype=np.int64)))
+    return _Examples(s, t, hs, ts)
+
+
+def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_model: str,
+                  base_fingerprint: str, config: AdapterConfig | None = None,
+                  progress: bool = False) -> dict:
+    """Train and save a model directory.
+
+    Args:
+        dataset: with users.csv (train users fit, valid users select).
+        base: (n_items, base_dim) encoder vectors of ``dataset.items`` in order.
+        out_dir: the model directory to write.
+        base_model, base_fingerprint: the encoder that made ``base``.
+        config: hyper-parameters.
+
+    Returns:
+        The manifest written (with the best epoch's validation metrics).
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from tqdm.auto import tqdm
+
+    from xdretrieve.evaluate.metrics import score_rankings
+    from xdretrieve.evaluate.protocol import Protocol
+
+    config = config or AdapterConfig()
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    protocol = Protocol(dataset, seed=config.seed)
+    domains = list(dataset.domains)
+    ids = list(dataset.items)
+    row_of = {iid: r for r, iid in enumerate(ids)}
+    dom = np.array([domains.index(dataset.items[i].domain) for i in ids])
+    rows_by_domain = [np.flatnonzero(dom == d) for d in range(len(domains))]
+    local_of = {}
+    for rows in rows_by_domain:
+        local_of.update({ids[r]: k for k, r in enumerate(rows)})
+    directions = protocol.directions()
+    views = {d: protocol.train_view(d) for d in directions}
+    train_users = list(protocol.split.train)
+    fold = set(rng.choice(train_users, size=int(config.rerank_fraction * len(train_users)),
+                          replace=False).tolist()) if config.rerank_fraction > 0 else set()
+    tower_users = [u for u in train_users if u not in fold]
+    train = [_examples(tower_users, views[d].histories, row_of, local_of, domains,
+                       domains.index(d.source), domains.index(d.target), config.max_history)
+             for d in directions]
+    held = [_examples(sorted(fold), views[d].histories, row_of, local_of, domains,
+                      domains.index(d.source), domains.index(d.target), config.max_history)
+            for d in directions]
+    valid = []
+    for d in directions:
+        task = views[d].valid
+        valid.append((domains.index(d.source), domains.index(d.target),
+                      [np.array([row_of[i] for i in q[-config.max_history:]]) for q in task.queries],
+                      list(task.truth)))
+    E = torch.from_numpy(np.ascontiguousarray(base, dtype=np.float32))
+    dom_t = torch.from_numpy(dom)
+    rows_t = [torch.from_numpy(r) for r in rows_by_domain]
+    L, D = config.max_history, config.dim
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.ModuleList([nn.Linear(E.shape[1], D) for _ in domains])
+            self.bias = nn.Parameter(torch.zeros(len(ids)))
+            self.pos = nn.Parameter(torch.zeros(L, D))
+            self.att = nn.Sequential(nn.Linear(D, D), nn.Tanh(), nn.Linear(D, 1))
+            self.tgt = nn.Parameter(torch.zeros(len(domains), D))
+            self.mlp = nn.Sequential(nn.Linear(D, 2 * D), nn.GELU(approximate="tanh"),
+                                     nn.Linear(2 * D, D))
+            self.drop = nn.Dropout(config.dropout)
+            self.logit_scale = nn.Parameter(torch.tensor(2.5))
+
+        def items(self, rows: torch.Tensor, d: int) -> torch.Tensor:
+            """(..., D) unit vectors of items (global rows) of domain d."""
+            return F.normalize(self.proj[d](E[rows]), dim=-1)
+
+        def users(self, X: torch.Tensor, M: torch.Tensor, s: int, t: int) -> torch.Tensor:
+            x = self.items(X, s) + self.pos[L - X.shape[1]:]  # (B, l, D); right-aligned
+            a = self.att(x).squeeze(-1).masked_fill(~M, -1e9)
+            pooled = self.drop((torch.softmax(a, dim=1).unsqueeze(-1) * x).sum(1))
+            return F.normalize(pooled + self.mlp(pooled + self.tgt[t]), dim=-1)
+
+        def scores(self, X, M, s, t) -> torch.Tensor:
+            """(B, n_target_items) logits over every target item (full softmax)."""
+            U = self.users(X, M, s, t)  # (B, D)
+            cand = rows_t[t]
+            return self.logit_scale.exp() * (U @ self.items(cand, t).T) + self.bias[cand]
+
+    def pad(hs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(h) for h in hs)
+        X = np.zeros((len(hs), width), dtype=np.int64)
+        M = np.zeros((len(hs), width), dtype=bool)
+        for r, h in enumerate(hs):
+            X[r, width - len(h):] = h
+            M[r, width - len(h):] = True
+        return torch.from_numpy(X), torch.from_numpy(M)
+
+    def coral() -> torch.Tensor:
+        covs = []
+        for d, rows in enumerate(rows_t):
+            sample = model.items(rows[torch.randint(len(rows), (2048,))], d)
+            sample = sample - sample.mean(0, keepdim=True)
+            covs.append(sample.T @ sample / (len(sample) - 1))
+        return ((covs[0] - covs[1]) ** 2).sum() / (4 * D * D)
+
+    model = Model()
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    def validate() -> dict[str, float]:
+        model.eval()
+        out = {}
+        with torch.no_grad():
+            for (s, t, hs, truth), d in zip(valid, directions):
+                if not hs:
+                    continue
+                S = model.scores(*pad(hs), s, t).numpy()
+                top = np.argsort(-S, axis=1, kind="stable")[:, :50]
+                m = score_rankings(top, truth, S.shape[1], ks=(10,))
+                out[f"{d}/ndcg@10"] = float(m["ndcg@10"].mean())
+                out[f"{d}/recall@10"] = float(m["recall@10"].mean())
+        model.train()
+        return out
+
+    def objective(metrics: dict[str, float]) -> float:
+        vals = [v for k, v in metrics.items() if k.endswith("ndcg@10")]
+        return float(np.mean(vals)) if vals else 0.0
+
+    best, best_state, best_epoch, stale = -1.0, None, -1, 0
+    history = []
+    t0 = time.perf_counter()
+    for epoch in range(config.epochs):
+        batches = [(ex, idx) for ex in train
+                   for idx in np.array_split(rng.permutation(len(ex.histories)),
+                                             max(1, len(ex.histories) // config.batch_size))]
+        rng.shuffle(batches)
+        total = 0.0
+        for ex, idx in tqdm(batches, desc=f"epoch {epoch + 1}", disable=not progress,
+                            leave=False):
+            X, M = pad([ex.histories[i] for i in idx])
+            Y = torch.zeros(len(idx), len(rows_by_domain[ex.target]))
+            for r, i in enumerate(idx):
+                Y[r, ex.targets[i]] = 1.0 / len(ex.targets[i])  # label: mean over G
+            logits = model.scores(X, M, ex.source, ex.target)
+            loss = -(Y * torch.log_softmax(logits, dim=1)).sum(1).mean()
+            if config.coral:
+                loss = loss + config.coral * coral()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        metrics = validate()
+        score = objective(metrics)
+        history.append({"epoch": epoch + 1, "loss": total / len(batches), **metrics,
+                        "seconds": time.perf_counter() - t0})
+        log.info("epoch %d loss %.4f valid ndcg@10 %.4f", epoch + 1, total / len(batches), score)
+        if progress:
+            print(f"epoch {epoch + 1}: loss {total / len(batches):.4f}, valid "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
+        if score > best:
+            best, best_epoch, stale = score, epoch + 1, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        if stale >= config.patience or time.perf_counter() - t0 > config.time_budget_s:
+            break
+    model.load_state_dict(best_state)
+    tower_seconds = time.perf_counter() - t0
+
+    # The re-ranker: fitted on the fold's candidates, kept only if valid users gain.
+    reranker, rerank_report = None, {}
+    if fold:
+        from xdretrieve.rerank import ItemStats, fit_reranker
+
+        stats = ItemStats.fit(ids, {u: dict(views[directions[0]].histories[u])
+                                    for u in tower_users})
+        texts = [f"{dataset.items[i].title} {dataset.items[i].text}" for i in ids]
+        model.eval()
+
+        def candidate_groups(examples):
+            """Per user: (direction, features, labels, candidate positions) of the tower's
+            top candidates."""
+            groups = []
+            with torch.no_grad():
+                for s, t, hs, truths in examples:
+                    if not hs:
+                        continue
+                    X, M = pad(hs)
+                    U = model.users(X, M, s, t).numpy()
+                    V = model.items(rows_t[t], t).numpy()
+                    cos = U @ V.T  # (n_users, n_target)
+                    score = float(model.logit_scale.exp()) * cos + \
+                        model.bias[rows_t[t]].detach().numpy()
+                    top = np.argsort(-score, axis=1, kind="stable")[:, :config.rerank_candidates]
+                    for r, h in enumerate(hs):
+                        cand = top[r]
+                        cand_ids = [ids[rows_by_domain[t][c]] for c in cand]
+                        x = rerank_features(stats, [ids[i] for i in h],
+                                            " ".join(texts[i] for i in h), cand_ids,
+                                            [texts[rows_by_domain[t][c]] for c in cand],
+                                            cos[r, cand], score[r, cand])
+                        y = np.isin(cand, truths[r]).astype(np.float32)
+                        groups.append((d_of[(s, t)], x, y, cand))
+            return groups
+
+        from xdretrieve.rerank import features as rerank_features
+
+        d_of = {(domains.index(d.source), domains.index(d.target)): str(d) for d in directions}
+        fit_groups = candidate_groups(
+            [(ex.source, ex.target, ex.histories, ex.targets) for ex in held])
+        reranker = fit_reranker([(x, y) for _, x, y, _ in fit_groups], stats, seed=config.seed)
+        valid_groups = candidate_groups(valid)
+        rerank_report = _compare_on_valid(valid_groups, reranker)
+        if not rerank_report["kept"]:
+            reranker = None
+        log.info("re-ranker on valid users: %s", rerank_report)
+        if progress:
+            print(f"re-ranker on valid users: {rerank_report}", flush=True)
+    return _save(model, out_dir, domains, ids, config, base_model, base_fingerprint,
+                 best_epoch, history, tower_seconds, reranker, rerank_report)
+
+
+def _compare_on_valid(groups, reranker) -> dict:
+    """ndcg@10 among the tower's candidates of valid users who have a relevant candidate,
+    without and with the re-ranker (the same users and truth for both)."""
+    from xdretrieve.evaluate.metrics import ndcg_at
+
+    by_direction: dict[str, list[tuple[float, float]]] = {}
+    for direction, x, y, cand in groups:
+        truth = np.flatnonzero(y)  # positions of relevant candidates
+        if not len(truth):
+            continue  # no candidate is relevant: the order cannot matter
+        order = np.argsort(-reranker.score(x), kind="stable")
+        by_direction.setdefault(direction, []).append(
+            (ndcg_at(range(len(cand)), truth, 10), ndcg_at(order, truth, 10)))
+    report = {d: {"without": float(np.mean([b for b, _ in v])),
+                  "with": float(np.mean([n for _, n in v]))} for d, v in by_direction.items()}
+    report["kept"] = all(r["with"] > r["without"] for r in report.values()
+                         if isinstance(r, dict))
+    return report
+
+
+def _save(model, out_dir, domains, ids, config, base_model, base_fingerprint, best_epoch,
+          history, seconds, reranker, rerank_report) -> dict:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    weights = {
+        "pos": sd["pos"], "logit_scale": sd["logit_scale"],
+        "att_w1": sd["att.0.weight"].T, "att_b1": sd["att.0.bias"],
+        "att_w2": sd["att.2.weight"][0], "att_b2": sd["att.2.bias"][0],
+        "mlp_w1": sd["mlp.0.weight"].T, "mlp_b1": sd["mlp.0.bias"],
+        "mlp_w2": sd["mlp.2.weight"].T, "mlp_b2": sd["mlp.2.bias"],
+        "bias_ids": np.array(ids), "bias": sd["bias"],
+    }
+    for k, d in enumerate(domains):
+        weights[f"proj_w_{d}"] = sd[f"proj.{k}.weight"].T
+        weights[f"proj_b_{d}"] = sd[f"proj.{k}.bias"]
+        weights[f"tgt_{d}"] = sd["tgt"][k]
+    np.savez(out / WEIGHTS, **weights)
+    for stale in ("reranker.json", "item_stats.npz"):
+        (out / stale).unlink(missing_ok=True)
+    if reranker is not None:
+        reranker.save(out)
+    manifest = {
+        "format": 1, "kind": "adapter", "base_model": base_model,
+        "base_fingerprint": base_fingerprint, "dim": config.dim, "domains": domains,
+        "max_history": config.max_history, "config": asdict(config), "best_epoch": best_epoch,
+        "train_seconds": round(seconds, 1), "history": history, "reranker": rerank_report,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
