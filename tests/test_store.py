@@ -115,3 +115,16 @@ def test_edge_store_persists(tmp_path: Path, points) -> None:
     q = points[1][0]
     assert [h.payload["item_id"] for h in again.search(ITEMS, q, 5)] == brute_force(points, q, 5)
     again.close()
+
+
+def test_edge_store_open_twice_is_a_clear_error(tmp_path: Path, points) -> None:
+    from xdretrieve.errors import StoreError
+
+    first = EdgeStore(tmp_path / "edge")
+    load(first, points)
+    second = EdgeStore(tmp_path / "edge")
+    with pytest.raises(StoreError, match="open in another process"):
+        second.count(ITEMS)
+    first.close()
+    assert second.count(ITEMS) == N  # free once the first is closed
+    second.close()

@@ -19,7 +19,7 @@ import numpy as np
 from xdretrieve.evaluate.methods import Method, RetrieverMethod
 
 RETRIEVER_METHODS = ("zeroshot", "xdretrieve")
-SERVED = 1000  # ranks answered by the retriever itself; the tail is the same score, exact
+SERVED = 200  # ranks answered by the retriever itself (its candidates); the tail: same score, exact
 
 
 class _FullRanking:
@@ -28,7 +28,7 @@ class _FullRanking:
     The first :data:`SERVED` items are what ``Retriever.recommend_history`` returns (the served
     path: query vector, filtered HNSW search, model re-scoring). The protocol also ranks every
     other target item, which no service would be asked for: those follow by the same score,
-    computed exactly over the stored vectors (a user's first relevant item beyond rank 1,000
+    computed exactly over the stored vectors (a user's first relevant item beyond rank 200
     still counts in mrr)."""
 
     def __init__(self, retriever, target: str):

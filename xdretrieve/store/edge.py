@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
+from xdretrieve.errors import StoreError
 from xdretrieve.store.base import ScoredHit, StoredPoint, StoreInfo, VectorStore
 
 INFO_FILE = "xdretrieve.json"
@@ -46,7 +47,14 @@ class EdgeStore(VectorStore):
     def _shard(self, collection: str) -> qe.EdgeShard:
         shard = self._shards.get(collection)
         if shard is None:
-            shard = qe.EdgeShard.load(str(self._dir(collection)))
+            try:
+                shard = qe.EdgeShard.load(str(self._dir(collection)))
+            except Exception as e:  # the engine reports a held WAL lock as a plain error
+                if "WouldBlock" in str(e) or "lock" in str(e).lower():
+                    raise StoreError(f"the store {self.path} is open in another process or "
+                                     f"object; close that first (or serve it over HTTP): {e}"
+                                     ) from e
+                raise StoreError(f"cannot open the store {self.path}: {e}") from e
             self._shards[collection] = shard
         return shard
 

@@ -177,6 +177,14 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
         return ((covs[0] - covs[1]) ** 2).sum() / (4 * D * D)
 
     model = Model()
+    # Start the bias at log popularity (the softmax then begins as the popularity ranking,
+    # which the content term has to beat), counted over the tower's users.
+    counts = np.zeros(len(ids), dtype=np.float32)
+    for ex in train:
+        for t in ex.targets:
+            counts[rows_by_domain[ex.target][t]] += 1
+    with torch.no_grad():
+        model.bias.copy_(torch.from_numpy(np.log1p(counts)))
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     def validate() -> dict[str, float]:
