@@ -22,6 +22,8 @@ from xdretrieve.users import pool
 
 log = logging.getLogger(__name__)
 
+RESCORE_WIDTH = 5  # with a trained model: nearest neighbours fetched per re-ranked candidate
+
 
 @dataclass(frozen=True, slots=True)
 class Hit:
@@ -172,9 +174,11 @@ class Retriever:
             hits = self.store.search(ITEMS, query.vector, limit, domain=domain, exclude=exclude)
             return [Hit(h.payload["item_id"], h.payload["domain"], h.payload.get("title", ""),
                         h.score, h.payload) for h in hits]
-        # nearest neighbours by cosine, then the model's own score (scale * cosine + item bias)
-        hits = self.store.search(ITEMS, query.vector, max(limit, self.settings.candidates),
-                                 domain=domain, exclude=exclude)
+        # Nearest neighbours by cosine, then the model's own score (scale * cosine + item
+        # bias). The bias can lift an item from beyond the cosine top-`candidates`, so the
+        # search goes wider than what is re-scored and re-ranked.
+        fetch = max(limit, RESCORE_WIDTH * self.settings.candidates)
+        hits = self.store.search(ITEMS, query.vector, fetch, domain=domain, exclude=exclude)
         ids = [h.payload["item_id"] for h in hits]
         cosines = np.array([h.score for h in hits], dtype=np.float32)
         scores = self.model.rescore(ids, cosines)
