@@ -42,7 +42,7 @@ class EmbeddingCache:
 
     def put(self, texts: list[str], vectors: np.ndarray) -> None:
         rows = [(_key(t), np.ascontiguousarray(v, dtype=np.float32).tobytes())
-                for t, v in zip(texts, vectors)]
+                for t, v in zip(texts, vectors, strict=False)]
         with self._db:
             self._db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)", rows)
 

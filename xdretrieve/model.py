@@ -58,7 +58,7 @@ class TrainedModel:
         with np.load(path / WEIGHTS, allow_pickle=False) as npz:
             weights = {k: npz[k].astype(np.float32) if npz[k].dtype.kind == "f" else npz[k]
                        for k in npz.files}
-        bias = dict(zip(weights.pop("bias_ids").tolist(), weights.pop("bias").tolist()))
+        bias = dict(zip(weights.pop("bias_ids").tolist(), weights.pop("bias").tolist(), strict=False))
         from xdretrieve.rerank import Reranker
 
         return cls(path, manifest, weights, bias, Reranker.load(path))

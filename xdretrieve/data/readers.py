@@ -100,7 +100,7 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataError, str]]:
                         name, line_no, None,
                         f"malformed CSV: {len(values)} fields, the header has {len(header)}"), "line"
                     continue
-                yield line_no, dict(zip(header, values)), "line"
+                yield line_no, dict(zip(header, values, strict=False)), "line"
     else:
         import pyarrow.parquet as pq
 

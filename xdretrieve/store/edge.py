@@ -84,7 +84,7 @@ class EdgeStore(VectorStore):
     def _upsert(self, collection: str, ids: list[str], vectors: np.ndarray,
                 payloads: list[dict[str, Any]]) -> None:
         points = [qe.Point(pid, vec, payload)
-                  for pid, vec, payload in zip(ids, vectors.tolist(), payloads)]
+                  for pid, vec, payload in zip(ids, vectors.tolist(), payloads, strict=False)]
         self._shard(collection).update(qe.UpdateOperation.upsert_points(points))
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:

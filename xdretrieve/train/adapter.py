@@ -126,7 +126,7 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
                       [np.array([row_of[i] for i in q[-config.max_history:]]) for q in task.queries],
                       list(task.truth)))
     E = torch.from_numpy(np.ascontiguousarray(base, dtype=np.float32))
-    dom_t = torch.from_numpy(dom)
+    torch.from_numpy(dom)
     rows_t = [torch.from_numpy(r) for r in rows_by_domain]
     L, D = config.max_history, config.dim
 
@@ -191,7 +191,7 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
         model.eval()
         out = {}
         with torch.no_grad():
-            for (s, t, hs, truth), d in zip(valid, directions):
+            for (s, t, hs, truth), d in zip(valid, directions, strict=False):
                 if not hs:
                     continue
                 S = model.scores(*pad(hs), s, t).numpy()
