@@ -251,7 +251,8 @@ def demo(store: Path) -> None:
                                      for r, h in enumerate(hits, start=1)]))
             truth = set(per_domain[target])
             found = sum(h.item_id in truth for h in hits)
-            click.echo(f"   ({found} of these 5 are in the user's held-out {target} history)\n")
+            verb = "is" if found == 1 else "are"
+            click.echo(f"   ({found} of these 5 {verb} in the user's held-out {target} history)\n")
     click.echo(f"Try: xdretrieve query --store {store} --text 'space adventure' --domain movies")
 
 
