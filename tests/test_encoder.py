@@ -1,0 +1,57 @@
+"""Encoder: model resolution without downloads, device choice, the embedding cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xdretrieve.config import Settings
+from xdretrieve.data import Item
+from xdretrieve.encoder import Encoder, has_cuda, item_text, pick_device, resolve_model
+from xdretrieve.errors import XDRetrieveError
+
+
+def test_resolve_default_and_local_dirs(tiny_model: str, tmp_path: Path) -> None:
+    default = resolve_model("all-MiniLM-L6-v2")
+    assert default.name == "all-MiniLM-L6-v2" and (default.path / "modules.json").is_file()
+    assert resolve_model("sentence-transformers/all-MiniLM-L6-v2") == default
+    tiny = resolve_model(tiny_model)
+    assert tiny.fingerprint != default.fingerprint
+    assert resolve_model(tiny_model).fingerprint == tiny.fingerprint  # content, not location
+    with pytest.raises(XDRetrieveError, match="never downloads models"):
+        resolve_model("bert-base-uncased")
+
+
+def test_item_text_template() -> None:
+    item = Item("b1", "books", "Dune", "a desert planet")
+    assert item_text(item, "{title}. {text}") == "Dune. a desert planet"
+    assert item_text(Item("b2", "books", "Emma"), "{title}. {text}") == "Emma"
+    assert item_text(item, "[{domain}] {title}: {text}") == "[books] Dune: a desert planet"
+
+
+def test_cache_is_used_and_can_be_bypassed(tiny_model: str, tmp_path: Path) -> None:
+    enc = Encoder.from_settings(Settings(model=tiny_model, cache_dir=tmp_path))
+    assert enc.device == pick_device("auto")
+    texts = ["red pencil", "blue stapler"]
+    first = enc.encode(texts)
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+    assert set(enc.cache.get(texts)) == {0, 1}
+    enc._embed = None  # a cache hit must not embed again
+    np.testing.assert_array_equal(enc.encode(texts), first)
+    with pytest.raises(TypeError):
+        enc.encode(texts, cache=False)  # bypassing the cache embeds (and _embed is gone)
+    assert enc.cache.get(["never cached"]) == {}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not has_cuda(), reason="needs a CUDA device")
+def test_gpu_encoder_runs_in_half_precision(tiny_model: str, tmp_path: Path) -> None:
+    import torch
+
+    enc = Encoder.from_settings(Settings(model=tiny_model, cache_dir=tmp_path))
+    assert enc.device == "cuda"
+    assert next(enc.model.parameters()).dtype == torch.float16
+    vectors = enc.encode(["a", "b"], cache=False)
+    assert vectors.dtype == np.float32 and vectors.shape == (2, enc.dim)
