@@ -53,3 +53,32 @@ def test_unknowns_are_clear_errors(paired_store) -> None:
             r.recommend_user("u1-0", "music")
         with pytest.raises(NotFoundError, match="unknown item"):
             r.recommend_history(["book-1", "book-99"], "movies")
+
+
+def test_a_user_with_no_history_gets_the_most_popular_items(paired_dir: Path,
+                                                            tmp_path: Path) -> None:
+    """No history at all: the target domain's most popular items, and the query says so."""
+    from click.testing import CliRunner
+
+    from xdretrieve.cli import main
+    from xdretrieve.config import Settings
+    from xdretrieve.data import Interaction
+
+    ds = Dataset.from_dir(paired_dir)
+    fans = [Interaction(f"fan-{k}", "movie-7", "movies", 0.0) for k in range(3)]
+    settings = Settings(store=tmp_path / "store", cache_dir=tmp_path / "cache")
+    index_dataset(Dataset(ds.items, [*ds.interactions, *fans]), settings)
+    with Retriever(settings) as r:
+        query = r.history_query([], "movies")
+        assert query.popular and "no history" in query.source
+        hits = r.search(query, "movies", 3)
+        # movie-7: 6 users; every other movie 3 (ties keep catalog order)
+        assert [h.item_id for h in hits] == ["movie-7", "movie-0", "movie-1"]
+        assert [h.item_id for h in r.popular("movies", 2, exclude=["movie-7"])] == [
+            "movie-0", "movie-1"]
+        assert {h.domain for h in r.recommend_history([], "books", 24)} == {"books"}
+    out = CliRunner().invoke(main, ["query", "--history", "", "--domain", "movies", "--limit",
+                                    "2", "--store", str(tmp_path / "store")])
+    assert out.exit_code == 0, out.output
+    assert "no history: the most popular items -> movies" in out.output
+    assert "movie-7" in out.output

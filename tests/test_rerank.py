@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from xdretrieve.rerank import FEATURES, ItemStats, Reranker, features, fit_reranker, tokens
+from xdretrieve.rerank import FEATURES, ItemStats, Reranker, candidate_union, features, fit_reranker, tokens
 
 IDS = ["a1", "a2", "o1", "o2", "o3"]
+DOMAINS = ["arts", "arts", "office", "office", "office"]
 # train users: u1 has a1 + o1; u2 has a1 + o1 + o2; u3 has a2 + o3
 HISTORIES = {
     "u1": {"arts": ("a1",), "office": ("o1",)},
@@ -39,6 +40,8 @@ def test_features_by_hand() -> None:
     np.testing.assert_allclose(col["cooccurrence"], np.log1p([2, 0, 0]))
     # a1-o1: 2 / (sqrt(pop(a1) * pop(o1)) + 1) = 2 / 3
     np.testing.assert_allclose(col["cooccurrence_norm"], [2 / 3, 0, 0], rtol=1e-6)
+    # a1-o1: 2 / (pop(a1) + 50)
+    np.testing.assert_allclose(col["cooccurrence_cond"], [2 / 52, 0, 0], rtol=1e-6)
     # 'pencil case blue': 2 of its 3 tokens are in the history text
     np.testing.assert_allclose(col["text_overlap"], [2 / 3, 0, 1])
     assert tokens("Pen-Case, 3 pack!") == {"pen", "case", "3", "pack"}
@@ -62,3 +65,37 @@ def test_fit_learns_the_feature_that_marks_the_positive(tmp_path) -> None:
     again = Reranker.load(tmp_path)
     np.testing.assert_array_equal(again.weights, model.weights)
     np.testing.assert_array_equal(again.stats.cooc.toarray(), stats.cooc.toarray())
+
+
+def test_cooccurring_items_of_the_target_domain_best_first(tmp_path) -> None:
+    stats = ItemStats.fit(IDS, HISTORIES, DOMAINS)
+    # a1 co-occurs with o1 (2 users) and o2 (1); a2 with o3 (1); ties by popularity
+    assert stats.cooccurring(["a1"], "office", 5) == ["o1", "o2"]
+    assert stats.cooccurring(["a1", "a2"], "office", 2) == ["o1", "o2"]  # o2, o3 tie: order kept
+    assert stats.cooccurring(["a1"], "arts", 5) == []  # same-domain pairs are not counted
+    assert stats.cooccurring(["o1"], "arts", 5) == ["a1"]
+    assert stats.cooccurring(["unknown"], "office", 5) == []
+    stats.save(tmp_path / "s.npz")
+    assert ItemStats.load(tmp_path / "s.npz").cooccurring(["a1"], "office", 1) == ["o1"]
+
+
+def test_candidate_union_takes_both_sources_without_duplicates() -> None:
+    ranked = ["t1", "t2", "t3", "t4", "t5", "t6"]
+    assert candidate_union(ranked, ["c1", "t1", "c2", "c3"], 6) == ["t1", "t2", "t3", "c1", "c2",
+                                                                    "c3"]
+    # too few co-occurring items: the tower's ranking fills up
+    assert candidate_union(ranked, ["t2"], 4) == ["t1", "t2", "t3", "t4"]
+    assert candidate_union(ranked, [], 10) == ranked
+
+
+def test_reranker_reads_the_features_it_was_trained_on(tmp_path) -> None:
+    """A model saved with fewer features (an older version) scores from those columns only."""
+    stats = ItemStats.fit(IDS, HISTORIES)
+    old = Reranker(np.array([1.0, -1.0], dtype=np.float32), np.zeros(2, np.float32),
+                   np.ones(2, np.float32), stats, ("cosine", "log_popularity"))
+    old.save(tmp_path)
+    again = Reranker.load(tmp_path)
+    x = np.zeros((2, len(FEATURES)), dtype=np.float32)
+    x[:, FEATURES.index("cosine")] = [0.2, 0.9]
+    x[:, FEATURES.index("log_popularity")] = [0.0, 0.5]
+    np.testing.assert_allclose(again.score(x), [0.2, 0.4], rtol=1e-6)

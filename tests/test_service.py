@@ -95,6 +95,9 @@ def test_recommendations_are_the_known_right_answers(client: httpx.Client) -> No
         r = client.post("/recommend/history", json={"item_ids": [f"book-{t}"], "domain": "movies"})
         assert _top(r)[0] == f"movie-{t}"
         assert len(r.json()["hits"]) == 10  # the default limit (12 movies exist)
+    r = client.post("/recommend/history", json={"item_ids": [], "domain": "movies", "limit": 3})
+    assert r.status_code == 200 and r.json()["query"].startswith("no history")
+    assert len(_top(r)) == 3  # the most popular movies
     r = client.post("/search/text", json={"text": "a film about volcanoes", "domain": "movies",
                                           "limit": 1})
     assert _top(r) == ["movie-10"]
@@ -143,7 +146,6 @@ def test_unknowns_are_404_with_the_message(client: httpx.Client, path: str, body
     ("/recommend/user", {"user_id": "u1-0"}),
     ("/recommend/user", {"user_id": "  ", "domain": "movies"}),
     ("/recommend/user", {"user_id": "u1-0", "domain": "movies", "k": 3}),
-    ("/recommend/history", {"item_ids": [], "domain": "movies"}),
     ("/recommend/history", {"item_ids": "book-1", "domain": "movies"}),
     ("/search/text", {"text": "", "domain": "movies"}),
     ("/search/text", None),

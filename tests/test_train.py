@@ -79,3 +79,28 @@ def test_trained_model_through_index_and_query(trained, tmp_path: Path, tiny_mod
 
     with pytest.raises(EncoderMismatchError):
         Retriever(settings.model_copy(update={"model": tiny_model}))
+
+
+def test_evaluate_runs_ablation_rows_side_by_side(trained, tmp_path: Path,
+                                                  tiny_model: str) -> None:
+    """`evaluate --no-rerank-row --compare NAME=DIR`: each variant is its own row, run through
+    the retriever with its own model and re-ranker setting."""
+    import json
+
+    from click.testing import CliRunner
+
+    from xdretrieve.evaluate.cli import evaluate
+
+    tmp, _, _, _ = trained
+    result = CliRunner().invoke(evaluate, [
+        "--data", str(tmp / "data"), "--direction", "books->movies", "--method", "xdretrieve",
+        "--model", str(tmp / "model"), "--no-rerank-row", "--compare", f"base={tiny_model}",
+        "--out", str(tmp_path / "out"), "-q"], env={"XDR_CACHE_DIR": str(tmp / "cache")})
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    text = json.dumps(rows)
+    for name in ("xdretrieve", "xdretrieve-no-rerank", "xdretrieve-base"):
+        assert f"books->movies  {name} " in result.output
+    assert '"rerank": false' in text and str((tmp / "model").resolve()) in text
+    bad = CliRunner().invoke(evaluate, ["--data", str(tmp / "data"), "--compare", "nothing"])
+    assert bad.exit_code == 2 and "is not NAME=DIR" in bad.output

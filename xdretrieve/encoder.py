@@ -91,7 +91,11 @@ def resolve_model(name: str) -> ModelRef:
 
         trained = Path(name).expanduser().resolve()
         manifest = json.loads((trained / MANIFEST).read_text())
-        base = resolve_model(manifest["base_model"])
+        # a relative base lies inside the model directory (full mode's fine-tuned encoder), so
+        # that the directory can move
+        inside = trained / manifest["base_model"]
+        relative = not Path(manifest["base_model"]).is_absolute() and inside.is_dir()
+        base = resolve_model(str(inside) if relative else manifest["base_model"])
         if base.fingerprint != manifest["base_fingerprint"]:
             raise XDRetrieveError(
                 f"model '{trained}' was trained on encoder '{manifest['base_model']}' with "

@@ -33,6 +33,8 @@ from xdretrieve.users import pool
 
 log = logging.getLogger(__name__)
 
+POPULAR_KEPT = 1000  # per domain, in the store's build info: the answer to a user with no history
+
 
 @dataclass
 class IndexReport:
@@ -67,8 +69,26 @@ def _item_payload(item: Item, text_hash: str) -> dict[str, Any]:
             "text": item.text, "text_hash": text_hash}
 
 
+def _popular(dataset: Dataset) -> dict[str, list[str]]:
+    """Per domain, the :data:`POPULAR_KEPT` items most users of ``dataset`` have, most first
+    (ties in catalog order): the answer to a user with no history at all."""
+    counts: dict[str, int] = dict.fromkeys(dataset.items, 0)
+    for per_domain in dataset.histories.values():
+        for history in per_domain.values():
+            for iid in set(history):
+                counts[iid] += 1
+    out: dict[str, list[str]] = {}
+    for iid in sorted(counts, key=lambda i: -counts[i]):  # stable: catalog order breaks ties
+        if counts[iid]:
+            kept = out.setdefault(dataset.items[iid].domain, [])
+            if len(kept) < POPULAR_KEPT:
+                kept.append(iid)
+    return out
+
+
 def _store_info(ref: ModelRef, dim: int, domains: Iterable[str], settings: Settings,
-                previous: StoreInfo | None, changed: bool) -> StoreInfo:
+                previous: StoreInfo | None, changed: bool,
+                popular: dict[str, list[str]] | None = None) -> StoreInfo:
     """The build info to write after a run; creation time kept, update time only on change."""
     from xdretrieve import __version__
 
@@ -77,6 +97,10 @@ def _store_info(ref: ModelRef, dim: int, domains: Iterable[str], settings: Setti
                     text_template=settings.text_template,
                     max_seq_length=settings.max_seq_length, pooling=settings.pooling,
                     extra={"trained": str(ref.trained)} if ref.trained else {})
+    if popular:
+        now.extra["popular"] = popular
+    elif previous is not None and "popular" in previous.extra:
+        now.extra["popular"] = previous.extra["popular"]  # an items-only run keeps it
     if previous is not None:
         now.created_at = previous.created_at
         if not changed:
@@ -182,7 +206,8 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
                 store.build_index(collection)
     report.timings["build_index"] = time.perf_counter() - t
 
-    store.write_info(_store_info(ref, dim, dataset.domains, settings, info, report.changed))
+    store.write_info(_store_info(ref, dim, dataset.domains, settings, info, report.changed,
+                                 _popular(dataset) if users else None))
     report.timings["total"] = time.perf_counter() - t0
     return report
 

@@ -17,7 +17,7 @@ domain; the per-item bias (learned, popularity-like) re-scores the nearest neigh
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,9 @@ class TrainedModel:
     weights: dict[str, np.ndarray]
     bias: dict[str, float]
     reranker: Any = None  # xdretrieve.rerank.Reranker, when training kept one
+    _point_bias: dict[str, float] | None = field(default=None, repr=False, compare=False)
+    _point_item: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    _item_point: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def load(cls, path: str | Path) -> TrainedModel:
@@ -94,7 +97,10 @@ class TrainedModel:
         w = self.weights
         x = history[-self.max_history:]  # (L, dim)
         x = x + w["pos"][self.max_history - len(x):]
-        a = np.tanh(x @ w["att_w1"] + w["att_b1"]) @ w["att_w2"] + w["att_b2"]  # (L,)
+        if self.manifest.get("config", {}).get("pooling", "attention") == "attention":
+            a = np.tanh(x @ w["att_w1"] + w["att_b1"]) @ w["att_w2"] + w["att_b2"]  # (L,)
+        else:  # a mean-pooled tower (the ablation)
+            a = np.zeros(len(x), dtype=np.float32)
         a = np.exp(a - a.max())
         pooled = (a / a.sum()) @ x  # (dim,)
         h = _gelu((pooled + w[f"tgt_{target}"]) @ w["mlp_w1"] + w["mlp_b1"])
@@ -103,4 +109,37 @@ class TrainedModel:
     def rescore(self, item_ids: list[str], cosines: np.ndarray) -> np.ndarray:
         """The model's score of candidates: scale * cosine + item bias."""
         bias = np.fromiter((self.bias.get(i, 0.0) for i in item_ids), np.float32, len(item_ids))
+        return self.scale * cosines + bias
+
+    def _index_points(self) -> None:
+        from xdretrieve.store.base import item_point_id
+
+        pids = [item_point_id(i) for i in self.bias]
+        self._point_bias = dict(zip(pids, self.bias.values(), strict=True))
+        self._point_item = dict(zip(pids, self.bias, strict=True))
+        self._item_point = dict(zip(self.bias, pids, strict=True))
+
+    def point_of_item(self, item_id: str) -> str:
+        """The store point id of an item (cached for the items the model was trained with)."""
+        if self._point_bias is None:
+            self._index_points()
+        found = self._item_point.get(item_id)
+        if found is None:
+            from xdretrieve.store.base import item_point_id
+
+            found = item_point_id(item_id)
+        return found
+
+    def item_of_point(self, point_id: str) -> str | None:
+        """The item id of a store point of an item the model was trained with (no store read)."""
+        if self._point_bias is None:
+            self._index_points()
+        return self._point_item.get(point_id)
+
+    def rescore_points(self, point_ids: list[str], cosines: np.ndarray) -> np.ndarray:
+        """:meth:`rescore` of candidates given by their store point ids."""
+        if self._point_bias is None:
+            self._index_points()
+        bias = np.fromiter((self._point_bias.get(p, 0.0) for p in point_ids), np.float32,
+                           len(point_ids))
         return self.scale * cosines + bias

@@ -15,14 +15,14 @@ import numpy as np
 
 from xdretrieve.config import Settings
 from xdretrieve.errors import NotFoundError, StoreError
-from xdretrieve.rerank import features
+from xdretrieve.rerank import candidate_union, features
 from xdretrieve.store import ITEMS, USERS, StoreInfo, VectorStore, item_point_id, open_store
 from xdretrieve.store import user_point_id as profile_id
 from xdretrieve.users import pool
 
 log = logging.getLogger(__name__)
 
-RESCORE_WIDTH = 5  # with a trained model: nearest neighbours fetched per re-ranked candidate
+RESCORE_WIDTH = 2  # with a trained model: nearest neighbours fetched per re-ranked candidate
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +36,10 @@ class Hit:
     payload: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
+def _hit(payload: Mapping[str, Any], score: float) -> Hit:
+    return Hit(payload["item_id"], payload["domain"], payload.get("title", ""), score, payload)
+
+
 @dataclass(frozen=True, slots=True)
 class Query:
     """A resolved query: the vector to search with and the items to leave out."""
@@ -45,6 +49,7 @@ class Query:
     source: str = ""  # what the vector came from, for people
     history: tuple[str, ...] = ()  # item ids the vector was made from (re-ranker features)
     history_text: str = ""  # their titles and texts (re-ranker features)
+    popular: bool = False  # no history at all: answered with the domain's most popular items
 
 
 class Retriever:
@@ -134,7 +139,8 @@ class Retriever:
         vectors, oldest first, pooled (or read by the trained user tower). The items themselves
         are excluded from the answer."""
         if not item_ids:
-            raise NotFoundError("the history is empty")
+            return Query(np.zeros(0, dtype=np.float32), (), "no history: the most popular items",
+                         popular=True)
         matrix, text = self._items(item_ids)  # (len(history), dim)
         if self.model is not None and domain is not None:
             self._check_domain(domain)
@@ -170,32 +176,94 @@ class Retriever:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         exclude = [item_point_id(i) for i in query.exclude]
+        if query.popular:
+            return self.popular(domain, limit, exclude=query.exclude)
         if self.model is None:
             hits = self.store.search(ITEMS, query.vector, limit, domain=domain, exclude=exclude)
             return [Hit(h.payload["item_id"], h.payload["domain"], h.payload.get("title", ""),
                         h.score, h.payload) for h in hits]
         # Nearest neighbours by cosine, then the model's own score (scale * cosine + item
         # bias). The bias can lift an item from beyond the cosine top-`candidates`, so the
-        # search goes wider than what is re-scored and re-ranked.
+        # search goes wider than what is re-scored and re-ranked. The wide search reads no
+        # payloads (reading a thousand of them was most of the query's time): the bias is
+        # looked up by point id, and only the points the re-ranker reads or the answer
+        # returns are retrieved with their payloads.
         fetch = max(limit, RESCORE_WIDTH * self.settings.candidates)
-        hits = self.store.search(ITEMS, query.vector, fetch, domain=domain, exclude=exclude)
-        ids = [h.payload["item_id"] for h in hits]
+        hits = self.store.search(ITEMS, query.vector, fetch, domain=domain, exclude=exclude,
+                                 with_payload=False)
+        pids = [h.id for h in hits]
         cosines = np.array([h.score for h in hits], dtype=np.float32)
-        scores = self.model.rescore(ids, cosines)
+        scores = self.model.rescore_points(pids, cosines)
         order = np.argsort(-scores, kind="stable")
-        if self.model.reranker is not None and query.history:
-            head = order[:self.settings.candidates]  # the re-ranker orders the candidates
-            x = features(self.model.reranker.stats, query.history, query.history_text,
-                         [ids[k] for k in head],
-                         [f"{hits[k].payload.get('title', '')} {hits[k].payload.get('text', '')}"
-                          for k in head], cosines[head], scores[head])
-            reranked = self.model.reranker.score(x)
-            scores = scores.copy()
-            scores[head] = reranked
-            order = np.concatenate([head[np.argsort(-reranked, kind="stable")],
-                                    order[self.settings.candidates:]])
-        return [Hit(ids[k], hits[k].payload["domain"], hits[k].payload.get("title", ""),
-                    float(scores[k]), hits[k].payload) for k in order[:limit]]
+        if self.model.reranker is not None and query.history and self.settings.rerank:
+            return self._rerank(query, domain, limit, [pids[k] for k in order], cosines[order],
+                                scores[order], set(exclude))
+        wanted = [pids[k] for k in order[:limit]]
+        payloads = {p.id: p.payload for p in self.store.retrieve(ITEMS, wanted)}
+        return [_hit(payloads[p], float(scores[k])) for p, k in zip(wanted, order, strict=False)
+                if p in payloads]  # a point deleted since the search is left out
+
+    def _rerank(self, query: Query, domain: str, limit: int, pids: list[str],
+                cosines: np.ndarray, scores: np.ndarray, exclude: set[str]) -> list[Hit]:
+        """Re-rank the union of the tower's best (``pids``, by model score, with their cosines
+        and scores) and the items that co-occur most with the history in train users.
+
+        The re-ranker's statistics know the items the model was trained with (id, text,
+        popularity), so only the co-occurring items beyond the search (for their vectors) and
+        the answer (for its payloads) are read from the store."""
+        model, reranker = self.model, self.model.reranker
+        n = max(limit, self.settings.candidates)
+        co = [p for p in map(model.point_of_item,
+                             reranker.stats.cooccurring(query.history, domain, n))
+              if p not in exclude]
+        chosen = candidate_union(pids, co, n)
+        known = {p: k for k, p in enumerate(pids)}
+        cos = {p: float(cosines[known[p]]) for p in chosen if p in known}
+        score = {p: float(scores[known[p]]) for p in cos}
+        extra = self.store.retrieve(ITEMS, [p for p in chosen if p not in known],
+                                    with_vectors=True)  # co-occurring, beyond the search
+        if extra:
+            extra_cos = np.stack([p.vector for p in extra]) @ query.vector
+            extra_score = model.rescore_points([p.id for p in extra], extra_cos)
+            for p, c, sc in zip(extra, extra_cos, extra_score, strict=True):
+                cos[p.id], score[p.id] = float(c), float(sc)
+        chosen = [p for p in chosen if p in cos]  # deleted since: left out
+        # an item added after training is unknown to the statistics: no popularity,
+        # co-occurrence or text for it (its point id stands in for the item id)
+        x = features(reranker.stats, query.history, query.history_text,
+                     [model.item_of_point(p) or p for p in chosen], None,
+                     np.array([cos[p] for p in chosen], dtype=np.float32),
+                     np.array([score[p] for p in chosen], dtype=np.float32))
+        reranked = reranker.score(x)
+        best = [chosen[k] for k in np.argsort(-reranked, kind="stable")]
+        value = dict(zip(chosen, reranked.tolist(), strict=True))
+        out: list[Hit] = []
+        while best and len(out) < limit:  # read the answer's payloads (a point may be gone)
+            batch, best = best[:limit - len(out)], best[limit - len(out):]
+            payloads = {p.id: p.payload for p in self.store.retrieve(ITEMS, batch)}
+            out += [_hit(payloads[p], value[p]) for p in batch if p in payloads]
+        return out
+
+    def popular(self, domain: str, limit: int = 10, exclude: Sequence[str] = ()) -> list[Hit]:
+        """The most popular items of ``domain`` (by how many indexed users have them, or by
+        train users' interactions for a trained model): the answer for a user with no history.
+        The score is the rank's complement, 1.0 for the most popular."""
+        self._check_domain(domain)
+        if self.model is not None and self.model.reranker is not None:
+            stats = self.model.reranker.stats
+            rows = np.flatnonzero(stats.domains == domain) if stats.domains is not None else []
+            ranked = [stats.ids[r] for r in sorted(rows, key=lambda r: -stats.popularity[r])]
+        else:
+            ranked = list(self.info.extra.get("popular", {}).get(domain, []))
+        if not ranked:
+            raise NotFoundError(f"no popularity for domain '{domain}': the store was indexed "
+                                f"without interactions, so a query needs a history or a text")
+        skip = set(exclude)
+        ranked = [i for i in ranked if i not in skip][:limit]
+        payloads = {p.payload["item_id"]: p.payload
+                    for p in self.store.retrieve(ITEMS, [item_point_id(i) for i in ranked])}
+        ranked = [i for i in ranked if i in payloads]  # deleted since indexing: left out
+        return [_hit(payloads[i], 1.0 - r / max(len(ranked), 1)) for r, i in enumerate(ranked)]
 
     def recommend_user(self, user_id: str, domain: str, limit: int = 10) -> list[Hit]:
         """Items of ``domain`` for a stored user."""

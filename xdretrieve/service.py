@@ -183,9 +183,10 @@ class LockedStore(VectorStore):
 
     def search(self, collection: str, vector: np.ndarray, limit: int,
                domain: str | None = None, exclude: Iterable[str] = (),
-               ef: int | None = None) -> list[ScoredHit]:
+               ef: int | None = None, with_payload: bool = True) -> list[ScoredHit]:
         with self.lock.read():
-            return self.inner.search(collection, vector, limit, domain, exclude, ef)
+            return self.inner.search(collection, vector, limit, domain, exclude, ef,
+                                     with_payload)
 
     def build_index(self, collection: str) -> None:
         with self.lock.write():

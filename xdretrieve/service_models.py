@@ -46,9 +46,10 @@ class UserRequest(_Body):
 
 
 class HistoryRequest(_Body):
-    """A user the store has never seen, given by item ids (oldest first)."""
+    """A user the store has never seen, given by item ids (oldest first); no items at all: the
+    target domain's most popular items (the response's `query` says so)."""
 
-    item_ids: list[Id] = Field(min_length=1, max_length=MAX_BATCH)
+    item_ids: list[Id] = Field(max_length=MAX_BATCH)
     domain: Id = Field(description="The target domain to recommend from.")
     limit: Limit = 10
 

@@ -41,10 +41,18 @@ from xdretrieve.errors import XDRetrieveError
                    "all-MiniLM-L6-v2]")
 @click.option("--pooling", type=click.Choice(["mean", "recency"]), default=None,
               help="User pooling of the 'xdretrieve' method. [default: recency]")
+@click.option("--compare", "variants", multiple=True, metavar="NAME=DIR",
+              help="Also evaluate method 'xdretrieve-NAME': the pipeline with the encoder or "
+                   "trained model DIR (e.g. one trained without a part, for an ablation); "
+                   "repeatable.")
+@click.option("--no-rerank-row", is_flag=True,
+              help="Also evaluate 'xdretrieve-no-rerank': the --model pipeline without its "
+                   "re-ranker.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def evaluate(data: Path, directions: tuple[str, ...], methods: tuple[str, ...],
              max_users: int | None, out: Path, seed: int, model: str | None,
-             pooling: str | None, quiet: bool) -> None:
+             pooling: str | None, variants: tuple[str, ...], no_rerank_row: bool,
+             quiet: bool) -> None:
     """Evaluate cold-start cross-domain recommendation (shared/EVALUATION.md).
 
     Test users are known only by their source-domain history; every method ranks every
@@ -52,15 +60,26 @@ def evaluate(data: Path, directions: tuple[str, ...], methods: tuple[str, ...],
     users of each direction. Prints a table and writes results.json, report.md and metrics.png.
 
     \b
-    Example:
+    Examples:
       xdretrieve evaluate --data ../shared/data/amazon-arts-office --max-users 200
+      xdretrieve evaluate --data ../shared/data/amazon-arts-office --model arts-office.model \\
+          --no-rerank-row --compare mean-pool=mean.model --compare coral=coral.model
     """
     from xdretrieve.cli import make_settings
     from xdretrieve.evaluate.protocol import Direction
     from xdretrieve.evaluate.registry import BASELINES, METHODS
     from xdretrieve.evaluate.retrieval import RETRIEVER_METHODS, register_retriever_methods
 
-    register_retriever_methods(make_settings(model=model, pooling=pooling), out)
+    settings = make_settings(model=model, pooling=pooling)
+    extra = {}
+    for spec in variants:
+        name, sep, where = spec.partition("=")
+        if not sep or not name.strip() or not where.strip():
+            raise click.BadParameter(f"'{spec}' is not NAME=DIR", param_hint="'--compare'")
+        extra[f"xdretrieve-{name.strip()}"] = make_settings(model=where.strip(), pooling=pooling)
+    if no_rerank_row:
+        extra["xdretrieve-no-rerank"] = settings.model_copy(update={"rerank": False})
+    register_retriever_methods(settings, out, extra)
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -76,7 +95,9 @@ def evaluate(data: Path, directions: tuple[str, ...], methods: tuple[str, ...],
         from xdretrieve.evaluate.runner import evaluate as run
 
         dataset = Dataset.from_dir(data)
-        results = run(dataset, directions=parsed or None, methods=list(methods) or [*BASELINES, *RETRIEVER_METHODS],
+        chosen = list(methods) or [*BASELINES, *RETRIEVER_METHODS]
+        chosen += [name for name in extra if name not in chosen]
+        results = run(dataset, directions=parsed or None, methods=chosen,
                       max_users=max_users, seed=seed, progress=not quiet)
         paths = write_report(results, out)
     except XDRetrieveError as e:

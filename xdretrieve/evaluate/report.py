@@ -22,6 +22,10 @@ PLOTTED = ("ndcg@10", "recall@10")
 def to_dict(results: Results) -> dict[str, Any]:
     """The JSON document: run metadata, then per direction the test-user count and each
     method's metrics, timings and configuration."""
+    from dataclasses import asdict
+
+    from xdretrieve.evaluate.compare import against_best
+
     return {
         "dataset": results.dataset,
         "version": results.version,
@@ -43,6 +47,7 @@ def to_dict(results: Results) -> dict[str, Any]:
             }
             for d in results.directions
         ],
+        "against_best": [asdict(c) for c in against_best(results)],
     }
 
 
@@ -88,6 +93,10 @@ def to_markdown(results: Results, plot_name: str | None = "metrics.png") -> str:
             out.append(f"| {r.method} | " + " | ".join(cells)
                        + f" | {r.fit_seconds:.1f} | {r.rank_seconds:.1f} |")
         out.append("")
+    from xdretrieve.evaluate.compare import against_best
+    from xdretrieve.evaluate.compare import to_markdown as comparison_markdown
+
+    out += comparison_markdown(against_best(results))
     configs = {r.method: r.config for r in results.rows if r.config}
     if configs:
         out += ["## Method settings", "",

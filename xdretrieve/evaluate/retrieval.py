@@ -86,12 +86,15 @@ def retriever_method(name: str, settings: Settings, work_dir: Path) -> Method:
 
     return RetrieverMethod(name, build=build, close=close, config={
         "model": ref.name, "fingerprint": ref.fingerprint, "pooling": settings.pooling,
+        "rerank": settings.rerank, "candidates": settings.candidates,
         "recency_half_life": settings.recency_half_life,
         "text_template": settings.text_template, "store": str(store_dir)})
 
 
-def register_retriever_methods(settings: Settings, work_dir: Path) -> None:
-    """Register ``zeroshot`` and ``xdretrieve`` for this run's settings."""
+def register_retriever_methods(settings: Settings, work_dir: Path,
+                               variants: dict[str, Settings] | None = None) -> None:
+    """Register ``zeroshot`` and ``xdretrieve`` for this run's settings, and each of
+    ``variants`` (name -> settings, e.g. an ablation's model) under its name."""
     from xdretrieve.config import DEFAULT_MODEL
     from xdretrieve.evaluate.registry import register_method
 
@@ -101,3 +104,6 @@ def register_retriever_methods(settings: Settings, work_dir: Path) -> None:
     register_method("xdretrieve",
                     lambda seed=0: retriever_method("xdretrieve", settings, work_dir),
                     replace=True)
+    for name, variant in (variants or {}).items():
+        register_method(name, lambda seed=0, n=name, v=variant: retriever_method(n, v, work_dir),
+                        replace=True)

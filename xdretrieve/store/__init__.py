@@ -45,4 +45,5 @@ def open_store(settings: Settings) -> VectorStore:
                            replicas=settings.replicas, **index_args)
     from xdretrieve.store.edge import EdgeStore
 
-    return EdgeStore(settings.store, **index_args)
+    return EdgeStore(settings.store, hnsw_per_domain=settings.hnsw_per_domain,
+                     quantization=settings.quantization, **index_args)

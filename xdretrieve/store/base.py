@@ -128,9 +128,10 @@ class VectorStore(ABC):
     @abstractmethod
     def search(self, collection: str, vector: np.ndarray, limit: int,
                domain: str | None = None, exclude: Iterable[str] = (),
-               ef: int | None = None) -> list[ScoredHit]:
+               ef: int | None = None, with_payload: bool = True) -> list[ScoredHit]:
         """Nearest points by cosine, best first, optionally in one domain and without
-        the excluded point ids."""
+        the excluded point ids; ``with_payload=False`` leaves the payloads empty (reading
+        them is most of the cost of a wide search)."""
 
     @abstractmethod
     def build_index(self, collection: str) -> None:

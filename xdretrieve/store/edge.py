@@ -3,6 +3,24 @@
 Layout of a store directory: ``items/`` and ``users/`` (one Edge shard each) and
 ``xdretrieve.json`` (the :class:`StoreInfo`). Edge builds HNSW only in ``optimize()``; until
 then search is exact, which is what a bulk load wants.
+
+The index (settings ``hnsw_per_domain``, ``quantization``; see ``benchmarks/README.md`` for the
+measurements behind the defaults):
+
+* one HNSW graph per domain (``m=0``, ``payload_m=hnsw_m`` on the indexed ``domain`` field,
+  Qdrant's multitenancy layout), because every query searches one domain. A single graph over
+  both domains searched with a domain filter cannot reach part of the items a cross-domain query
+  wants most (the items nearest the other domain, whose graph neighbours are filtered out):
+  recall@10 stays near 0.97 on amazon-arts-office whatever ``ef``. A search without a domain
+  has no graph to use and scans every vector (exact).
+* int8 scalar quantization of the vectors, kept in RAM: the graph is searched on the int8
+  vectors and the candidates (at least :data:`MIN_RESCORED`) are rescored on the float
+  originals: about half the search time and less than half the build time of float vectors,
+  for the same recall.
+* m = 32, ef_construct = 256 (settings ``hnsw_m``, ``hnsw_ef_construct``): with m = 16 some
+  builds leave items unreachable (recall@10 stuck near 0.99 at 38k items, 0.98 at 1M only
+  with ef 1200); m = 32 reaches 0.999 at 38k with ef 400 and 0.988 at 1M with ef 800, at twice
+  the build time.
 """
 
 from __future__ import annotations
@@ -16,10 +34,12 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
+from xdretrieve.config import DEFAULT_SEARCH_EF
 from xdretrieve.errors import StoreError
 from xdretrieve.store.base import ScoredHit, StoredPoint, StoreInfo, VectorStore
 
 INFO_FILE = "xdretrieve.json"
+MIN_RESCORED = 200  # int8 search: candidates rescored on the original vectors, at least
 _SCROLL_PAGE = 2048
 
 
@@ -29,13 +49,21 @@ class EdgeStore(VectorStore):
     Args:
         path: the store directory (created on first write).
         hnsw_m, hnsw_ef_construct: HNSW graph settings used by :meth:`build_index`.
-        search_ef: default ``ef`` of searches.
+        search_ef: default ``ef`` of searches (Qdrant searches with at least the limit).
+        hnsw_per_domain: one graph per value of the ``domain`` field instead of one graph over
+            all points (applies to collections created from now on).
+        quantization: ``"int8"`` (scalar, in RAM, rescored on the originals) or ``"none"``
+            (applies to collections created from now on).
     """
 
-    def __init__(self, path: str | Path, hnsw_m: int = 16, hnsw_ef_construct: int = 128,
-                 search_ef: int = 128):
+    def __init__(self, path: str | Path, hnsw_m: int = 32, hnsw_ef_construct: int = 256,
+                 search_ef: int = DEFAULT_SEARCH_EF, hnsw_per_domain: bool = True,
+                 quantization: str = "int8"):
+        if quantization not in ("int8", "none"):
+            raise ValueError(f"quantization must be 'int8' or 'none', not {quantization!r}")
         self.path = Path(path)
         self.hnsw_m, self.hnsw_ef_construct, self.search_ef = hnsw_m, hnsw_ef_construct, search_ef
+        self.hnsw_per_domain, self.quantization = hnsw_per_domain, quantization
         self._shards: dict[str, qe.EdgeShard] = {}
 
     def __repr__(self) -> str:
@@ -61,12 +89,23 @@ class EdgeStore(VectorStore):
     def exists(self, collection: str) -> bool:
         return (self._dir(collection) / "edge_config.json").is_file()
 
-    def create(self, collection: str, dim: int, keyword_fields: Sequence[str]) -> None:
-        config = qe.EdgeConfig(
+    def edge_config(self, dim: int, keyword_fields: Sequence[str]) -> qe.EdgeConfig:
+        """The Edge configuration of a new collection (see the module's docstring)."""
+        per_domain = self.hnsw_per_domain and "domain" in keyword_fields
+        quantization = (qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=0.99,
+                                                    memory=qe.Memory.Pinned)
+                        if self.quantization == "int8" else None)
+        return qe.EdgeConfig(
             vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
-            hnsw_config=qe.HnswIndexConfig(m=self.hnsw_m, ef_construct=self.hnsw_ef_construct,
-                                           full_scan_threshold=10_000),
+            hnsw_config=qe.HnswIndexConfig(m=0 if per_domain else self.hnsw_m,
+                                           ef_construct=self.hnsw_ef_construct,
+                                           full_scan_threshold=10_000,
+                                           payload_m=self.hnsw_m if per_domain else None),
+            quantization_config=quantization,
         )
+
+    def create(self, collection: str, dim: int, keyword_fields: Sequence[str]) -> None:
+        config = self.edge_config(dim, keyword_fields)
         self._dir(collection).mkdir(parents=True, exist_ok=True)
         shard = qe.EdgeShard.create(str(self._dir(collection)), config)
         for name in keyword_fields:
@@ -83,8 +122,13 @@ class EdgeStore(VectorStore):
 
     def _upsert(self, collection: str, ids: list[str], vectors: np.ndarray,
                 payloads: list[dict[str, Any]]) -> None:
-        points = [qe.Point(pid, vec, payload)
-                  for pid, vec, payload in zip(ids, vectors.tolist(), payloads, strict=False)]
+        # The vectors go in as slices of one flat float32 memoryview: the binding reads any
+        # sequence of floats, and these slices cost no copy and no Python float list, several
+        # times cheaper than ``ndarray.tolist()`` (which was the largest cost of an upsert).
+        dim = vectors.shape[1]
+        flat = memoryview(np.ascontiguousarray(vectors, dtype=np.float32)).cast("B").cast("f")
+        points = [qe.Point(pid, flat[k * dim:(k + 1) * dim], payload)
+                  for k, (pid, payload) in enumerate(zip(ids, payloads, strict=True))]
         self._shard(collection).update(qe.UpdateOperation.upsert_points(points))
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
@@ -128,13 +172,23 @@ class EdgeStore(VectorStore):
 
     def search(self, collection: str, vector: np.ndarray, limit: int,
                domain: str | None = None, exclude: Iterable[str] = (),
-               ef: int | None = None) -> list[ScoredHit]:
+               ef: int | None = None, with_payload: bool = True) -> list[ScoredHit]:
         request = qe.QueryRequest(
             limit=limit, query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist()),
-            filter=self._filter(domain, exclude), with_payload=True,
-            params=qe.SearchParams(hnsw_ef=ef or self.search_ef))
+            filter=self._filter(domain, exclude), with_payload=with_payload,
+            params=qe.SearchParams(hnsw_ef=ef or self.search_ef,
+                                   quantization=self._quantization_params(limit)))
         return [ScoredHit(str(p.id), p.score, p.payload or {})
                 for p in self._shard(collection).query(request)]
+
+    def _quantization_params(self, limit: int) -> qe.QuantizationSearchParams | None:
+        """Search the int8 vectors, rescore on the originals at least ``MIN_RESCORED``
+        candidates (int8 error reorders near-ties: rescoring only the 10 asked for loses about
+        3% of recall@10). Ignored by collections built without quantization."""
+        if self.quantization != "int8":
+            return None
+        return qe.QuantizationSearchParams(rescore=True,
+                                           oversampling=max(1.0, MIN_RESCORED / max(limit, 1)))
 
     def build_index(self, collection: str) -> None:
         shard = self._shard(collection)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from qdrant_client import QdrantClient, models
 
+from xdretrieve.config import DEFAULT_SEARCH_EF
 from xdretrieve.errors import StoreError
 from xdretrieve.store.base import ITEMS, ScoredHit, StoredPoint, StoreInfo, VectorStore
 
@@ -31,9 +32,9 @@ class ServerStore(VectorStore):
         shards, replicas: placement of new collections on a cluster.
     """
 
-    def __init__(self, client: QdrantClient, prefix: str = "xdr_", hnsw_m: int = 16,
-                 hnsw_ef_construct: int = 128, search_ef: int = 128, shards: int = 1,
-                 replicas: int = 1):
+    def __init__(self, client: QdrantClient, prefix: str = "xdr_", hnsw_m: int = 32,
+                 hnsw_ef_construct: int = 256, search_ef: int = DEFAULT_SEARCH_EF,
+                 shards: int = 1, replicas: int = 1):
         self.client, self.prefix = client, prefix
         self.hnsw_m, self.hnsw_ef_construct, self.search_ef = hnsw_m, hnsw_ef_construct, search_ef
         self.shards, self.replicas = shards, replicas
@@ -114,10 +115,10 @@ class ServerStore(VectorStore):
 
     def search(self, collection: str, vector: np.ndarray, limit: int,
                domain: str | None = None, exclude: Iterable[str] = (),
-               ef: int | None = None) -> list[ScoredHit]:
+               ef: int | None = None, with_payload: bool = True) -> list[ScoredHit]:
         response = self.client.query_points(
             self.name(collection), query=np.asarray(vector, dtype=np.float32).tolist(),
-            limit=limit, query_filter=self._filter(domain, exclude), with_payload=True,
+            limit=limit, query_filter=self._filter(domain, exclude), with_payload=with_payload,
             search_params=models.SearchParams(hnsw_ef=ef or self.search_ef))
         return [ScoredHit(str(p.id), p.score, p.payload or {}) for p in response.points]
 

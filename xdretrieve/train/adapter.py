@@ -40,11 +40,12 @@ class AdapterConfig:
     max_history: int = 50
     epochs: int = 40
     patience: int = 4
-    batch_size: int = 1024
+    batch_size: int = 256
     lr: float = 3e-3
     weight_decay: float = 1e-4
     dropout: float = 0.2
     coral: float = 0.0
+    pooling: str = "attention"  # or "mean": the user tower's pooling (an ablation)
     time_budget_s: float = 600.0
     rerank_fraction: float = 0.15  # train users held out of the tower to fit the re-ranker
     rerank_candidates: int = 200
@@ -126,7 +127,6 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
                       [np.array([row_of[i] for i in q[-config.max_history:]]) for q in task.queries],
                       list(task.truth)))
     E = torch.from_numpy(np.ascontiguousarray(base, dtype=np.float32))
-    torch.from_numpy(dom)
     rows_t = [torch.from_numpy(r) for r in rows_by_domain]
     L, D = config.max_history, config.dim
 
@@ -149,7 +149,9 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
 
         def users(self, X: torch.Tensor, M: torch.Tensor, s: int, t: int) -> torch.Tensor:
             x = self.items(X, s) + self.pos[L - X.shape[1]:]  # (B, l, D); right-aligned
-            a = self.att(x).squeeze(-1).masked_fill(~M, -1e9)
+            a = self.att(x).squeeze(-1) if config.pooling == "attention" else \
+                torch.zeros(M.shape)  # mean pooling: equal weights
+            a = a.masked_fill(~M, -1e9)
             pooled = self.drop((torch.softmax(a, dim=1).unsqueeze(-1) * x).sum(1))
             return F.normalize(pooled + self.mlp(pooled + self.tgt[t]), dim=-1)
 
@@ -250,17 +252,20 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
     # The re-ranker: fitted on the fold's candidates, kept only if valid users gain.
     reranker, rerank_report = None, {}
     if fold:
-        from xdretrieve.rerank import ItemStats, fit_reranker
+        from xdretrieve.rerank import ItemStats, candidate_union, fit_reranker
+        from xdretrieve.rerank import features as rerank_features
 
-        stats = ItemStats.fit(ids, {u: dict(views[directions[0]].histories[u])
-                                    for u in tower_users})
+        item_domains = [dataset.items[i].domain for i in ids]
         texts = [f"{dataset.items[i].title} {dataset.items[i].text}" for i in ids]
+        all_histories = views[directions[0]].histories  # train users, every domain
         model.eval()
 
-        def candidate_groups(examples):
-            """Per user: (direction, features, labels, candidate positions) of the tower's
-            top candidates."""
+        def candidate_groups(examples, stats):
+            """Per user: (direction, features, labels) of the candidates the served path
+            re-ranks (the tower's best and the history's co-occurring items), in the tower's
+            order. ``stats`` must not have counted these users."""
             groups = []
+            n = config.rerank_candidates
             with torch.no_grad():
                 for s, t, hs, truths in examples:
                     if not hs:
@@ -271,26 +276,30 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
                     cos = U @ V.T  # (n_users, n_target)
                     score = float(model.logit_scale.exp()) * cos + \
                         model.bias[rows_t[t]].detach().numpy()
-                    top = np.argsort(-score, axis=1, kind="stable")[:, :config.rerank_candidates]
+                    top = np.argsort(-score, axis=1, kind="stable")
                     for r, h in enumerate(hs):
-                        cand = top[r]
-                        cand_ids = [ids[rows_by_domain[t][c]] for c in cand]
-                        x = rerank_features(stats, [ids[i] for i in h],
-                                            " ".join(texts[i] for i in h), cand_ids,
+                        history = [ids[i] for i in h]
+                        co = [local_of[i] for i in stats.cooccurring(history, domains[t], n)]
+                        cand = np.array(candidate_union(top[r].tolist(), co, n))
+                        cand = cand[np.argsort(-score[r, cand], kind="stable")]
+                        x = rerank_features(stats, history, " ".join(texts[i] for i in h),
+                                            [ids[rows_by_domain[t][c]] for c in cand],
                                             [texts[rows_by_domain[t][c]] for c in cand],
                                             cos[r, cand], score[r, cand])
-                        y = np.isin(cand, truths[r]).astype(np.float32)
-                        groups.append((d_of[(s, t)], x, y, cand))
+                        groups.append((d_of[(s, t)], x, np.isin(cand, truths[r]).astype(np.float32)))
             return groups
 
-        from xdretrieve.rerank import features as rerank_features
-
         d_of = {(domains.index(d.source), domains.index(d.target)): str(d) for d in directions}
+        # fitted on the fold with statistics of the other train users (as a new user meets
+        # them), served and checked on valid users with the statistics of every train user
+        fold_stats = ItemStats.fit(ids, {u: dict(all_histories[u]) for u in tower_users},
+                                   item_domains, texts)
         fit_groups = candidate_groups(
-            [(ex.source, ex.target, ex.histories, ex.targets) for ex in held])
-        reranker = fit_reranker([(x, y) for _, x, y, _ in fit_groups], stats, seed=config.seed)
-        valid_groups = candidate_groups(valid)
-        rerank_report = _compare_on_valid(valid_groups, reranker)
+            [(ex.source, ex.target, ex.histories, ex.targets) for ex in held], fold_stats)
+        stats = ItemStats.fit(ids, {u: dict(all_histories[u]) for u in train_users},
+                              item_domains, texts)
+        reranker = fit_reranker([(x, y) for _, x, y in fit_groups], stats, seed=config.seed)
+        rerank_report = _compare_on_valid(candidate_groups(valid, stats), reranker)
         if not rerank_report["kept"]:
             reranker = None
         log.info("re-ranker on valid users: %s", rerank_report)
@@ -301,18 +310,18 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
 
 
 def _compare_on_valid(groups, reranker) -> dict:
-    """ndcg@10 among the tower's candidates of valid users who have a relevant candidate,
-    without and with the re-ranker (the same users and truth for both)."""
+    """ndcg@10 among the candidates of valid users who have a relevant one, in the tower's
+    order and in the re-ranker's (the same users and truth for both)."""
     from xdretrieve.evaluate.metrics import ndcg_at
 
     by_direction: dict[str, list[tuple[float, float]]] = {}
-    for direction, x, y, cand in groups:
+    for direction, x, y in groups:
         truth = np.flatnonzero(y)  # positions of relevant candidates
         if not len(truth):
             continue  # no candidate is relevant: the order cannot matter
         order = np.argsort(-reranker.score(x), kind="stable")
         by_direction.setdefault(direction, []).append(
-            (ndcg_at(range(len(cand)), truth, 10), ndcg_at(order, truth, 10)))
+            (ndcg_at(range(len(y)), truth, 10), ndcg_at(order, truth, 10)))
     report = {d: {"without": float(np.mean([b for b, _ in v])),
                   "with": float(np.mean([n for _, n in v]))} for d, v in by_direction.items()}
     report["kept"] = all(r["with"] > r["without"] for r in report.values()

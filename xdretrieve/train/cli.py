@@ -15,53 +15,130 @@ from xdretrieve.errors import XDRetrieveError
               help="Dataset folder with items.*, interactions.* and users.* (the split).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="The model directory to write.")
+@click.option("--mode", type=click.Choice(["adapter", "full"]), default="adapter", show_default=True,
+              help="adapter: train only a head over the frozen, cached encoder vectors "
+                   "(CPU-friendly). full: first fine-tune the transformer itself on contrastive "
+                   "pairs, then train the adapter over its vectors; meant for a GPU (bf16, large "
+                   "batches; several GPUs with torchrun), runs on the CPU too but slowly.")
 @click.option("--model", default=None, metavar="NAME|DIR",
               help="Base encoder. [default: the packaged all-MiniLM-L6-v2]")
 @click.option("--dim", type=int, default=None, help="Size of the shared space. [default: 128]")
-@click.option("--epochs", type=int, default=None, help="At most this many epochs. [default: 40]")
+@click.option("--epochs", type=int, default=None,
+              help="At most this many epochs of the adapter. [default: 40]")
+@click.option("--pooling", type=click.Choice(["attention", "mean"]), default=None,
+              help="How the user tower pools a history's item vectors (mean: the ablation). "
+                   "[default: attention]")
 @click.option("--coral", type=float, default=None,
               help="Weight of the CORAL domain-alignment term (0: off). [default: 0]")
 @click.option("--time-budget", type=float, default=None,
-              help="Stop after the epoch that passes this many seconds. [default: 600]")
+              help="Stop a stage after the epoch (encoder fine-tuning: the step) that passes this "
+                   "many seconds; in full mode each of the two stages gets this budget. "
+                   "[default: adapter 600, encoder none]")
+@click.option("--device", default=None,
+              help="'auto' (CUDA when present), 'cuda', 'cpu'; in full mode under torchrun "
+                   "each process takes cuda:LOCAL_RANK. [default: auto]")
+@click.option("--batch-size", type=int, default=None,
+              help="Full mode: pairs per step and process (the in-batch negatives are gathered "
+                   "over all processes). [default: 256]")
+@click.option("--lr", type=float, default=None,
+              help="Full mode: peak learning rate of the encoder (AdamW, warm-up, linear decay). "
+                   "[default: 3e-5]")
+@click.option("--ft-epochs", type=int, default=None,
+              help="Full mode: at most this many epochs of encoder fine-tuning. [default: 3]")
+@click.option("--max-pairs", type=int, default=None,
+              help="Full mode: train on a random sample of at most this many pairs per epoch. "
+                   "[default: all]")
+@click.option("--hard-negatives", type=int, default=None,
+              help="Full mode: mined hard negatives per pair and epoch (0: in-batch only). "
+                   "[default: 1]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def finetune(data: Path, out: Path, model: str | None, dim: int | None, epochs: int | None,
-             coral: float | None, time_budget: float | None, seed: int, quiet: bool) -> None:
-    """Train an adapter model (item adapter per domain, user tower, item bias) over the frozen,
-    cached encoder vectors, on train users; valid users pick the epoch.
+def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | None,
+             epochs: int | None, pooling: str | None, coral: float | None,
+             time_budget: float | None,
+             device: str | None, batch_size: int | None, lr: float | None,
+             ft_epochs: int | None, max_pairs: int | None, hard_negatives: int | None, seed: int,
+             quiet: bool) -> None:
+    """Train a model directory on train users; valid users pick the epochs.
 
-    The model directory loads with --model in `index`, `query` and `evaluate`:
+    adapter mode: an item adapter per domain, a user tower and an item bias over the frozen,
+    cached encoder vectors. full mode: contrastive fine-tuning of the encoder itself (history ->
+    next item, across and within domains, in-batch and mined hard negatives, logQ correction),
+    saved in MODEL_DIR/encoder, then the adapter over the fine-tuned vectors. Both write the same
+    kind of directory, which `index`, `query` and `evaluate` load with --model:
 
     \b
       xdretrieve finetune --data ../shared/data/amazon-arts-office --out arts-office.model
       xdretrieve index --data ../shared/data/amazon-arts-office --model arts-office.model \\
           --store shop.xdr
+
+    \b
+    Full fine-tuning on one GPU, and on 4 GPUs of one machine:
+      xdretrieve finetune --mode full --data DIR --out MODEL_DIR
+      torchrun --standalone --nproc_per_node=4 -m xdretrieve.cli finetune --mode full \\
+          --data DIR --out MODEL_DIR
     """
     from xdretrieve.cli import make_settings
     from xdretrieve.data import Dataset
-    from xdretrieve.encoder import Encoder, item_text, resolve_model
-    from xdretrieve.train.adapter import AdapterConfig, train_adapter
+    from xdretrieve.encoder import resolve_model
+    from xdretrieve.train.adapter import AdapterConfig
 
+    if mode == "adapter":
+        given = {"--batch-size": batch_size, "--lr": lr,
+                 "--ft-epochs": ft_epochs, "--max-pairs": max_pairs,
+                 "--hard-negatives": hard_negatives}
+        named = [k for k, v in given.items() if v is not None]
+        if named:
+            raise click.UsageError(f"{', '.join(named)}: only with --mode full")
     config = AdapterConfig(seed=seed, **{k: v for k, v in {
-        "dim": dim, "epochs": epochs, "coral": coral, "time_budget_s": time_budget}.items()
+        "dim": dim, "epochs": epochs, "pooling": pooling, "coral": coral,
+        "time_budget_s": time_budget}.items()
         if v is not None})
     try:
-        settings = make_settings(model=model)
+        settings = make_settings(model=model, device=device)
         dataset = Dataset.from_dir(data)
         if dataset.splits is None:
             raise XDRetrieveError(f"{data} has no users.* file: training needs train/valid users")
         ref = resolve_model(settings.model)
         if ref.trained is not None:
             raise XDRetrieveError("--model must be a base encoder, not a trained model directory")
-        encoder = Encoder.from_settings(settings, ref)
-        texts = [item_text(it, settings.text_template) for it in dataset.items.values()]
-        base = encoder.encode(texts, progress=not quiet, desc="embedding items")
-        manifest = train_adapter(dataset, base, out, ref.name, ref.fingerprint, config,
-                                 progress=not quiet)
+        if mode == "full":
+            manifest = _full(dataset, out, ref, settings, config, seed, quiet, time_budget,
+                             batch_size=batch_size, lr=lr, epochs=ft_epochs, max_pairs=max_pairs,
+                             hard_negatives=hard_negatives)
+            if manifest is None:  # another process of a torchrun launch: rank 0 reports
+                return
+        else:
+            manifest = _adapter(dataset, out, ref, settings, config, quiet)
     except XDRetrieveError as e:
         raise click.ClickException(str(e)) from e
+    if mode == "full":
+        ft = manifest["finetune"]
+        click.echo(f"fine-tuned the encoder in {ft['seconds']:.0f} s: {ft['pairs_seen']} pairs "
+                   f"({ft['pairs']} per epoch) at {ft['pairs_per_s']:.0f} pairs/s on "
+                   f"{ft['world_size']} x {ft['device']} ({ft['precision']}); best epoch "
+                   f"{ft['best_epoch']} of {ft['epochs']}")
     best = manifest["history"][manifest["best_epoch"] - 1]
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if "/" in k)
     click.echo(f"trained in {manifest['train_seconds']:.0f} s; best epoch {manifest['best_epoch']}"
                f" on valid users: {metrics}")
     click.echo(f"wrote {out}")
+
+
+def _adapter(dataset, out, ref, settings, config, quiet: bool) -> dict:
+    from xdretrieve.encoder import Encoder, item_text
+    from xdretrieve.train.adapter import train_adapter
+
+    encoder = Encoder.from_settings(settings, ref)
+    texts = [item_text(it, settings.text_template) for it in dataset.items.values()]
+    base = encoder.encode(texts, progress=not quiet, desc="embedding items")
+    return train_adapter(dataset, base, out, ref.name, ref.fingerprint, config,
+                         progress=not quiet)
+
+
+def _full(dataset, out, ref, settings, config, seed: int, quiet: bool, time_budget, **options):
+    from xdretrieve.train.full import FullConfig, train_full
+
+    full = FullConfig(seed=seed, time_budget_s=time_budget,
+                      **{k: v for k, v in options.items() if v is not None})
+    return train_full(dataset, out, ref, settings, full, config, progress=not quiet)

@@ -1,0 +1,254 @@
+"""The performance suite runs end to end on a tiny size and reports every figure.
+
+No test asserts a wall-clock time: the figures are checked for presence and sanity only.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import querypath, recall, report, synthetic
+from benchmarks.engines import Catalog, NumpyExact
+from benchmarks.suite import Config, run_suite
+from xdretrieve.config import Settings
+from xdretrieve.data import Dataset
+from xdretrieve.indexer import index_dataset
+from xdretrieve.retriever import RESCORE_WIDTH
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory, paired_dir: Path,
+               tiny_model: str) -> Path:
+    from xdretrieve.config import Settings
+
+    root = tmp_path_factory.mktemp("bench-store")
+    index_dataset(Dataset.from_dir(paired_dir),
+                  Settings(store=root / "store", cache_dir=root / "cache", model=tiny_model))
+    return root / "store"
+
+
+def write_model(directory: Path, base_model: str, dataset: Dataset, dim: int = 16,
+                reranker: bool = True, seed: int = 0) -> Path:
+    """A trained-model directory as ``xdretrieve finetune`` writes it, with random weights (and
+    a re-ranker): what the benchmark needs to run the trained query path, not a good model."""
+    from xdretrieve.encoder import resolve_model
+    from xdretrieve.model import MANIFEST, WEIGHTS
+    from xdretrieve.rerank import FEATURES, ItemStats, Reranker
+
+    ref = resolve_model(base_model)
+    base_dim = ref_dim(base_model)
+    rng = np.random.default_rng(seed)
+    domains = sorted(dataset.domains)
+    ids = list(dataset.items)
+    max_history = 8
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32)
+
+    weights = {"pos": w(max_history, dim), "logit_scale": np.float32(np.log(10.0)),
+               "att_w1": w(dim, dim), "att_b1": np.zeros(dim, np.float32),
+               "att_w2": w(dim), "att_b2": np.float32(0.0),
+               "mlp_w1": w(dim, dim), "mlp_b1": np.zeros(dim, np.float32),
+               "mlp_w2": w(dim, dim), "mlp_b2": np.zeros(dim, np.float32),
+               "bias_ids": np.array(ids), "bias": w(len(ids))}
+    for d in domains:
+        weights |= {f"proj_w_{d}": w(base_dim, dim), f"proj_b_{d}": np.zeros(dim, np.float32),
+                    f"tgt_{d}": w(dim)}
+    directory.mkdir(parents=True, exist_ok=True)
+    np.savez(directory / WEIGHTS, **weights)
+    if reranker:
+        histories = {u: {d: tuple(h) for d, h in per.items()}
+                     for u, per in dataset.histories.items()}
+        Reranker(w(len(FEATURES)), np.zeros(len(FEATURES), np.float32),
+                 np.ones(len(FEATURES), np.float32),
+                 ItemStats.fit(ids, histories, [dataset.items[i].domain for i in ids])
+                 ).save(directory)
+    (directory / MANIFEST).write_text(json.dumps({
+        "format": 1, "kind": "adapter", "base_model": base_model,
+        "base_fingerprint": ref.fingerprint, "dim": dim, "domains": domains,
+        "max_history": max_history, "config": {}}))
+    return directory
+
+
+def ref_dim(model: str) -> int:
+    from xdretrieve.encoder import Encoder, resolve_model
+
+    return Encoder(resolve_model(model), device="cpu", cache_dir=None).dim
+
+
+@pytest.fixture(scope="module")
+def tiny_trained(tmp_path_factory: pytest.TempPathFactory, paired_dir: Path,
+                 tiny_model: str) -> Path:
+    return write_model(tmp_path_factory.mktemp("bench-model") / "model", tiny_model,
+                       Dataset.from_dir(paired_dir))
+
+
+def _tiny_config(work: Path, store: Path, data: Path, model: Path | None = None) -> Config:
+    return Config(work=work, real_store=store, data=data, synthetic_n=2000, dim=32, centres=20,
+                  synthetic_users=60, queries=30, repeats=2, threads=(1, 2), efs=(16, 64),
+                  candidate_efs=(400,), client_queries=5, client_queries_large=3,
+                  numpy_queries_large=20, embed_items=16, embed_batch=8, device="cpu",
+                  previous_large=True, model=model)
+
+
+def test_suite_reports_every_figure(tmp_path: Path, tiny_store: Path, paired_dir: Path,
+                                    tiny_trained: Path) -> None:
+    results = run_suite(_tiny_config(tmp_path / "work", tiny_store, paired_dir, tiny_trained))
+    text = report.write(results, tmp_path / "out")
+    json.dumps(results)  # what run.py writes
+
+    assert [s["kind"] for s in results["scales"]] == ["real", "synthetic"]
+    for scale in results["scales"]:
+        roles = [v["role"] for v in scale["variants"]]
+        assert roles == ["shipped", "previous", "trained"]
+        shipped, previous, trained = scale["variants"]
+        assert shipped["hnsw"]["per_domain"] and shipped["hnsw"]["int8"]
+        assert shipped["hnsw"]["search_ef"] == Settings().search_ef
+        assert shipped["hnsw"]["m"] == Settings().hnsw_m
+        assert not previous["hnsw"]["per_domain"] and not previous["hnsw"]["int8"]
+        assert (previous["hnsw"]["m"], previous["hnsw"]["search_ef"]) == (16, 128)
+        assert trained["model"] == str(tiny_trained)
+        for variant in (shipped, previous):
+            rows = [r for r in scale["paths"] if r["engine"] == f"Qdrant Edge, {variant['name']}"]
+            assert [r["label"] for r in rows] == [
+                "full path: user lookup + ANN 200 + top 10",
+                "Retriever.recommend_user(limit=10) as shipped"]
+        rows = [r for r in scale["paths"] if r["engine"] == f"Qdrant Edge, {trained['name']}"]
+        assert [r["label"] for r in rows] == ["full path, trained model, re-ranker off",
+                                              "full path, trained model, with re-ranker"]
+        for row in scale["paths"]:
+            assert not row.get("skipped")
+            assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+            assert row["cpu_p50_ms"] >= 0
+        assert any(r["engine"] == "qdrant-client :memory:" for r in scale["paths"])
+        engines = {r["engine"] for r in scale["search"]}
+        assert {"NumPy brute force (exact)", "NumPy brute force (exact) (1 BLAS thread)",
+                "Qdrant Edge exact=True (full scan)"} <= engines
+        assert any(e.startswith("qdrant-client") for e in engines)
+        assert [(t["index"], t["threads"]) for t in scale["throughput"]] == [
+            (shipped["name"], 1), (shipped["name"], 2), (trained["name"], 1),
+            (trained["name"], 2)]
+        assert all(t["queries_per_s"] > 0 for t in scale["throughput"])
+        assert "full path: qdrant-client :memory:" in scale["ratios"]
+        for variant in (shipped, previous):
+            rows = [r for r in scale["recall"] if r["index"] == variant["name"]]
+            assert rows[0]["production"] and rows[0]["limit"] == 200
+            assert rows[0]["hnsw_ef"] == variant["hnsw"]["search_ef"]
+            assert [r["hnsw_ef"] for r in rows if r["limit"] == 10] == [16, 64]
+            assert [r["hnsw_ef"] for r in rows[1:] if r["limit"] == 200] == [400]
+            assert all(0.0 <= r["recall@200"] <= 1.0 for r in rows if r["limit"] == 200)
+            assert all(0.0 <= r["recall@10"] <= 1.0 for r in rows)
+        (row,) = [r for r in scale["recall"] if r["index"] == trained["name"]]
+        assert row["production"] and row["limit"] == RESCORE_WIDTH * 200 and 0 <= row["recall@10"] <= 1
+    cal = results["scales"][1]["info"]["calibration"]
+    assert set(cal["synthetic_nn_cosine"]) == set(cal["real_nn_cosine"])
+
+    idx = results["indexing"]
+    assert idx["embed"]["items_per_s"] > 0 and idx["embed"]["device"] == "cpu"
+    for key in ("edge_real", "edge_synthetic"):
+        assert idx[key]["points_per_s"] > 0 and idx[key]["points_per_cpu_s"] > 0
+        assert idx[key]["build_s"] >= 0 and idx[key]["upsert_peak_rss_mib"] > 0
+    assert len(idx["edge_real"]["runs"]) == 2
+    reindex = idx["reindex"]
+    assert reindex["changed_items"] == 1 and reindex["items_embedded"] == 1
+    assert reindex["noop_embedded"] == 0
+
+    for heading in ("## Targets", "## Query latency", "## Throughput", "## Recall",
+                    "## Indexing", "## The synthetic catalog", "latency.png", "recall.png",
+                    "full path, trained model, with re-ranker", "incremental re-index",
+                    "points/s upserted", "HNSW build", "items/s embedded"):
+        assert heading in text
+    assert "not measured" not in text
+    for name in ("performance.md", "latency.png", "recall.png", "latencies.json"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def _trained_rows(cfg: Config, store: Path) -> list[dict]:
+    """The trained-model rows of the real scale, run alone."""
+    from benchmarks import suite
+    from xdretrieve.store.edge import EdgeStore
+
+    with EdgeStore(store) as base:
+        catalog = Catalog.from_store(base)
+        users = suite._profiles(base)
+        info = base.read_info()
+        jobs, _ = suite._queries(cfg, base)
+    scale = suite._new_scale("real", "real", {"items": len(catalog.ids)})
+    suite._trained(cfg, scale, catalog, users, info, jobs)
+    return scale["paths"]
+
+
+def test_trained_rows_are_skipped_with_the_reason(tmp_path: Path, tiny_store: Path,
+                                                  paired_dir: Path, tiny_model: str,
+                                                  other_tiny_model: str) -> None:
+    copy = tmp_path / "store"
+    shutil.copytree(tiny_store, copy)
+    rows = _trained_rows(_tiny_config(tmp_path / "w1", copy, paired_dir), copy)
+    assert [r["label"] for r in rows] == ["full path, trained model, re-ranker off",
+                                          "full path, trained model, with re-ranker"]
+    assert all(r["skipped"] and "no trained model given" in r["note"] for r in rows)
+
+    # a model trained on another encoder than the store's
+    other = write_model(tmp_path / "other", other_tiny_model, Dataset.from_dir(paired_dir))
+    rows = _trained_rows(_tiny_config(tmp_path / "w2", copy, paired_dir, other), copy)
+    assert all(r["skipped"] and "was trained on encoder" in r["note"] for r in rows)
+
+    # a model without a re-ranker: that row alone is skipped
+    plain = write_model(tmp_path / "plain", tiny_model, Dataset.from_dir(paired_dir),
+                        reranker=False)
+    off, on = _trained_rows(_tiny_config(tmp_path / "w3", copy, paired_dir, plain), copy)
+    assert not off.get("skipped") and off["p50_ms"] > 0
+    assert on["skipped"] and "has no re-ranker" in on["note"]
+
+
+def test_numpy_exact_matches_sorting() -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(300, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"p{i}" for i in range(300)]
+    domains = np.array(["a" if i % 3 else "b" for i in range(300)])
+    exact = NumpyExact(Catalog(ids, vectors, domains, [{} for _ in ids]))
+    q = vectors[0]
+    got = exact.search(q, "a", exclude=["p1"], limit=7)
+    order = sorted((i for i in range(300) if domains[i] == "a" and i != 1),
+                   key=lambda i: -float(vectors[i] @ q))
+    assert got == [ids[i] for i in order[:7]]
+    queries = [querypath.Resolved("a", q, ("p1",)), querypath.Resolved("b", vectors[5], ())]
+    truth = recall.ground_truth(exact, queries, 7)
+    assert truth[0] == got
+    assert recall.recall_at([got], [got], 7) == 1.0
+    assert recall.recall_at([got[:3] + ["x"] * 4], [got], 7) == pytest.approx(3 / 7)
+
+
+def test_synthetic_resembles_its_reference() -> None:
+    rng = np.random.default_rng(0)
+    reference = synthetic._fallback_reference(rng)
+    cat = synthetic.generate(3000, 24, 30, reference, n_users=20, seed=1, measure_sample=300)
+    assert cat.vectors.shape == (3000, 24)
+    assert np.allclose(np.linalg.norm(cat.vectors, axis=1), 1.0, atol=1e-5)
+    assert set(cat.domains) == set(synthetic.DOMAINS)
+    cal = cat.calibration
+    assert abs(cal.synthetic_nn_cosine["p50"] - cal.real_nn_cosine["p50"]) < 0.1
+    assert abs(cal.synthetic_pair_cosine_mean - cal.real_pair_cosine_mean) < 0.1
+    users, domains, vectors, payloads = cat.user_profiles()
+    assert len(users) == 2 * 20 and vectors.shape == (40, 24)
+    assert all(p["history"] for p in payloads)
+
+
+def test_results_md_gets_one_performance_section(tmp_path: Path) -> None:
+    results_md = tmp_path / "RESULTS.md"
+    results_md.write_text("# Results\n\n## Cold-start quality\n\ntable\n")
+    for run in ("first", "second"):
+        report.update_results_md(results_md, f"# Performance results\n\n## Targets\n\n{run}\n\n"
+                                 "![recall vs latency](recall.png)\n", tmp_path / "results")
+    text = results_md.read_text()
+    assert text.startswith("# Results\n\n## Cold-start quality\n\ntable\n")
+    assert text.count(report.RESULTS_BEGIN) == 1 and text.count(report.RESULTS_END) == 1
+    assert "second" in text and "first" not in text
+    assert "## Performance results" in text and "### Targets" in text
+    assert "](results/recall.png)" in text

@@ -1,0 +1,39 @@
+"""The comparison against the best other method: the right rival, ratio and interval."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xdretrieve.evaluate.compare import against_best, to_markdown
+from xdretrieve.evaluate.runner import MethodResult, Results
+
+
+def _row(method: str, ndcg: np.ndarray) -> MethodResult:
+    per_user = {"ndcg@10": ndcg, "recall@10": ndcg}
+    return MethodResult("a->b", method, len(ndcg), {k: float(v.mean()) for k, v in per_user.items()},
+                        0.0, 0.0, per_user=per_user)
+
+
+def test_against_the_best_rival_not_own_variants() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.random(500)
+    rows = [_row("popularity", base * 0.5), _row("itemknn", base),
+            _row("xdretrieve", base * 1.5), _row("xdretrieve-no-rerank", base * 3)]
+    results = Results("toy", rows, {"a->b": 500}, {}, "0", "now", 1.0)
+    (ndcg, recall) = against_best(results)
+    assert ndcg.rival == "itemknn" and ndcg.metric == "ndcg@10" and recall.metric == "recall@10"
+    assert abs(ndcg.ratio - 1.5) < 1e-9
+    # every resample of the same users keeps the exact ratio 1.5
+    assert abs(ndcg.low - 1.5) < 1e-9 and abs(ndcg.high - 1.5) < 1e-9
+    assert "| a->b | ndcg@10 | xdretrieve | itemknn | 1.50x | 1.50x - 1.50x |" in to_markdown(
+        [ndcg])
+
+
+def test_interval_widens_with_noise_and_contains_the_ratio() -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.random(300), rng.random(300)  # two equally good, independent methods
+    results = Results("toy", [_row("itemknn", b), _row("xdretrieve", a)], {"a->b": 300}, {}, "0",
+                      "now", 1.0)
+    c = against_best(results)[0]
+    assert c.low < c.ratio < c.high
+    assert c.low < 1.0 < c.high  # no difference can be claimed

@@ -1,0 +1,333 @@
+"""Full mode: contrastive fine-tuning of the encoder itself, then the adapter stage.
+
+On the paired fixture (a reader of book i watches movie i) with a tiny random BERT on the CPU:
+the pieces (pairs, batches and shards, the loss, mined negatives) against hand-built answers,
+fine-tuning improves valid users' ndcg@10 over the encoder as given, the model directory loads
+and answers through index/query, and two gloo processes compute what one process computes on
+their joint batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import THEMES, write_paired_dataset
+from xdretrieve.data import Dataset
+from xdretrieve.train.full import ENCODER_DIR, FullConfig, finetune_encoder, info_nce
+from xdretrieve.train.pairs import build_pairs, global_batches, query_text, shard
+
+
+def _paired(directory: Path) -> Dataset:
+    data = write_paired_dataset(directory, users_per_theme=5)
+    # users u{t}-0 are test; u{t}-1 valid, so that training can select an epoch
+    (data / "users.csv").write_text((data / "users.csv").read_text().replace("-1,train", "-1,valid"))
+    return Dataset.from_dir(data)
+
+
+def _config(**kwargs) -> FullConfig:
+    base = dict(epochs=4, batch_size=8, lr=1e-3, patience=4, hard_negative_ranks=(1, 6))
+    return FullConfig(**{**base, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: str):
+    from xdretrieve.config import Settings
+    from xdretrieve.encoder import resolve_model
+    from xdretrieve.train.adapter import AdapterConfig
+    from xdretrieve.train.full import train_full
+
+    tmp = tmp_path_factory.mktemp("full")
+    ds = _paired(tmp / "data")
+    settings = Settings(model=tiny_model, cache_dir=tmp / "cache", device="cpu")
+    adapter = AdapterConfig(dim=16, epochs=30, patience=30, batch_size=8, lr=1e-2, seed=0)
+    manifest = train_full(ds, tmp / "model", resolve_model(tiny_model), settings, _config(),
+                          adapter)
+    return tmp, ds, manifest
+
+
+# -- the pieces ----------------------------------------------------------------------------------
+
+def test_pairs_cross_and_same_domain() -> None:
+    from xdretrieve.data import Item
+
+    items = {i: Item(i, i[0], f"title {i}") for i in ("a1", "a2", "a3", "b1", "b2")}
+    row_of = {i: r for r, i in enumerate(items)}
+    histories = {"u": {"a": ("a1", "a2", "a3"), "b": ("b1", "b2", "b1")},
+                 "v": {"a": ("a2",)}}  # one domain, one item: no pair at all
+    p = build_pairs(histories, ["u", "v"], ["a", "b"], items, row_of, history_titles=2)
+    got = sorted((p.query_texts[q], list(items)[i], bool(c))
+                 for q, i, c in zip(p.query, p.item, p.cross, strict=True))
+    assert got == sorted([
+        ("a buyer, recommend b: title a3; title a2", "b1", True),  # each target item once
+        ("a buyer, recommend b: title a3; title a2", "b2", True),
+        ("b buyer, recommend a: title b1; title b2", "a1", True),
+        ("b buyer, recommend a: title b1; title b2", "a2", True),
+        ("b buyer, recommend a: title b1; title b2", "a3", True),
+        ("a buyer, recommend a: title a1", "a2", False),  # prefix -> next item
+        ("a buyer, recommend a: title a2; title a1", "a3", False),
+        ("b buyer, recommend b: title b1", "b2", False),
+        ("b buyer, recommend b: title b2; title b1", "b1", False),
+    ])
+    assert p.target.tolist() == [{"a": 0, "b": 1}[list(items)[i][0]] for i in p.item]
+    assert p.known[0].tolist() == [0, 1, 2, 3, 4] and p.known[1].tolist() == [1]
+    assert all(p.query_user[q] == 0 for q in p.query)
+    only_cross = build_pairs(histories, ["u", "v"], ["a", "b"], items, row_of, 2,
+                             same_domain=False)
+    assert only_cross.cross.all() and len(only_cross) == 5
+    assert query_text(["x", "y", "z"], "arts", "office", 2) == "arts buyer, recommend office: z; y"
+
+
+def test_global_batches_are_one_domain_and_shard_evenly() -> None:
+    target = np.array([0] * 37 + [1] * 22)
+    batches = global_batches(target, batch_size=4, world_size=3, rng=np.random.default_rng(0))
+    again = global_batches(target, batch_size=4, world_size=3, rng=np.random.default_rng(0))
+    assert all((a == b).all() for a, b in zip(batches, again, strict=True))  # same on every process
+    flat = np.concatenate(batches)
+    assert len(flat) == len(set(flat.tolist()))  # no pair twice in an epoch
+    for batch in batches:
+        assert len(np.unique(target[batch])) == 1
+        assert len(batch) % 3 == 0 and 6 <= len(batch) <= 12
+        parts = [shard(batch, r, 3) for r in range(3)]
+        assert all(len(part) == len(batch) // 3 for part in parts)
+        assert (np.concatenate(parts) == batch).all()
+    # 37 = 3 x 12 + 1 (dropped); 22 = 12 + 10 -> 9 (trimmed to a multiple of 3)
+    assert sorted(len(b) for b in batches) == [9, 12, 12, 12, 12]
+    capped = global_batches(target, 4, 1, np.random.default_rng(0), max_pairs=10)
+    assert sum(len(b) for b in capped) <= 10
+
+
+def test_info_nce_masks_and_corrects_by_logq() -> None:
+    g = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(3, 4, generator=g), dim=-1)
+    d = torch.nn.functional.normalize(torch.randn(5, 4, generator=g), dim=-1)
+    labels = torch.tensor([0, 1, 2])
+    mask = torch.zeros(3, 5, dtype=torch.bool)
+    mask[0, 3] = True  # column 3 holds an item of user 0: not a negative for row 0
+    logq = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.2, 0.2]))
+    loss = info_nce(q, d, labels, mask, logq, scale=10.0)
+    expected = 0.0
+    for i in range(3):
+        z = [10.0 * float(q[i] @ d[c]) - float(logq[c]) for c in range(5) if not mask[i, c]]
+        own = 10.0 * float(q[i] @ d[i]) - float(logq[i])
+        expected += -(own - np.log(np.sum(np.exp(z)))) / 3
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    plain = info_nce(q, d, labels, torch.zeros_like(mask), None, 10.0)
+    expected = float(torch.nn.functional.cross_entropy(10.0 * q @ d.T, labels))
+    assert float(plain) == pytest.approx(expected, rel=1e-6)
+
+
+def test_mined_negatives_rank_high_and_are_not_the_users(tiny_model: str, tmp_path: Path) -> None:
+    from xdretrieve.encoder import item_text
+    from xdretrieve.train.distributed import setup
+    from xdretrieve.train.full import _embed, _load, _mine
+
+    ds = _paired(tmp_path / "data")
+    ids = list(ds.items)
+    row_of = {i: r for r, i in enumerate(ids)}
+    domains = list(ds.domains)
+    dom = np.array([domains.index(ds.items[i].domain) for i in ids])
+    rows_by_domain = [np.flatnonzero(dom == k) for k in range(len(domains))]
+    users = [u for u, s in ds.splits.items() if s == "train"]
+    pairs = build_pairs(ds.histories, users, domains, ds.items, row_of)
+    texts = [item_text(ds.items[i], "{title}. {text}") for i in ids]
+    ctx = setup("cpu")
+    model = _load(Path(tiny_model), ctx.device, 64)
+    config = FullConfig(hard_negatives=2, hard_negative_ranks=(0, 3))
+    used = np.arange(0, len(pairs), 2)  # this epoch's pairs
+    negs = _mine(model, pairs, used, texts, rows_by_domain, config,
+                 np.random.default_rng(0).random((len(pairs), 2)), ctx)
+    assert (negs[np.setdiff1d(np.arange(len(pairs)), used)] == -1).all()
+    Q = _embed(model, pairs.query_texts, ctx.device, 64)  # (n_queries, dim)
+    D = _embed(model, texts, ctx.device, 64)  # (n_items, dim)
+    for i in used:
+        user_items = set(pairs.known[pairs.query_user[pairs.query[i]]].tolist())
+        t = pairs.target[i]
+        assert all(dom[n] == t and n not in user_items for n in negs[i])
+        # among the 3 best-ranked items of the target domain that the user does not have
+        order = rows_by_domain[t][torch.argsort(-(D[rows_by_domain[t]] @ Q[pairs.query[i]]))]
+        top = [r for r in order.tolist() if r not in user_items][:3]
+        assert set(negs[i].tolist()) <= set(top)
+
+
+# -- end to end ----------------------------------------------------------------------------------
+
+def _ndcg(history: dict) -> float:
+    return float(np.mean([v for k, v in history.items() if k.endswith("/ndcg@10")]))
+
+
+def test_fine_tuning_improves_valid_ndcg_over_the_encoder_as_given(trained) -> None:
+    _, _, manifest = trained
+    ft = manifest["finetune"]
+    history = ft["history"]
+    assert history[0]["epoch"] == 0 and len(history) == 1 + ft["epochs"]
+    before, best = _ndcg(history[0]), max(_ndcg(h) for h in history[1:])
+    assert best > before + 0.1 and best > 0.95
+    assert ft["best_epoch"] == max(range(len(history)), key=lambda e: _ndcg(history[e]))
+    losses = [h["loss"] for h in history[1:]]
+    assert losses[-1] < 0.7 * losses[0]
+    assert ft["pairs"] == ft["cross_domain_pairs"] == 2 * 3 * len(THEMES)  # 3 train users a theme
+    assert ft["world_size"] == 1 and ft["device"] == "cpu" and ft["pairs_per_s"] > 0
+    assert 0 < ft["pairs_seen"] <= ft["epochs"] * ft["pairs"]
+
+
+def test_model_dir_manifest_and_relocation(trained, tmp_path: Path) -> None:
+    from xdretrieve.encoder import resolve_model
+    from xdretrieve.model import MANIFEST, TrainedModel
+
+    tmp, ds, manifest = trained
+    model_dir = tmp / "model"
+    assert manifest["kind"] == "full" and manifest["base_model"] == ENCODER_DIR
+    assert json.loads((model_dir / MANIFEST).read_text())["finetune"]["best_epoch"] >= 1
+    ref = resolve_model(str(model_dir))
+    assert ref.trained == model_dir.resolve() and ref.path == (model_dir / ENCODER_DIR).resolve()
+    assert ref.base_fingerprint == manifest["base_fingerprint"]
+    assert TrainedModel.load(model_dir).manifest["dim"] == 16
+    moved = shutil.copytree(model_dir, tmp_path / "elsewhere")  # the encoder travels with it
+    assert resolve_model(str(moved)).path == (moved / ENCODER_DIR).resolve()
+    assert resolve_model(str(moved)).base_fingerprint == ref.base_fingerprint
+
+
+def test_saved_encoder_is_the_selected_epoch(trained) -> None:
+    """The encoder in MODEL_DIR/encoder, loaded the way `index` loads it, scores valid users as
+    the best epoch did in training (cosine ranking, recomputed from scratch)."""
+    from xdretrieve.config import Settings
+    from xdretrieve.encoder import Encoder, item_text, resolve_model
+    from xdretrieve.evaluate.metrics import score_rankings
+    from xdretrieve.evaluate.protocol import Protocol
+
+    tmp, ds, manifest = trained
+    ft = manifest["finetune"]
+    encoder = Encoder.from_settings(Settings(device="cpu"),
+                                    resolve_model(str(tmp / "model" / ENCODER_DIR)))
+    protocol = Protocol(ds)
+    for d in protocol.directions():
+        task = protocol.task(d, "valid")
+        Q = encoder.encode([query_text([ds.items[i].title for i in q], d.source, d.target)
+                            for q in task.queries], cache=False)
+        D = encoder.encode([item_text(ds.items[i], "{title}. {text}") for i in task.target_items],
+                           cache=False)
+        top = np.argsort(-(Q @ D.T), axis=1, kind="stable")[:, :10]
+        ndcg = score_rankings(top, list(task.truth), len(task.target_items), ks=(10,))["ndcg@10"]
+        assert ndcg.mean() == pytest.approx(
+            ft["history"][ft["best_epoch"]][f"{d}/ndcg@10_cosine"], abs=0.02)
+
+
+def test_full_model_through_index_and_query(trained, tmp_path: Path) -> None:
+    from xdretrieve.config import Settings
+    from xdretrieve.indexer import index_dataset
+    from xdretrieve.retriever import Retriever
+    from xdretrieve.store import ITEMS, item_point_id, open_store
+
+    tmp, ds, _ = trained
+    settings = Settings(store=tmp_path / "store", model=str(tmp / "model"),
+                        cache_dir=tmp / "cache", device="cpu")
+    index_dataset(ds, settings)
+    with open_store(settings) as s:
+        (point,) = s.retrieve(ITEMS, [item_point_id("movie-2")], with_vectors=True)
+        assert point.vector.shape == (16,)
+        assert s.read_info().extra["trained"] == str((tmp / "model").resolve())
+    with Retriever(settings) as r:
+        assert r.model is not None
+        right = sum(r.recommend_history([f"book-{t}"], "movies", 1)[0].item_id == f"movie-{t}"
+                    for t in range(len(THEMES)))
+        assert right >= len(THEMES) - 1
+        hits = r.recommend_user("u3-0", "movies", 5)
+        assert len(hits) == 5 and "movie-3" not in {h.item_id for h in hits}
+
+
+def test_cli_full_mode_with_a_time_budget(tiny_model: str, tmp_path: Path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from xdretrieve.cli import main
+
+    monkeypatch.setenv("XDR_CACHE_DIR", str(tmp_path / "cache"))
+    _paired(tmp_path / "data")
+    out = tmp_path / "model"
+    args = ["finetune", "--data", str(tmp_path / "data"), "--out", str(out), "--model", tiny_model,
+            "--dim", "8", "--time-budget", "0", "-q"]
+    result = CliRunner().invoke(main, [*args, "--batch-size", "8"], catch_exceptions=False)
+    assert result.exit_code == 2 and "only with --mode full" in result.output
+    result = CliRunner().invoke(main, [*args, "--mode", "full", "--device", "cpu",
+                                       "--batch-size", "8", "--lr", "1e-3"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "pairs/s on 1 x cpu (fp32)" in result.output and f"wrote {out}" in result.output
+    manifest = json.loads((out / "xdretrieve_model.json").read_text())
+    assert manifest["kind"] == "full" and manifest["finetune"]["steps"] == 1  # the budget: 1 step
+    assert (out / ENCODER_DIR / "modules.json").is_file()
+
+
+# -- several processes ---------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, data: str, model: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    report = finetune_encoder(Dataset.from_dir(data), model, Path(out) / "encoder",
+                              _config(epochs=2, batch_size=4, dropout=False), device="cpu")
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps(report))
+
+
+def _weights(path: Path) -> dict:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(path), device="cpu", local_files_only=True).state_dict()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_as_one_process_on_their_joint_batches(
+        tiny_model: str, tmp_path: Path) -> None:
+    """torchrun's environment, two CPU processes (gloo), each with half of every global batch:
+    the documents are gathered with gradients and DDP averages, so the training equals that of
+    one process holding the whole batches (dropout off: the steps are deterministic)."""
+    import torch.multiprocessing as mp
+
+    ds = _paired(tmp_path / "data")
+    # no valid users: the last epoch is kept, so both runs save what they trained
+    (tmp_path / "data" / "users.csv").write_text(
+        (tmp_path / "data" / "users.csv").read_text().replace(",valid", ",train"))
+    ds = Dataset.from_dir(tmp_path / "data")
+    out = tmp_path / "two"
+    out.mkdir()
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "data"), tiny_model, str(out)),
+             nprocs=2, join=True)
+    two = json.loads((out / "rank0.json").read_text())
+    assert json.loads((out / "rank1.json").read_text()) is None  # only rank 0 reports and writes
+    assert two["world_size"] == 2 and two["global_batch"] == 8
+    one = finetune_encoder(ds, tiny_model, tmp_path / "one" / "encoder",
+                           _config(epochs=2, batch_size=8, dropout=False), device="cpu")
+    assert one["pairs_seen"] == two["pairs_seen"] and one["steps"] == two["steps"]
+    for a, b in zip(one["history"][1:], two["history"][1:], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    start, w1, w2 = (_weights(p) for p in (Path(tiny_model), tmp_path / "one" / "encoder",
+                                           out / "encoder"))
+    moved = max(float((w1[k] - start[k]).abs().max()) for k in start)
+    assert moved > 1e-3  # it trained
+    for k in start:
+        torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fine_tuning_in_bf16_with_tokenizing_workers(tiny_model: str, tmp_path: Path) -> None:
+    from xdretrieve.encoder import resolve_model
+
+    ds = _paired(tmp_path / "data")
+    report = finetune_encoder(ds, tiny_model, tmp_path / "encoder",
+                              _config(epochs=2, num_workers=2), device="cuda")
+    assert report["precision"] == "bf16" and report["device"] != "cpu"
+    assert report["pairs_per_s"] > 0 and report["epochs"] == 2
+    assert resolve_model(str(tmp_path / "encoder")).path == (tmp_path / "encoder").resolve()

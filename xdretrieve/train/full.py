@@ -1,0 +1,541 @@
+"""Full mode: contrastive fine-tuning of the shared transformer (GPU, bf16, torchrun-ready), then
+the adapter stage over the fine-tuned encoder's item vectors.
+
+Stage 1 (:func:`finetune_encoder`) trains the sentence-transformers model itself on pairs from
+train users only (valid users select the epoch and stop early):
+
+- cross-domain pairs: a domain prompt and the last titles of a user's source history ->
+  each of that user's target-domain items (every ordered pair of domains);
+- same-domain pairs: the same kind of query over a history prefix -> the next item.
+
+The document side is the item text exactly as ``index`` embeds it (``Settings.text_template``).
+Loss: InfoNCE (scale 20, i.e. temperature 0.05) of each query over the positives of its global
+batch (one target domain per step; gathered across processes) and mined hard negatives (items the
+current encoder ranks high for the query that the user never interacted with; mined at the start
+of every epoch). Columns holding an item the row's user has (duplicates of the positive included)
+are masked. Every column's logit is corrected by the log of its item's sampling probability
+(logQ, Yi et al., "Sampling-Bias-Corrected Neural Modeling for Large Corpus Item
+Recommendations", RecSys 2019): in-batch negatives are drawn by popularity, and without the
+correction the encoder learns to push popular items down. Ranking then adds the log popularity
+back, which is how valid users are scored here: ``scale * cos + log(1 + train popularity)``.
+
+Stage 2 (:func:`train_full`) embeds every item with the fine-tuned encoder and runs
+:func:`xdretrieve.train.adapter.train_adapter` over those vectors; the model directory is that of
+adapter mode plus the encoder in ``MODEL_DIR/encoder`` (the manifest's ``base_model``, relative, so
+the directory can move) and a ``finetune`` entry in the manifest (``kind: "full"``).
+
+Several GPUs: launch with ``torchrun --nproc_per_node=N``; every process loads the data and takes
+an equal share of each global batch (``batch_size`` pairs per process); the document embeddings
+are gathered across processes with gradients (an all-gather whose backward all-reduces), DDP
+averages the gradients, and only rank 0 validates and writes.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from xdretrieve.data import Dataset
+from xdretrieve.encoder import item_text
+from xdretrieve.errors import XDRetrieveError
+from xdretrieve.train.distributed import Dist, gather, rank0_says, setup, wrap_ddp
+from xdretrieve.train.pairs import Pairs, build_pairs, global_batches, query_text, shard
+
+log = logging.getLogger(__name__)
+
+ENCODER_DIR = "encoder"  # the fine-tuned encoder inside the model directory
+
+
+@dataclass
+class FullConfig:
+    """Hyper-parameters of the encoder fine-tuning (stage 1)."""
+
+    epochs: int = 3
+    batch_size: int = 256  # pairs per step and process; the global batch is batch_size * processes
+    lr: float = 3e-5
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # share of the steps with a linear warm-up; then linear decay to 0
+    scale: float = 20.0  # 1 / temperature of the softmax over cosines
+    history_titles: int = 10  # titles of the history in a query text, most recent first
+    same_domain: bool = True  # also train on history prefix -> next item in the same domain
+    max_pairs: int | None = None  # per epoch, a random sample of at most this many pairs
+    hard_negatives: int = 1  # mined per pair and epoch (0: in-batch negatives only)
+    hard_negative_ranks: tuple[int, int] = (3, 50)  # sampled from these ranks, the user's items left out
+    logq: bool = True
+    dropout: bool = True  # False: no dropout in training (deterministic steps, for tests)
+    patience: int = 2  # epochs without a better valid ndcg@10 before stopping
+    time_budget_s: float | None = None  # stop after the step that passes it (then validate)
+    num_workers: int | None = None  # tokenizing processes per training process [CUDA: 2, CPU: 0]
+    eval_batch_size: int = 512
+    seed: int = 0
+
+
+class _Steps:
+    """Map-style dataset for the DataLoader: step k -> this process's tokenized share of global
+    batch k, with the labels, the mask and the logQ term over the gathered columns.
+
+    Column layout (what ``all_gather`` of each process's documents produces): for each process r
+    in order, its positives, then its hard negatives (pair-major)."""
+
+    def __init__(self, batches, pairs: Pairs, negatives: np.ndarray, doc_texts: list[str],
+                 logq: np.ndarray, preprocess, rank: int, world_size: int):
+        self.batches, self.pairs, self.negatives = batches, pairs, negatives
+        self.doc_texts, self.logq, self.preprocess = doc_texts, logq, preprocess
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int):
+        p, batch = self.pairs, self.batches[k]
+        parts = [shard(batch, r, self.world_size) for r in range(self.world_size)]
+        cols = np.concatenate([np.concatenate([p.item[part], self.negatives[part].ravel()])
+                               for part in parts])  # (world * b * (1 + n_neg),) item rows
+        local = parts[self.rank]
+        b, width = len(local), len(cols) // self.world_size
+        labels = self.rank * width + np.arange(b)  # row i: its positive's column
+        mask = np.stack([np.isin(cols, p.known[p.query_user[p.query[i]]]) for i in local])
+        mask[np.arange(b), labels] = False  # (b, n_cols): items the row's user has, but its own
+        docs = [self.doc_texts[c] for c in np.concatenate(
+            [p.item[local], self.negatives[local].ravel()])]
+        return (dict(self.preprocess([p.query_texts[p.query[i]] for i in local])),
+                dict(self.preprocess(docs)), torch.from_numpy(labels), torch.from_numpy(mask),
+                torch.from_numpy(self.logq[cols].astype(np.float32)))
+
+
+# -- the model -----------------------------------------------------------------------------------
+
+def _load(path: Path, device: torch.device, max_seq_length: int):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import transformers
+    from sentence_transformers import SentenceTransformer
+
+    transformers.utils.logging.disable_progress_bar()
+    model = SentenceTransformer(str(path), device=str(device), local_files_only=True)
+    model.max_seq_length = min(max_seq_length, model.max_seq_length or max_seq_length)
+    return model
+
+
+def _preprocess_fn(model):
+    return getattr(model, "preprocess", None) or model.tokenize  # sentence-transformers < 5: tokenize
+
+
+def _to(features: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in features.items()}
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA; fp32 elsewhere."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=device.type == "cuda")
+
+
+def _freeze_unused(model, device: torch.device) -> list[str]:
+    """Parameters no embedding depends on (e.g. BERT's pooler under mean pooling) stop
+    requiring gradients, so that DDP can run without unused-parameter detection (which does not
+    allow two forwards per backward). Deterministic: the same on every process."""
+    feats = _to(_preprocess_fn(model)(["a probe", "another probe text"]), device)
+    model(feats)["sentence_embedding"].float().sum().backward()
+    frozen = []
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.grad is None:
+            p.requires_grad_(False)
+            frozen.append(name)
+    model.zero_grad(set_to_none=True)
+    return frozen
+
+
+@torch.no_grad()
+def _embed(model, texts: Sequence[str], device: torch.device, batch_size: int) -> torch.Tensor:
+    """(len(texts), dim) float32 unit vectors on ``device``, longest texts first in batches."""
+    was_training = model.training
+    model.eval()
+    preprocess = _preprocess_fn(model)
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    out = None
+    with _autocast(device):
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            emb = model(_to(preprocess([texts[i] for i in idx]), device))["sentence_embedding"]
+            emb = F.normalize(emb.float(), dim=-1)
+            if out is None:
+                out = torch.empty(len(texts), emb.shape[1], device=device)
+            out[torch.from_numpy(idx).to(device)] = emb
+    model.train(was_training)
+    return out if out is not None else torch.empty(0, 0, device=device)
+
+
+def info_nce(q: torch.Tensor, d: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+             logq: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """Mean softmax cross-entropy of each query over the columns.
+
+    Args:
+        q: (b, dim) unit query vectors.
+        d: (n_cols, dim) unit document vectors.
+        labels: (b,) column of each query's positive.
+        mask: (b, n_cols) True where a column must not count as a negative.
+        logq: (n_cols,) log sampling probability of each column's item, subtracted (logQ).
+        scale: 1 / temperature.
+    """
+    logits = scale * (q @ d.T)  # (b, n_cols)
+    if logq is not None:
+        logits = logits - logq
+    return F.cross_entropy(logits.masked_fill(mask, float("-inf")), labels)
+
+
+# -- hard negatives ------------------------------------------------------------------------------
+
+def _mine(model, pairs: Pairs, used: np.ndarray, doc_texts: list[str], rows_by_domain,
+          config: FullConfig, rng_u: np.ndarray, ctx: Dist) -> np.ndarray:
+    """(n_pairs, n_neg) hard negatives (global item rows; -1 for pairs not used this epoch).
+
+    Each process embeds its share of the epoch's queries, ranks the target domain's items and,
+    for every pair of those queries, picks items among ranks ``hard_negative_ranks`` of the
+    ranking without the user's own items (``rng_u``: the same uniform draws everywhere, so the
+    choice does not depend on the number of processes)."""
+    n_neg = config.hard_negatives
+    lo, hi = config.hard_negative_ranks
+    out = np.full((len(pairs), n_neg), -1, dtype=np.int64)
+    queries = np.unique(pairs.query[used])[ctx.rank::ctx.world_size]
+    mine = used[np.isin(pairs.query[used], queries)]
+    n_items = sum(len(r) for r in rows_by_domain)
+    for t, rows in enumerate(rows_by_domain):
+        qs = queries[pairs.query_target[queries] == t]  # sorted, as np.unique returns them
+        if not len(qs):
+            continue
+        col_of = np.full(n_items, -1, dtype=np.int64)  # global row -> column in domain t
+        col_of[rows] = np.arange(len(rows))
+        items = _embed(model, [doc_texts[r] for r in rows], ctx.device, config.eval_batch_size)
+        width = min(hi, len(rows))
+        for start in range(0, len(qs), 4096):
+            chunk = qs[start:start + 4096]
+            Q = _embed(model, [pairs.query_texts[q] for q in chunk], ctx.device,
+                       config.eval_batch_size)
+            S = Q @ items.T  # (chunk, n_t)
+            r_idx, c_idx, n_known = [], [], np.zeros(len(chunk), dtype=np.int64)
+            for r, q in enumerate(chunk):
+                cols = col_of[pairs.known[pairs.query_user[q]]]
+                cols = cols[cols >= 0]
+                r_idx.append(np.full(len(cols), r, dtype=np.int64))
+                c_idx.append(cols)
+                n_known[r] = len(cols)
+            S[torch.from_numpy(np.concatenate(r_idx)).to(S.device),
+              torch.from_numpy(np.concatenate(c_idx)).to(S.device)] = float("-inf")
+            top = S.topk(width, dim=1).indices.cpu().numpy()  # (chunk, width) local columns
+            sel = mine[np.isin(pairs.query[mine], chunk)]  # this chunk's pairs
+            r = np.searchsorted(chunk, pairs.query[sel])  # (n_sel,) row of each pair's query
+            valid = np.minimum(width, len(rows) - n_known[r])  # ranks holding none of the user's
+            first = np.where(valid > lo, lo, 0)
+            u = rng_u[sel]  # (n_sel, n_neg)
+            pick = first[:, None] + (u * np.maximum(valid - first, 1)[:, None]).astype(np.int64)
+            negs = rows[top[r[:, None], np.minimum(pick, width - 1)]]
+            # a user who has every item: any item (masked in the loss)
+            anything = rows[(u * len(rows)).astype(np.int64)]
+            out[sel] = np.where((valid > 0)[:, None], negs, anything)
+    if ctx.world_size > 1:
+        parts = [None] * ctx.world_size
+        dist.all_gather_object(parts, (mine, out[mine]))
+        for idx, negs in parts:
+            out[idx] = negs
+    return out
+
+
+# -- validation ----------------------------------------------------------------------------------
+
+def _validate(model, valid, doc_texts, rows_by_domain, config: FullConfig,
+              device: torch.device) -> dict[str, float]:
+    """ndcg@10 of valid users' cross-domain queries over every target item: with the
+    log-popularity prior (``scale * cos + log(1 + popularity)``: what selects) and by cosine."""
+    from xdretrieve.evaluate.metrics import score_rankings
+
+    out: dict[str, float] = {}
+    item_vecs = {}
+    for name, t, texts, truth, prior in valid:
+        if t not in item_vecs:
+            item_vecs[t] = _embed(model, [doc_texts[r] for r in rows_by_domain[t]], device,
+                                  config.eval_batch_size)
+        Q = _embed(model, texts, device, config.eval_batch_size)
+        cos = (Q @ item_vecs[t].T).cpu().numpy()  # (n_valid, n_t)
+        for key, S in ((f"{name}/ndcg@10", config.scale * cos + prior),
+                       (f"{name}/ndcg@10_cosine", cos)):
+            top = np.argsort(-S, axis=1, kind="stable")[:, :10]
+            out[key] = float(score_rankings(top, truth, S.shape[1], ks=(10,))["ndcg@10"].mean())
+    return out
+
+
+def _objective(metrics: dict[str, float]) -> float:
+    vals = [v for k, v in metrics.items() if k.endswith("/ndcg@10")]
+    return float(np.mean(vals)) if vals else 0.0
+
+
+# -- stage 1 -------------------------------------------------------------------------------------
+
+def finetune_encoder(dataset: Dataset, base_path: str | Path, out_path: str | Path,
+                     config: FullConfig | None = None, *, device: str = "auto",
+                     text_template: str = "{title}. {text}", max_seq_length: int = 128,
+                     progress: bool = False) -> dict | None:
+    """Fine-tune a local sentence-transformers model on train users' pairs; rank 0 saves the
+    best epoch's model (by valid ndcg@10; epoch 0 is the model as given) to ``out_path``.
+
+    Args:
+        dataset: with users.csv (train users give the pairs, valid users select).
+        base_path: the sentence-transformers directory to start from.
+        out_path: where the fine-tuned model is saved (replaced).
+        config: hyper-parameters.
+        device: 'auto', 'cuda', 'cpu', ...; under torchrun each process takes cuda:LOCAL_RANK.
+        text_template: how an item becomes document text (as ``index`` embeds it).
+        max_seq_length: tokens per query and document text.
+
+    Returns:
+        On rank 0 the report (pairs, epochs, seconds, pairs/s, device, world size, history);
+        None on the other processes.
+    """
+    config = config or FullConfig()
+    if dataset.splits is None:
+        raise XDRetrieveError("training needs users.* with train/valid users")
+    ctx = setup(device)
+    try:
+        return _finetune(dataset, Path(base_path), Path(out_path), config, ctx, text_template,
+                         max_seq_length, progress and ctx.main)
+    finally:
+        if ctx.own_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullConfig, ctx: Dist,
+              text_template: str, max_seq_length: int, progress: bool) -> dict | None:
+    from tqdm.auto import tqdm
+
+    from xdretrieve.evaluate.protocol import Protocol
+
+    t_start = time.perf_counter()
+    rng = np.random.default_rng(config.seed)  # the same on every process: the same batches
+    protocol = Protocol(dataset, seed=config.seed)
+    domains = list(dataset.domains)
+    ids = list(dataset.items)
+    row_of = {iid: r for r, iid in enumerate(ids)}
+    dom = np.array([domains.index(dataset.items[i].domain) for i in ids])
+    rows_by_domain = [np.flatnonzero(dom == d) for d in range(len(domains))]
+    directions = protocol.directions()
+    if not directions:
+        raise XDRetrieveError("full fine-tuning needs at least two domains")
+    views = {d: protocol.train_view(d) for d in directions}
+    histories = views[directions[0]].histories
+    pairs = build_pairs(histories, list(protocol.split.train), domains, dataset.items, row_of,
+                        config.history_titles, config.same_domain)
+    if not len(pairs):
+        raise XDRetrieveError("no training pairs: train users need histories")
+    doc_texts = [item_text(dataset.items[i], text_template) for i in ids]
+
+    # logQ: an item's probability of being a column = its share of the positives of its domain
+    counts = np.bincount(pairs.item, minlength=len(ids)).astype(np.float64)
+    logq = np.zeros(len(ids))
+    for rows in rows_by_domain:
+        logq[rows] = np.log((counts[rows] + 1.0) / (counts[rows].sum() + len(rows)))
+    valid = []  # (direction, target domain, query texts, truth, log-popularity prior)
+    for d in directions:
+        task, view = views[d].valid, views[d]
+        if not len(task):
+            continue
+        texts = [query_text([dataset.items[i].title for i in q], d.source, d.target,
+                            config.history_titles) for q in task.queries]
+        valid.append((str(d), domains.index(d.target), texts, list(task.truth),
+                      np.log1p(view.popularity(d.target))[None, :]))
+    if not valid:
+        log.warning("no valid users in any direction: the last epoch is kept")
+
+    model = _load(base_path, ctx.device, max_seq_length)
+    torch.manual_seed(config.seed + ctx.rank)  # dropout differs per process; weights come from rank 0
+    frozen = _freeze_unused(model, ctx.device)
+    model.train(config.dropout)  # eval mode only switches dropout off
+    net = wrap_ddp(model, ctx)
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=config.lr,
+                            fused=ctx.device.type == "cuda")
+    epoch_batches = global_batches(pairs.target, config.batch_size, ctx.world_size, rng,
+                                   config.max_pairs)
+    if not epoch_batches:
+        raise XDRetrieveError(f"too few pairs ({len(pairs)}) for a step: every target domain "
+                              f"needs at least 2 pairs per process")
+    total_steps = max(1, config.epochs * len(epoch_batches))
+    warm = max(1, int(config.warmup * total_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (total_steps - s) / max(1, total_steps - warm))))
+    workers = config.num_workers if config.num_workers is not None else (
+        2 if ctx.device.type == "cuda" else 0)
+    if workers:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked tokenizers
+
+    history: list[dict] = []
+    best_state, best, best_epoch, stale = None, -1.0, 0, 0
+    if ctx.main:
+        metrics = _validate(model, valid, doc_texts, rows_by_domain, config, ctx.device)
+        best = _objective(metrics)
+        best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        history.append({"epoch": 0, **metrics, "seconds": time.perf_counter() - t_start})
+        _say(progress, tqdm, f"encoder before fine-tuning: valid {_fmt(metrics)}")
+    step_seconds, n_seen, step, stop = 0.0, 0, 0, False
+    n_neg = config.hard_negatives
+    for epoch in range(1, config.epochs + 1):
+        if epoch > 1:
+            epoch_batches = global_batches(pairs.target, config.batch_size, ctx.world_size, rng,
+                                           config.max_pairs)
+        used = np.concatenate(epoch_batches) if epoch_batches else np.zeros(0, dtype=np.int64)
+        rng_u = rng.random((len(pairs), n_neg))  # drawn on every process alike
+        if n_neg:
+            negatives = _mine(model, pairs, used, doc_texts, rows_by_domain, config, rng_u, ctx)
+        else:
+            negatives = np.zeros((len(pairs), 0), dtype=np.int64)
+        steps = _Steps(epoch_batches, pairs, negatives, doc_texts, logq,
+                       _preprocess_fn(model), ctx.rank, ctx.world_size)
+        loader = torch.utils.data.DataLoader(steps, batch_size=None, shuffle=False,
+                                             num_workers=workers,
+                                             pin_memory=ctx.device.type == "cuda")
+        total, n_steps = 0.0, 0
+        bar = tqdm(loader, desc=f"fine-tuning epoch {epoch}", unit="step", disable=not progress,
+                   leave=False)
+        t_loop = time.perf_counter()  # pairs/s counts tokenizing and waiting on data too
+        for q_feats, d_feats, labels, mask, lq in bar:
+            with _autocast(ctx.device):
+                q = net(_to(q_feats, ctx.device))["sentence_embedding"]
+                d = net(_to(d_feats, ctx.device))["sentence_embedding"]
+            q = F.normalize(q.float(), dim=-1)  # (b, dim)
+            d = gather(F.normalize(d.float(), dim=-1), ctx.world_size)  # (n_cols, dim)
+            loss = info_nce(q, d, labels.to(ctx.device), mask.to(ctx.device),
+                            lq.to(ctx.device) if config.logq else None, config.scale)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            opt.step()
+            sched.step()
+            value = loss.detach()
+            if ctx.world_size > 1:
+                dist.all_reduce(value)
+                value = value / ctx.world_size
+            total += float(value)
+            n_steps += 1
+            step += 1
+            n_seen += len(labels) * ctx.world_size
+            pace = n_seen / (step_seconds + time.perf_counter() - t_loop)
+            bar.set_postfix(loss=f"{float(value):.3f}", pairs_s=f"{pace:.0f}")
+            if config.time_budget_s is not None:
+                over = time.perf_counter() - t_start > config.time_budget_s
+                stop = rank0_says(over, ctx)
+                if stop:
+                    break
+        step_seconds += time.perf_counter() - t_loop
+        bar.close()
+        del loader
+        score = None
+        if ctx.main:
+            metrics = _validate(model, valid, doc_texts, rows_by_domain, config, ctx.device)
+            # without valid users of any direction: the last epoch
+            score = _objective(metrics) if valid else float(epoch)
+            history.append({"epoch": epoch, "loss": total / max(1, n_steps), "steps": n_steps,
+                            **metrics, "seconds": time.perf_counter() - t_start})
+            _say(progress, tqdm, f"fine-tuning epoch {epoch}: loss {total / max(1, n_steps):.4f}, "
+                 f"{n_seen / max(step_seconds, 1e-9):.0f} pairs/s, valid {_fmt(metrics)}")
+            if score > best:
+                best, best_epoch, stale = score, epoch, 0
+                best_state = {k: v.detach().to("cpu", copy=True)
+                              for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+        stop = rank0_says(stop or stale >= config.patience, ctx)
+        if stop:
+            break
+    if not ctx.main:
+        return None
+    model.load_state_dict(best_state)
+    out_path = Path(out_path)
+    if out_path.exists():
+        shutil.rmtree(out_path)
+    model.save(str(out_path), create_model_card=False)
+    seconds = time.perf_counter() - t_start
+    report = {
+        "pairs": len(pairs), "cross_domain_pairs": int(pairs.cross.sum()),
+        "same_domain_pairs": int((~pairs.cross).sum()), "pairs_seen": n_seen,
+        "epochs": len(history) - 1, "best_epoch": best_epoch, "steps": step,
+        "seconds": round(seconds, 1), "step_seconds": round(step_seconds, 1),
+        "pairs_per_s": round(n_seen / step_seconds, 1) if step_seconds else 0.0,
+        "device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu",
+        "world_size": ctx.world_size, "global_batch": config.batch_size * ctx.world_size,
+        "precision": "bf16" if ctx.device.type == "cuda" else "fp32", "frozen": frozen,
+        "config": asdict(config), "history": history,
+    }
+    del net, model, opt, best_state
+    gc.collect()
+    if ctx.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return report
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+def _say(progress: bool, tqdm, message: str) -> None:
+    log.info(message)
+    if progress:
+        tqdm.write(message)
+
+
+# -- both stages ---------------------------------------------------------------------------------
+
+def train_full(dataset: Dataset, out_dir: str | Path, base, settings, config: FullConfig | None = None,
+               adapter_config=None, progress: bool = False) -> dict | None:
+    """Stage 1 (:func:`finetune_encoder`) into ``out_dir/encoder``, then the adapter stage over
+    that encoder's item vectors into ``out_dir``.
+
+    Args:
+        dataset: with users.csv.
+        out_dir: the model directory to write.
+        base: :class:`xdretrieve.encoder.ModelRef` of the encoder to start from.
+        settings: :class:`xdretrieve.config.Settings` (device, text template, sequence length,
+            batch size and cache of the item embedding).
+        config, adapter_config: hyper-parameters of the two stages.
+
+    Returns:
+        The manifest written (rank 0); None on the other processes of a torchrun launch.
+    """
+    from xdretrieve.encoder import Encoder, resolve_model
+    from xdretrieve.model import MANIFEST
+    from xdretrieve.train.adapter import train_adapter
+
+    out = Path(out_dir)
+    report = finetune_encoder(dataset, base.path, out / ENCODER_DIR, config, device=settings.device,
+                              text_template=settings.text_template,
+                              max_seq_length=settings.max_seq_length, progress=progress)
+    if report is None:
+        return None
+    ref = resolve_model(str(out / ENCODER_DIR))
+    encoder = Encoder(ref, settings.device, settings.batch_size, settings.max_seq_length,
+                      settings.cache_dir)
+    texts = [item_text(it, settings.text_template) for it in dataset.items.values()]
+    vectors = encoder.encode(texts, progress=progress, desc="embedding items (fine-tuned)")
+    del encoder
+    gc.collect()
+    manifest = train_adapter(dataset, vectors, out, ENCODER_DIR, ref.fingerprint, adapter_config,
+                             progress=progress)
+    report["base_model"], report["base_fingerprint"] = base.name, base.fingerprint
+    manifest["kind"] = "full"
+    manifest["finetune"] = report
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
