@@ -252,3 +252,18 @@ def test_results_md_gets_one_performance_section(tmp_path: Path) -> None:
     assert "second" in text and "first" not in text
     assert "## Performance results" in text and "### Targets" in text
     assert "](results/recall.png)" in text
+
+
+def test_rerank_cost_reports_both_figures(tiny_trained: Path, paired_dir: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import rerank_cost
+
+    monkeypatch.setenv("XDR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("sys.argv", ["rerank_cost.py", "--model", str(tiny_trained), "--data",
+                                     str(paired_dir), "--queries", "20", "--candidates", "5"])
+    rerank_cost.main()
+    out = capsys.readouterr().out
+    assert "20 queries, 5 candidates" in out
+    for line in ("re-ranker features + scores: p50", "co-occurrence candidates:    p50"):
+        assert line in out and "p99" in out.split(line)[1].splitlines()[0]
