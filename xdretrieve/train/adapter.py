@@ -28,6 +28,7 @@ import numpy as np
 
 from xdretrieve.data import Dataset
 from xdretrieve.model import MANIFEST, WEIGHTS
+from xdretrieve.train.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +101,9 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     protocol = Protocol(dataset, seed=config.seed)
-    domains = list(dataset.domains)
-    ids = list(dataset.items)
-    row_of = {iid: r for r, iid in enumerate(ids)}
-    dom = np.array([domains.index(dataset.items[i].domain) for i in ids])
-    rows_by_domain = [np.flatnonzero(dom == d) for d in range(len(domains))]
-    local_of = {}
-    for rows in rows_by_domain:
-        local_of.update({ids[r]: k for k, r in enumerate(rows)})
+    catalog = Catalog.of(dataset)
+    domains, ids, row_of = catalog.domains, catalog.ids, catalog.row_of
+    rows_by_domain, local_of = catalog.rows_by_domain, catalog.local_of
     directions = protocol.directions()
     views = {d: protocol.train_view(d) for d in directions}
     train_users = list(protocol.split.train)

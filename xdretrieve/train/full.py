@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from xdretrieve.data import Dataset
 from xdretrieve.encoder import item_text
 from xdretrieve.errors import XDRetrieveError
+from xdretrieve.train.catalog import Catalog
 from xdretrieve.train.distributed import Dist, gather, rank0_says, setup, wrap_ddp
 from xdretrieve.train.pairs import Pairs, build_pairs, global_batches, query_text, shard
 
@@ -325,11 +326,9 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
     t_start = time.perf_counter()
     rng = np.random.default_rng(config.seed)  # the same on every process: the same batches
     protocol = Protocol(dataset, seed=config.seed)
-    domains = list(dataset.domains)
-    ids = list(dataset.items)
-    row_of = {iid: r for r, iid in enumerate(ids)}
-    dom = np.array([domains.index(dataset.items[i].domain) for i in ids])
-    rows_by_domain = [np.flatnonzero(dom == d) for d in range(len(domains))]
+    catalog = Catalog.of(dataset)
+    domains, ids, row_of, rows_by_domain = (catalog.domains, catalog.ids, catalog.row_of,
+                                            catalog.rows_by_domain)
     directions = protocol.directions()
     if not directions:
         raise XDRetrieveError("full fine-tuning needs at least two domains")
