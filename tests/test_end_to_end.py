@@ -77,6 +77,9 @@ def test_a_user_with_no_history_gets_the_most_popular_items(paired_dir: Path,
         assert [h.item_id for h in r.popular("movies", 2, exclude=["movie-7"])] == [
             "movie-0", "movie-1"]
         assert {h.domain for h in r.recommend_history([], "books", 24)} == {"books"}
+        # kept in the build info; `info` shows how many, not the list
+        assert len(r.info.extra["popular"]["movies"]) == len(THEMES)
+        assert r.info.summary()["extra"]["popular"] == {"books": "12 items", "movies": "12 items"}
     out = CliRunner().invoke(main, ["query", "--history", "", "--domain", "movies", "--limit",
                                     "2", "--store", str(tmp_path / "store")])
     assert out.exit_code == 0, out.output

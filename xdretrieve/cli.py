@@ -210,7 +210,7 @@ def info(store: Path | None, url: str | None, model: str | None) -> None:
         meta = s.read_info()
         if meta is None:
             raise click.ClickException(f"no xdretrieve store at {settings.url or settings.store}")
-        out = meta.to_dict()
+        out = meta.summary()
         out["points"] = {c: s.count(c) for c in (ITEMS, USERS) if s.exists(c)}
     click.echo(json.dumps(out, indent=2))
 

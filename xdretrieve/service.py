@@ -315,7 +315,7 @@ class Service:
             where = self.settings.url or self.settings.store
             raise StoreError(f"no xdretrieve store at {where}: run `xdretrieve index` first")
         points = {c: self.store.count(c) for c in (ITEMS, USERS) if self.store.exists(c)}
-        return InfoResponse(**info.to_dict(), points=points)
+        return InfoResponse(**info.summary(), points=points)
 
     def close(self) -> None:
         if self._retriever is not None:

@@ -67,6 +67,14 @@ class StoreInfo:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def summary(self) -> dict[str, Any]:
+        """:meth:`to_dict` for people: long lists in ``extra`` (the popular items kept for users
+        without history) given by their length."""
+        out = self.to_dict()
+        out["extra"] = {k: ({d: f"{len(v)} items" for d, v in v.items()} if k == "popular" else v)
+                        for k, v in out["extra"].items()}
+        return out
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StoreInfo:
         known = {f for f in cls.__dataclass_fields__}
