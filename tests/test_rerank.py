@@ -99,3 +99,10 @@ def test_reranker_reads_the_features_it_was_trained_on(tmp_path) -> None:
     x[:, FEATURES.index("cosine")] = [0.2, 0.9]
     x[:, FEATURES.index("log_popularity")] = [0.0, 0.5]
     np.testing.assert_allclose(again.score(x), [0.2, 0.4], rtol=1e-6)
+
+
+def test_popular_items_of_a_domain_most_first() -> None:
+    stats = ItemStats.fit(IDS, HISTORIES, DOMAINS)
+    assert stats.popular("office") == ["o1", "o2", "o3"]  # 2, 1, 1: ties in catalog order
+    assert stats.popular("arts") == ["a1", "a2"]
+    assert ItemStats.fit(IDS, HISTORIES).popular("office") == []  # no domains known

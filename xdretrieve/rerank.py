@@ -59,6 +59,27 @@ class ItemStats:
     def __post_init__(self) -> None:
         self.row = {iid: r for r, iid in enumerate(self.ids)}
         self._tokens: dict[int, set[str]] = {}
+        # per domain, computed once (not on every query): its rows, and them by popularity
+        self._outside: dict[str, np.ndarray] = {}
+        self._popular: dict[str, list[str]] = {}
+
+    def _not_in(self, domain: str) -> np.ndarray:
+        found = self._outside.get(domain)
+        if found is None:
+            found = self._outside[domain] = self.domains != domain
+        return found
+
+    def popular(self, domain: str) -> list[str]:
+        """The items of ``domain`` by popularity among train users, most first (ties in
+        catalog order); empty without domains."""
+        found = self._popular.get(domain)
+        if found is None:
+            if self.domains is None:
+                return []
+            rows = np.flatnonzero(~self._not_in(domain))
+            rows = rows[np.argsort(-self.popularity[rows], kind="stable")]
+            found = self._popular[domain] = [self.ids[r] for r in rows]
+        return found
 
     def tokens_of(self, row: int) -> set[str]:
         """The item's text tokens (cached: the serving path asks for the same items often)."""
@@ -75,7 +96,7 @@ class ItemStats:
             return []
         counts = np.asarray(self.cooc[hist_rows].sum(axis=0)).ravel()  # (n_items,)
         counts[hist_rows] = 0
-        counts[self.domains != domain] = 0
+        counts[self._not_in(domain)] = 0
         nonzero = np.flatnonzero(counts)
         if len(nonzero) > k:
             nonzero = nonzero[np.argpartition(-counts[nonzero], k - 1)[:k]]

@@ -249,17 +249,16 @@ class Retriever:
         train users' interactions for a trained model): the answer for a user with no history.
         The score is the rank's complement, 1.0 for the most popular."""
         self._check_domain(domain)
+        ranked: Sequence[str] = ()
         if self.model is not None and self.model.reranker is not None:
-            stats = self.model.reranker.stats
-            rows = np.flatnonzero(stats.domains == domain) if stats.domains is not None else []
-            ranked = [stats.ids[r] for r in sorted(rows, key=lambda r: -stats.popularity[r])]
-        else:
-            ranked = list(self.info.extra.get("popular", {}).get(domain, []))
+            ranked = self.model.reranker.stats.popular(domain)
+        if not ranked:
+            ranked = self.info.extra.get("popular", {}).get(domain, [])
         if not ranked:
             raise NotFoundError(f"no popularity for domain '{domain}': the store was indexed "
                                 f"without interactions, so a query needs a history or a text")
         skip = set(exclude)
-        ranked = [i for i in ranked if i not in skip][:limit]
+        ranked = [i for i in ranked[:limit + len(skip)] if i not in skip][:limit]
         payloads = {p.payload["item_id"]: p.payload
                     for p in self.store.retrieve(ITEMS, [item_point_id(i) for i in ranked])}
         ranked = [i for i in ranked if i in payloads]  # deleted since indexing: left out
