@@ -22,7 +22,7 @@ from xdretrieve.store.edge import EdgeStore
 class Catalog:
     """The items of a store as arrays: what the NumPy engine and the ground truth search."""
 
-    ids: list[str]  # point ids
+    ids: list[int]  # point ids
     vectors: np.ndarray  # (n, dim) float32 unit
     domains: np.ndarray  # (n,) str
     payloads: list[dict[str, Any]]
@@ -55,7 +55,7 @@ class NumpyExact:
             dom_ids = ids[rows]
             self.by_domain[str(domain)] = (matrix, dom_ids, {p: i for i, p in enumerate(dom_ids)})
 
-    def scores_top(self, vector: np.ndarray, domain: str, exclude: Sequence[str],
+    def scores_top(self, vector: np.ndarray, domain: str, exclude: Sequence[int],
                    limit: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores) of the ``limit`` best, best first."""
         matrix, ids, row_of = self.by_domain[domain]
@@ -70,12 +70,12 @@ class NumpyExact:
         keep = np.isfinite(scores[top])
         return ids[top[keep]], scores[top[keep]]
 
-    def search(self, vector: np.ndarray, domain: str, exclude: Sequence[str],
-               limit: int) -> list[str]:
+    def search(self, vector: np.ndarray, domain: str, exclude: Sequence[int],
+               limit: int) -> list[int]:
         return list(self.scores_top(vector, domain, exclude, limit)[0])
 
-    def search_batch(self, vectors: np.ndarray, domain: str, excludes: Sequence[Sequence[str]],
-                     limit: int) -> list[list[str]]:
+    def search_batch(self, vectors: np.ndarray, domain: str, excludes: Sequence[Sequence[int]],
+                     limit: int) -> list[list[int]]:
         """Many queries of one domain as one matrix product (for ground truth)."""
         matrix, ids, row_of = self.by_domain[domain]
         scores = vectors @ matrix.T  # (n_queries, n_domain)
@@ -101,8 +101,8 @@ class StoreEngine:
                  with_payload: bool = True):
         self.store, self.name, self.ef, self.with_payload = store, name, ef, with_payload
 
-    def search(self, vector: np.ndarray, domain: str, exclude: Sequence[str],
-               limit: int) -> list[str]:
+    def search(self, vector: np.ndarray, domain: str, exclude: Sequence[int],
+               limit: int) -> list[int]:
         return [h.id for h in self.store.search(ITEMS, vector, limit, domain=domain,
                                                 exclude=exclude, ef=self.ef,
                                                 with_payload=self.with_payload)]
@@ -120,14 +120,14 @@ class EdgeExact:
         self.qe, self.store = qe, store
         self.shard = store._shard(ITEMS)  # the EdgeStore's shard: exact= is not in its API
 
-    def search(self, vector: np.ndarray, domain: str, exclude: Sequence[str],
-               limit: int) -> list[str]:
+    def search(self, vector: np.ndarray, domain: str, exclude: Sequence[int],
+               limit: int) -> list[int]:
         qe = self.qe
         request = qe.QueryRequest(limit=limit, query=qe.Query.Nearest(vector.tolist()),
                                   filter=self.store._filter(domain, exclude), with_payload=True,
                                   params=qe.SearchParams(exact=True, quantization=qe.QuantizationSearchParams(
                                       ignore=True)))
-        return [str(p.id) for p in self.shard.query(request)]
+        return [p.id for p in self.shard.query(request)]
 
 
 def client_local_store(prefix: str = "bench_") -> VectorStore:

@@ -415,6 +415,9 @@ def _trained(cfg: Config, scale: dict[str, Any], catalog: Catalog, users: Users,
             stats = ItemStats.fit([p["item_id"] for p in catalog.payloads], histories,
                                   catalog.domains.tolist())
             retriever.model.reranker = dataclasses.replace(retriever.model.reranker, stats=stats)
+            # and knows them as it knows the items it was trained with (no learned bias)
+            retriever.model.bias = dict.fromkeys(stats.ids, 0.0)
+        retriever.model.index_points()  # once, before the clock starts
         plain = querypath.without_reranker(retriever)
         fetch = RESCORE_WIDTH * cfg.candidates
         log.info("%s, %s: query path", scale["name"], name)

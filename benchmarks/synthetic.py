@@ -127,7 +127,7 @@ class SyntheticCatalog:
         return [{"item_id": iid, "domain": str(dom),
                  "title": f"synthetic item {iid} of cluster {int(lab):04d}, a stand-in title",
                  "text": f"{dom} cluster {int(lab):04d} filler text of a usual length",
-                 "text_hash": f"{i:020d}"}
+                 "text_hash": i}
                 for i, (iid, dom, lab) in enumerate(zip(self.item_ids, self.domains,
                                                         self.labels, strict=True))]
 

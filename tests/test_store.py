@@ -73,6 +73,19 @@ def test_search_matches_brute_force(store: VectorStore, points) -> None:
         assert [h.payload["item_id"] for h in got] == brute_force(points, q, 10, "a", set(top))
 
 
+def test_similarity_is_the_exact_cosine_of_the_given_points(store: VectorStore, points) -> None:
+    load(store, points)
+    ids, vectors, _ = points
+    q = np.random.default_rng(2).normal(size=DIM).astype(np.float32)
+    q /= np.linalg.norm(q)
+    asked = [item_point_id(i) for i in ids[::7]] + [item_point_id("nope")]
+    got = store.similarity(ITEMS, q, asked)
+    assert set(got) == set(asked[:-1])  # the unknown id is left out
+    for k in range(0, N, 7):
+        assert got[item_point_id(ids[k])] == pytest.approx(float(vectors[k] @ q), abs=1e-5)
+    assert store.similarity(ITEMS, q, []) == {}
+
+
 def test_retrieve_scroll_count_delete(store: VectorStore, points) -> None:
     load(store, points)
     ids, vectors, _ = points
@@ -128,3 +141,31 @@ def test_edge_store_open_twice_is_a_clear_error(tmp_path: Path, points) -> None:
     first.close()
     assert second.count(ITEMS) == N  # free once the first is closed
     second.close()
+
+
+def test_point_ids_are_deterministic_integers_and_hits_return_them(store: VectorStore,
+                                                                   points) -> None:
+    from xdretrieve.store import user_point_id
+
+    pid = item_point_id("b1")
+    assert isinstance(pid, int) and 0 <= pid < 2 ** 63 and pid == item_point_id("b1")
+    assert len({item_point_id(f"i{k}") for k in range(10_000)}) == 10_000
+    assert user_point_id("u1", "books") != user_point_id("u1", "movies") != item_point_id("u1")
+    load(store, points)
+    hit = store.search(ITEMS, points[1][0], 1)[0]
+    assert hit.id == item_point_id(hit.payload["item_id"])
+    assert store.retrieve(ITEMS, [hit.id])[0].id == hit.id
+
+
+def test_a_store_of_the_uuid_layout_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    import json
+
+    from xdretrieve.errors import StoreError
+
+    info = StoreInfo(encoder="enc", fingerprint="abc", dim=DIM, version="0.0.9", domains=["a"],
+                     text_template="{title}", max_seq_length=64, pooling="mean").to_dict()
+    del info["layout"]  # what the first release wrote
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "xdretrieve.json").write_text(json.dumps(info))
+    with pytest.raises(StoreError, match="layout 1 .UUID point ids.*index the data again"):
+        EdgeStore(tmp_path / "old").read_info()

@@ -55,16 +55,20 @@ class IndexReport:
                     or self.profiles_deleted)
 
 
-def _digest(*parts: str) -> str:
-    return hashlib.sha1("\x1f".join(parts).encode("utf-8")).hexdigest()[:20]
+def _digest(*parts: object) -> int:
+    """63 bits of the SHA-1 of ``parts``: stored as an integer payload value, which Qdrant
+    Edge's binding converts about three times faster than a string (and the payload is most
+    of an upsert's cost)."""
+    digest = hashlib.sha1("\x1f".join(map(str, parts)).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
-def _text_hash(text: str, max_seq_length: int) -> str:
+def _text_hash(text: str, max_seq_length: int) -> int:
     """What decides whether an item is re-embedded: its encoder text and the cut length."""
-    return _digest(text, str(max_seq_length))
+    return _digest(text, max_seq_length)
 
 
-def _item_payload(item: Item, text_hash: str) -> dict[str, Any]:
+def _item_payload(item: Item, text_hash: int) -> dict[str, Any]:
     return {**item.extra, "item_id": item.item_id, "domain": item.domain, "title": item.title,
             "text": item.text, "text_hash": text_hash}
 
@@ -156,16 +160,16 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
         info.check_encoder(ref.name, ref.fingerprint)
 
     # What the store has: item id -> (text hash, vector)
-    stored: dict[str, tuple[str, np.ndarray]] = {}
+    stored: dict[str, tuple[int | None, np.ndarray]] = {}
     if store.exists(ITEMS):
         for p in store.scroll(ITEMS, with_vectors=True, fields=["item_id", "text_hash"]):
-            stored[p.payload["item_id"]] = (p.payload.get("text_hash", ""), p.vector)
+            stored[p.payload["item_id"]] = (p.payload.get("text_hash"), p.vector)
     report.timings["scan_store"] = time.perf_counter() - t0
 
     # Items whose text changed (or are new) are embedded; the rest keep their vectors.
     texts = {iid: item_text(it, settings.text_template) for iid, it in dataset.items.items()}
     hashes = {iid: _text_hash(t, settings.max_seq_length) for iid, t in texts.items()}
-    todo = [iid for iid in dataset.items if stored.get(iid, ("",))[0] != hashes[iid]]
+    todo = [iid for iid in dataset.items if stored.get(iid, (None,))[0] != hashes[iid]]
     t = time.perf_counter()
     vectors: dict[str, np.ndarray] = {iid: v for iid, (h, v) in stored.items()
                                       if iid in dataset.items and h == hashes[iid]}
@@ -289,7 +293,7 @@ def delete_items(item_ids: Sequence[str], store: VectorStore) -> list[str]:
 
 
 def _index_users(dataset: Dataset, settings: Settings, store: VectorStore,
-                 vectors: dict[str, np.ndarray], hashes: dict[str, str], dim: int,
+                 vectors: dict[str, np.ndarray], hashes: dict[str, int], dim: int,
                  report: IndexReport, progress: bool) -> None:
     t = time.perf_counter()
     store.ensure(USERS, dim, ("domain", "user_id"))
@@ -297,7 +301,7 @@ def _index_users(dataset: Dataset, settings: Settings, store: VectorStore,
                     for p in store.scroll(USERS, fields=["state"])}
     pooling = f"{settings.pooling}:{settings.recency_half_life}"
     ids, vecs, payloads = [], [], []
-    wanted: set[str] = set()
+    wanted: set[int] = set()
     for user, per_domain in dataset.histories.items():
         for domain, history in per_domain.items():
             pid = user_point_id(user, domain)

@@ -58,10 +58,38 @@ class ItemStats:
 
     def __post_init__(self) -> None:
         self.row = {iid: r for r, iid in enumerate(self.ids)}
+        self.cooc.sort_indices()  # row_features() looks pairs up by binary search
         self._tokens: dict[int, set[str]] = {}
         # per domain, computed once (not on every query): its rows, and them by popularity
         self._outside: dict[str, np.ndarray] = {}
         self._popular: dict[str, list[str]] = {}
+        self._codes: np.ndarray | None = None
+        self._code: dict[str, int] = {}
+        if self.domains is not None:
+            names, codes = np.unique(self.domains, return_inverse=True)
+            self._code = {str(d): c for c, d in enumerate(names)}
+            self._codes = codes.astype(np.int32)
+
+    def rows_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Each item's row, -1 for an item the statistics do not know."""
+        return np.fromiter((self.row.get(i, -1) for i in item_ids), np.int64, len(item_ids))
+
+    def history_rows(self, history: Sequence[str]) -> np.ndarray:
+        """The known rows of a history, sorted, each once."""
+        rows = self.rows_of(history)
+        return np.unique(rows[rows >= 0])
+
+    def _gather(self, hist_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The co-occurrence rows of ``hist_rows`` (sorted) as flat arrays: which of them
+        (index into ``hist_rows``), column, count; columns ascending within each row. Work in
+        proportion to those rows' entries, not to the catalog (1M items cost as 38k do)."""
+        indptr = self.cooc.indptr
+        starts = indptr[hist_rows].astype(np.int64)
+        lengths = indptr[hist_rows + 1] - starts
+        owner = np.repeat(np.arange(len(hist_rows)), lengths)
+        pos = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        pos += starts[owner]
+        return owner, self.cooc.indices[pos], self.cooc.data[pos]
 
     def _not_in(self, domain: str) -> np.ndarray:
         found = self._outside.get(domain)
@@ -91,18 +119,24 @@ class ItemStats:
     def cooccurring(self, history: Sequence[str], domain: str, k: int) -> list[str]:
         """Up to ``k`` items of ``domain`` that most train users had together with the
         history's items (summed over the history; the history itself left out), best first."""
-        hist_rows = sorted({self.row[i] for i in history if i in self.row})
-        if not hist_rows or self.domains is None or k < 1:
+        hist_rows = self.history_rows(history)
+        code = self._code.get(domain)
+        if not len(hist_rows) or code is None or k < 1:
             return []
-        counts = np.asarray(self.cooc[hist_rows].sum(axis=0)).ravel()  # (n_items,)
-        counts[hist_rows] = 0
-        counts[self._not_in(domain)] = 0
-        nonzero = np.flatnonzero(counts)
-        if len(nonzero) > k:
-            nonzero = nonzero[np.argpartition(-counts[nonzero], k - 1)[:k]]
+        _, cols, counts = self._gather(hist_rows)
+        keep = self._codes[cols] == code
+        if not keep.any():
+            return []
+        cols, inverse = np.unique(cols[keep], return_inverse=True)
+        counts = np.bincount(inverse, weights=counts[keep])
+        mine = ~np.isin(cols, hist_rows)
+        cols, counts = cols[mine], counts[mine]
+        if len(cols) > k:  # the k best, and every item tied with the k-th (ordered below)
+            top = counts >= np.partition(counts, len(counts) - k)[len(counts) - k]
+            cols, counts = cols[top], counts[top]
         # ties by popularity, then catalog order: the same order on every call
-        order = np.lexsort((nonzero, -self.popularity[nonzero], -counts[nonzero]))
-        return [self.ids[r] for r in nonzero[order]]
+        order = np.lexsort((cols, -self.popularity[cols], -counts))[:k]
+        return [self.ids[r] for r in cols[order]]
 
     @classmethod
     def fit(cls, ids: list[str], histories: dict[str, dict[str, tuple[str, ...]]],
@@ -154,21 +188,44 @@ def features(stats: ItemStats, history: Sequence[str], history_text: str,
     """(len(candidates), len(FEATURES)) raw features, columns as :data:`FEATURES`.
 
     ``candidate_texts`` None: the texts ``stats`` holds (an item it does not know has none)."""
-    rows = np.array([stats.row.get(i, -1) for i in candidates])
+    return row_features(stats, stats.rows_of(candidates), history, history_text,
+                        candidate_texts, cosines, scores)
+
+
+def row_features(stats: ItemStats, rows: np.ndarray, history: Sequence[str], history_text: str,
+                 candidate_texts: Sequence[str] | None, cosines: np.ndarray,
+                 scores: np.ndarray) -> np.ndarray:
+    """:func:`features` of candidates given by their rows in ``stats`` (-1: unknown)."""
     known = rows >= 0
-    pop = np.zeros(len(candidates), dtype=np.float32)
+    pop = np.zeros(len(rows), dtype=np.float32)
     pop[known] = stats.popularity[rows[known]]
-    hist_rows = sorted({stats.row[i] for i in history if i in stats.row})
-    cooc = np.zeros(len(candidates), dtype=np.float32)
-    norm = np.zeros(len(candidates), dtype=np.float32)
-    cond = np.zeros(len(candidates), dtype=np.float32)
-    if hist_rows and known.any():
-        block = stats.cooc[hist_rows][:, rows[known]].toarray()  # (n_hist, n_known)
+    hist_rows = stats.history_rows(history)
+    cooc = np.zeros(len(rows), dtype=np.float32)
+    norm = np.zeros(len(rows), dtype=np.float32)
+    cond = np.zeros(len(rows), dtype=np.float32)
+    if len(hist_rows) and known.any():
+        # the (history item, candidate) counts, looked up in the history's co-occurrence rows
+        # (sorted by (history item, column), so one binary search finds every pair)
+        owner, cols, counts = stats._gather(hist_rows)
+        n = len(stats.ids)
+        keys = owner * n + cols
+        wanted = (np.arange(len(hist_rows))[:, None] * n + rows[known][None, :]).ravel()
+        at = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
+        block = np.zeros(len(wanted), dtype=np.float32)
+        if len(keys):
+            found = keys[at] == wanted
+            block[found] = counts[at[found]]
+        block = block.reshape(len(hist_rows), -1)  # (n_hist, n_known)
         cooc[known] = block.sum(0)
         hist_pop = stats.popularity[hist_rows]
         norm[known] = (block / (np.sqrt(np.outer(hist_pop, pop[known])) + 1.0)).sum(0)
         cond[known] = (block / (hist_pop[:, None] + COND_SHRINK)).sum(0)
-    history_tokens = tokens(history_text)
+    if stats.texts is not None and len(hist_rows) == len(set(history)):
+        # every history item is known: the union of their cached token sets is the tokens of
+        # their joined text, without running the tokenizer over it on every query
+        history_tokens = set().union(*map(stats.tokens_of, hist_rows.tolist()))
+    else:
+        history_tokens = tokens(history_text)
     candidate_tokens = (map(tokens, candidate_texts) if candidate_texts is not None else
                         (stats.tokens_of(r) if r >= 0 else set() for r in rows.tolist()))
     overlap = np.array([len(t & history_tokens) / len(t) if t else 0.0

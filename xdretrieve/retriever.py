@@ -15,7 +15,7 @@ import numpy as np
 
 from xdretrieve.config import Settings
 from xdretrieve.errors import NotFoundError, StoreError
-from xdretrieve.rerank import candidate_union, features
+from xdretrieve.rerank import candidate_union, row_features
 from xdretrieve.store import ITEMS, USERS, StoreInfo, VectorStore, item_point_id, open_store
 from xdretrieve.store import user_point_id as profile_id
 from xdretrieve.users import pool
@@ -103,8 +103,9 @@ class Retriever:
         Items the user already has in ``domain`` are excluded."""
         self._check_domain(domain)
         ids = [profile_id(user_id, d) for d in self.info.domains]
-        profiles = self.store.retrieve(USERS, ids, with_vectors=True) if self.store.exists(
-            USERS) else []
+        # a trained model's tower reads the history items, not the stored profile vectors
+        profiles = self.store.retrieve(USERS, ids, with_vectors=self.model is None) if (
+            self.store.exists(USERS)) else []
         if not profiles:
             raise NotFoundError(f"unknown user '{user_id}'")
         source = [p for p in profiles if p.payload["domain"] != domain] or profiles
@@ -220,20 +221,21 @@ class Retriever:
         known = {p: k for k, p in enumerate(pids)}
         cos = {p: float(cosines[known[p]]) for p in chosen if p in known}
         score = {p: float(scores[known[p]]) for p in cos}
-        extra = self.store.retrieve(ITEMS, [p for p in chosen if p not in known],
-                                    with_vectors=True)  # co-occurring, beyond the search
+        # the co-occurring items beyond the search: their cosines, scored by the engine
+        extra = self.store.similarity(ITEMS, query.vector, [p for p in chosen if p not in known])
         if extra:
-            extra_cos = np.stack([p.vector for p in extra]) @ query.vector
-            extra_score = model.rescore_points([p.id for p in extra], extra_cos)
-            for p, c, sc in zip(extra, extra_cos, extra_score, strict=True):
-                cos[p.id], score[p.id] = float(c), float(sc)
+            extra_ids = list(extra)
+            extra_cos = np.fromiter(extra.values(), np.float32, len(extra))
+            for p, c, sc in zip(extra_ids, extra_cos.tolist(),
+                                model.rescore_points(extra_ids, extra_cos).tolist(), strict=True):
+                cos[p], score[p] = c, sc
         chosen = [p for p in chosen if p in cos]  # deleted since: left out
-        # an item added after training is unknown to the statistics: no popularity,
-        # co-occurrence or text for it (its point id stands in for the item id)
-        x = features(reranker.stats, query.history, query.history_text,
-                     [model.item_of_point(p) or p for p in chosen], None,
-                     np.array([cos[p] for p in chosen], dtype=np.float32),
-                     np.array([score[p] for p in chosen], dtype=np.float32))
+        # an item added after training is unknown to the statistics (row -1): no popularity,
+        # co-occurrence or text for it
+        x = row_features(reranker.stats, model.stats_rows(chosen), query.history,
+                         query.history_text, None,
+                         np.fromiter((cos[p] for p in chosen), np.float32, len(chosen)),
+                         np.fromiter((score[p] for p in chosen), np.float32, len(chosen)))
         reranked = reranker.score(x)
         best = [chosen[k] for k in np.argsort(-reranked, kind="stable")]
         value = dict(zip(chosen, reranked.tolist(), strict=True))

@@ -62,6 +62,7 @@ from xdretrieve.service_models import (
 from xdretrieve.store import (
     ITEMS,
     USERS,
+    PointId,
     ScoredHit,
     StoredPoint,
     StoreInfo,
@@ -158,16 +159,16 @@ class LockedStore(VectorStore):
         with self.lock.write():
             self.inner.drop(collection)
 
-    def _upsert(self, collection: str, ids: list[str], vectors: np.ndarray,
+    def _upsert(self, collection: str, ids: list[PointId], vectors: np.ndarray,
                 payloads: list[dict[str, Any]]) -> None:
         with self.lock.write():
             self.inner._upsert(collection, ids, vectors, payloads)
 
-    def delete(self, collection: str, ids: Sequence[str]) -> None:
+    def delete(self, collection: str, ids: Sequence[PointId]) -> None:
         with self.lock.write():
             self.inner.delete(collection, ids)
 
-    def retrieve(self, collection: str, ids: Sequence[str],
+    def retrieve(self, collection: str, ids: Sequence[PointId],
                  with_vectors: bool = False) -> list[StoredPoint]:
         with self.lock.read():
             return self.inner.retrieve(collection, ids, with_vectors)
@@ -182,11 +183,16 @@ class LockedStore(VectorStore):
             return self.inner.count(collection)
 
     def search(self, collection: str, vector: np.ndarray, limit: int,
-               domain: str | None = None, exclude: Iterable[str] = (),
+               domain: str | None = None, exclude: Iterable[PointId] = (),
                ef: int | None = None, with_payload: bool = True) -> list[ScoredHit]:
         with self.lock.read():
             return self.inner.search(collection, vector, limit, domain, exclude, ef,
                                      with_payload)
+
+    def similarity(self, collection: str, vector: np.ndarray,
+                   ids: Sequence[PointId]) -> dict[PointId, float]:
+        with self.lock.read():
+            return self.inner.similarity(collection, vector, ids)
 
     def build_index(self, collection: str) -> None:
         with self.lock.write():

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 
 from xdretrieve.store.base import (
     ITEMS,
+    STORE_LAYOUT,
     USERS,
+    PointId,
     ScoredHit,
     StoredPoint,
     StoreInfo,
@@ -23,7 +25,7 @@ from xdretrieve.store.base import (
 if TYPE_CHECKING:
     from xdretrieve.config import Settings
 
-__all__ = ["ITEMS", "USERS", "ScoredHit", "StoreInfo", "StoredPoint", "VectorStore",
+__all__ = ["ITEMS", "STORE_LAYOUT", "USERS", "PointId", "ScoredHit", "StoreInfo", "StoredPoint", "VectorStore",
            "item_point_id", "open_store", "user_point_id"]
 
 

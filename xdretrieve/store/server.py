@@ -16,7 +16,7 @@ from qdrant_client import QdrantClient, models
 
 from xdretrieve.config import DEFAULT_SEARCH_EF
 from xdretrieve.errors import StoreError
-from xdretrieve.store.base import ITEMS, ScoredHit, StoredPoint, StoreInfo, VectorStore
+from xdretrieve.store.base import ITEMS, PointId, ScoredHit, StoredPoint, StoreInfo, VectorStore
 
 _INFO_KEY = "xdretrieve"
 _SCROLL_PAGE = 2048
@@ -66,12 +66,12 @@ class ServerStore(VectorStore):
     def drop(self, collection: str) -> None:
         self.client.delete_collection(self.name(collection))
 
-    def _upsert(self, collection: str, ids: list[str], vectors: np.ndarray,
+    def _upsert(self, collection: str, ids: list[PointId], vectors: np.ndarray,
                 payloads: list[dict[str, Any]]) -> None:
         self.client.upsert(self.name(collection), wait=True, points=models.Batch(
             ids=ids, vectors=vectors.tolist(), payloads=payloads))
 
-    def delete(self, collection: str, ids: Sequence[str]) -> None:
+    def delete(self, collection: str, ids: Sequence[PointId]) -> None:
         if ids:
             self.client.delete(self.name(collection), wait=True,
                                points_selector=models.PointIdsList(points=list(ids)))
@@ -79,9 +79,9 @@ class ServerStore(VectorStore):
     @staticmethod
     def _point(record: Any, with_vectors: bool) -> StoredPoint:
         vector = np.asarray(record.vector, dtype=np.float32) if with_vectors else None
-        return StoredPoint(str(record.id), dict(record.payload or {}), vector)
+        return StoredPoint(record.id, dict(record.payload or {}), vector)
 
-    def retrieve(self, collection: str, ids: Sequence[str],
+    def retrieve(self, collection: str, ids: Sequence[PointId],
                  with_vectors: bool = False) -> list[StoredPoint]:
         if not ids:
             return []
@@ -106,7 +106,7 @@ class ServerStore(VectorStore):
         return self.client.count(self.name(collection), exact=True).count
 
     @staticmethod
-    def _filter(domain: str | None, exclude: Iterable[str]) -> models.Filter | None:
+    def _filter(domain: str | None, exclude: Iterable[PointId]) -> models.Filter | None:
         must = ([models.FieldCondition(key="domain", match=models.MatchValue(value=domain))]
                 if domain else None)
         excluded = list(dict.fromkeys(exclude))
@@ -114,13 +114,24 @@ class ServerStore(VectorStore):
         return models.Filter(must=must, must_not=must_not) if (must or must_not) else None
 
     def search(self, collection: str, vector: np.ndarray, limit: int,
-               domain: str | None = None, exclude: Iterable[str] = (),
+               domain: str | None = None, exclude: Iterable[PointId] = (),
                ef: int | None = None, with_payload: bool = True) -> list[ScoredHit]:
         response = self.client.query_points(
             self.name(collection), query=np.asarray(vector, dtype=np.float32).tolist(),
             limit=limit, query_filter=self._filter(domain, exclude), with_payload=with_payload,
             search_params=models.SearchParams(hnsw_ef=ef or self.search_ef))
-        return [ScoredHit(str(p.id), p.score, p.payload or {}) for p in response.points]
+        return [ScoredHit(p.id, p.score, p.payload or {}) for p in response.points]
+
+    def similarity(self, collection: str, vector: np.ndarray,
+                   ids: Sequence[PointId]) -> dict[PointId, float]:
+        if not ids:
+            return {}
+        response = self.client.query_points(
+            self.name(collection), query=np.asarray(vector, dtype=np.float32).tolist(),
+            limit=len(ids), with_payload=False,
+            query_filter=models.Filter(must=[models.HasIdCondition(has_id=list(set(ids)))]),
+            search_params=models.SearchParams(exact=True))
+        return {p.id: p.score for p in response.points}
 
     def build_index(self, collection: str, timeout_s: float = 3600) -> None:
         name = self.name(collection)
