@@ -125,8 +125,8 @@ class Retriever:
     def _items(self, item_ids: Sequence[str]) -> tuple[np.ndarray, str]:
         """(len(item_ids), dim) stored vectors in order, and the items' text; unknown ids are
         an error."""
-        points = self.store.retrieve(ITEMS, [item_point_id(i) for i in item_ids],
-                                     with_vectors=True)
+        point_of = self.model.point_of_item if self.model is not None else item_point_id
+        points = self.store.retrieve(ITEMS, [point_of(i) for i in item_ids], with_vectors=True)
         by_id = {p.payload["item_id"]: p for p in points}
         missing = [i for i in item_ids if i not in by_id]
         if missing:
