@@ -106,3 +106,52 @@ def test_popular_items_of_a_domain_most_first() -> None:
     assert stats.popular("office") == ["o1", "o2", "o3"]  # 2, 1, 1: ties in catalog order
     assert stats.popular("arts") == ["a1", "a2"]
     assert ItemStats.fit(IDS, HISTORIES).popular("office") == []  # no domains known
+
+
+def _random_stats(seed: int) -> ItemStats:
+    rng = np.random.default_rng(seed)
+    ids = [f"a{k}" for k in range(60)] + [f"o{k}" for k in range(80)]
+    domains = ["arts"] * 60 + ["office"] * 80
+    histories = {f"u{u}": {"arts": tuple(rng.choice(ids[:60], rng.integers(1, 6))),
+                           "office": tuple(rng.choice(ids[60:], rng.integers(1, 6)))}
+                 for u in range(150)}
+    return ItemStats.fit(ids, histories, domains)
+
+
+def test_cooccurring_equals_a_dense_reference_ranking() -> None:
+    """The sparse work (only the history's rows) ranks as a sum over the dense matrix does:
+    count, then popularity, then catalog order; the history itself left out."""
+    stats = _random_stats(0)
+    dense = stats.cooc.toarray()
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        history = list(rng.choice(stats.ids, rng.integers(1, 8)))  # both domains, repeats
+        rows = sorted({stats.row[i] for i in history})
+        counts = dense[rows].sum(0)
+        for domain, k in (("office", 10), ("arts", 5), ("office", 500)):
+            ok = [r for r in range(len(stats.ids)) if stats.domains[r] == domain
+                  and counts[r] > 0 and r not in rows]
+            ok.sort(key=lambda r: (-counts[r], -stats.popularity[r], r))
+            assert stats.cooccurring(history, domain, k) == [stats.ids[r] for r in ok[:k]]
+    assert stats.cooccurring(["a1"], "nowhere", 5) == []
+
+
+def test_cooccurrence_features_equal_a_dense_reference() -> None:
+    stats = _random_stats(2)
+    dense = stats.cooc.toarray()
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        history = list(rng.choice(stats.ids[:60], rng.integers(1, 8)))
+        cands = list(rng.choice(stats.ids, 40)) + ["unknown"]
+        x = features(stats, history, "", cands, None, np.zeros(len(cands), np.float32),
+                     np.zeros(len(cands), np.float32))
+        rows = sorted({stats.row[i] for i in history})
+        pop = stats.popularity
+        for c, item in enumerate(cands[:-1]):
+            r = stats.row[item]
+            pairs = dense[rows, r]
+            assert x[c, FEATURES.index("cooccurrence")] == np.float32(np.log1p(pairs.sum()))
+            np.testing.assert_allclose(
+                x[c, FEATURES.index("cooccurrence_norm")],
+                (pairs / (np.sqrt(pop[rows] * pop[r]) + 1.0)).sum(), rtol=1e-5)
+        assert x[-1, FEATURES.index("cooccurrence")] == 0  # unknown item

@@ -56,6 +56,28 @@ def test_saved_model_reloads_and_gives_identical_vectors(trained) -> None:
     np.testing.assert_array_equal(a.user_vector(va[:3], "movies"), b.user_vector(vb[:3], "movies"))
 
 
+def test_point_id_lookups_match_the_item_id_ones(trained) -> None:
+    tmp, ds, _, _ = trained
+    model = TrainedModel.load(tmp / "model")
+    items = list(ds.items)[:7] + ["not-in-the-model"]
+    pids = [item_point_id(i) for i in items]
+    cosines = np.linspace(-1, 1, len(items)).astype(np.float32)
+    np.testing.assert_array_equal(model.rescore_points(pids, cosines), model.rescore(items, cosines))
+    assert model.rescore_points(pids[-1:], cosines[-1:])[0] == model.scale * cosines[-1]  # no bias
+    from xdretrieve.rerank import FEATURES, ItemStats, Reranker
+
+    stats = ItemStats.fit(list(ds.items)[3:], {})  # knows some of the model's items, not all
+    ones = np.ones(len(FEATURES), dtype=np.float32)
+    model.reranker = Reranker(ones, ones, ones, stats)
+    model.index_points()
+    rows = model.stats_rows(pids)
+    np.testing.assert_array_equal(rows, stats.rows_of(items))
+    assert rows[0] == -1 and rows[3] == 0 and rows[-1] == -1
+    assert [model.point_of_item(i) for i in items] == pids
+    empty = TrainedModel(model.path, model.manifest, model.weights, {}, None)
+    np.testing.assert_array_equal(empty.rescore_points(pids, cosines), model.scale * cosines)
+
+
 def test_trained_model_through_index_and_query(trained, tmp_path: Path, tiny_model: str) -> None:
     tmp, ds, base, _ = trained
     from xdretrieve.config import Settings

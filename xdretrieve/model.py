@@ -112,29 +112,30 @@ class TrainedModel:
         return self.scale * cosines + bias
 
     def index_points(self) -> None:
-        """Point ids of the model's items, sorted, with each one's bias, item id and row in
-        the re-ranker's statistics: the query path maps hundreds of neighbours by one binary
+        """Point ids of the model's items, sorted, with each one's bias and row in the
+        re-ranker's statistics: the query path maps hundreds of neighbours by one binary
         search instead of hundreds of dictionary lookups. Built on first use; call it again
         after replacing ``bias`` or ``reranker``."""
         from xdretrieve.store.base import item_point_id
 
-        items = list(self.bias)
+        items, values = list(self.bias), list(self.bias.values())
         pids = np.fromiter(map(item_point_id, items), np.int64, len(items))
+        self._item_point = dict(zip(items, pids.tolist(), strict=True))
+        if not items:  # a sentinel no point id equals (they are >= 0): lookups need no branch
+            items, values, pids = [""], [0.0], np.array([-1])
         order = np.argsort(pids)
         self._pids = pids[order]
-        self._pid_bias = np.fromiter(self.bias.values(), np.float32, len(items))[order]
-        self._pid_items = [items[k] for k in order]
-        self._pid_rows = (self.reranker.stats.rows_of(self._pid_items)
+        self._pid_bias = np.asarray(values, dtype=np.float32)[order]
+        self._pid_rows = (self.reranker.stats.rows_of([items[k] for k in order])
                           if self.reranker is not None else np.full(len(items), -1))
-        self._item_point = dict(zip(items, pids.tolist(), strict=True))
 
     def _lookup(self, point_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """(position in the sorted point ids, whether it is there) of each point id."""
         if self._pids is None:
             self.index_points()
         wanted = np.fromiter(point_ids, np.int64, len(point_ids))
-        at = np.minimum(np.searchsorted(self._pids, wanted), max(len(self._pids) - 1, 0))
-        return at, (self._pids[at] == wanted) if len(self._pids) else np.zeros(len(wanted), bool)
+        at = np.minimum(np.searchsorted(self._pids, wanted), len(self._pids) - 1)
+        return at, self._pids[at] == wanted
 
     def point_of_item(self, item_id: str) -> int:
         """The store point id of an item (cached for the items the model was trained with)."""
@@ -146,13 +147,6 @@ class TrainedModel:
 
             found = item_point_id(item_id)
         return found
-
-    def items_of_points(self, point_ids: Sequence[int]) -> list[str | None]:
-        """The item id of each store point, None for an item the model was not trained with
-        (no store read)."""
-        at, found = self._lookup(point_ids)
-        return [self._pid_items[a] if f else None for a, f in zip(at.tolist(), found.tolist(),
-                                                                    strict=True)]
 
     def stats_rows(self, point_ids: Sequence[int]) -> np.ndarray:
         """Each point's row in the re-ranker's statistics, -1 where they do not know it."""
