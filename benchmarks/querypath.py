@@ -3,7 +3,7 @@
 user vector lookup (``Retriever.user_query``: the user's other-domain profiles, one ``retrieve``)
 -> nearest-neighbour search in the target domain with the user's items there excluded,
 ``candidates`` (200) of them (``Retriever.search``) -> the top ``limit`` (10). With a trained
-model (:func:`trained_path`): the user tower, 1,000 neighbours, re-score, re-ranker over 200.
+model (:func:`trained_path`): the user tower, 400 neighbours, re-score, re-ranker over 200.
 """
 
 from __future__ import annotations

@@ -417,13 +417,14 @@ def _trained(cfg: Config, scale: dict[str, Any], catalog: Catalog, users: Users,
             retriever.model.reranker = dataclasses.replace(retriever.model.reranker, stats=stats)
             # and knows them as it knows the items it was trained with (no learned bias)
             retriever.model.bias = dict.fromkeys(stats.ids, 0.0)
-        retriever.model.index_points()  # once, before the clock starts
+        retriever.warm()  # once, before the clock starts
         plain = querypath.without_reranker(retriever)
         fetch = RESCORE_WIDTH * cfg.candidates
         log.info("%s, %s: query path", scale["name"], name)
         figures, ms = timed_repeats(querypath.trained_path(plain, cfg.limit), jobs, cfg.repeats)
         _add(scale, "paths", TRAINED_NO_RERANK, engine, figures, ms,
-             f"user tower, {fetch} neighbours, re-score; re-ranker off")
+             f"user tower, {fetch} neighbours + items by bias, exact top {cfg.limit}; "
+             "re-ranker off")
         if retriever.model.reranker is None:
             scale["paths"].append({"label": TRAINED, "engine": engine, "skipped": True,
                                    "note": f"the model {cfg.model} has no re-ranker (training "
@@ -434,7 +435,7 @@ def _trained(cfg: Config, scale: dict[str, Any], catalog: Catalog, users: Users,
             _add(scale, "paths", TRAINED, engine, figures, ms,
                  f"user tower, {fetch} neighbours, re-score, re-ranker over {cfg.candidates}")
             _throughput(cfg, scale, name, TRAINED, path, jobs)
-        # the recall of the trained path's own search (1,000 neighbours by cosine)
+        # the recall of the trained path's own search (its neighbours by cosine)
         resolved = querypath.resolve(retriever, jobs)
         truth = recall.ground_truth(NumpyExact(adapted), resolved, fetch)
         row, ms = recall.production(store, resolved, truth, fetch, cfg.limit, cfg.repeats, name,

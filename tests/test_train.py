@@ -96,6 +96,27 @@ def test_trained_model_through_index_and_query(trained, tmp_path: Path, tiny_mod
         assert right >= len(THEMES) - 1
         hits = r.recommend_user("u3-0", "movies", 5)
         assert len(hits) == 5 and "movie-3" not in {h.item_id for h in hits}  # already watched
+    # without the re-ranker the answer is the model's exact top by scale * cosine + bias, also
+    # when the search returns fewer items than the domain has (2 x 2 here) and the bias must
+    # bring in the rest
+    narrow = settings.model_copy(update={"rerank": False, "candidates": 2})
+    with open_store(settings) as s:
+        points = [p for p in s.scroll(ITEMS, with_vectors=True) if p.payload["domain"] == "movies"]
+    with Retriever(narrow) as r:
+        model = r.model
+        model.bias = {i: float(b) for i, b in zip(
+            model.bias, np.random.default_rng(0).normal(0, 2, len(model.bias)), strict=True)}
+        model.index_points()  # a spread of biases, so that nearest by cosine is not the answer
+        ids = [p.payload["item_id"] for p in points]
+        vectors = np.stack([p.vector for p in points])
+        beyond = 0  # queries whose answer lies partly outside the 4 nearest by cosine
+        for t in range(len(THEMES)):
+            query = r.history_query([f"book-{t}"], "movies")
+            exact = model.rescore(ids, vectors @ query.vector)
+            expected = [ids[k] for k in np.argsort(-exact, kind="stable")[:5]]
+            assert [h.item_id for h in r.search(query, "movies", 5)] == expected
+            beyond += not set(expected) <= {ids[k] for k in np.argsort(-(vectors @ query.vector))[:4]}
+        assert beyond == len(THEMES)  # (5 asked, 4 searched): the bias scan found the rest
     # the base encoder is not the store's encoder any more
     from xdretrieve.errors import EncoderMismatchError
 

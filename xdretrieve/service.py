@@ -244,7 +244,9 @@ class Service:
         if self._retriever is None:
             with self._retriever_lock:
                 if self._retriever is None:
-                    self._retriever = Retriever(self.settings, store=self.store)
+                    retriever = Retriever(self.settings, store=self.store)
+                    retriever.warm()  # before the first request, not during it
+                    self._retriever = retriever
         return self._retriever
 
     def encoder(self) -> Encoder:
@@ -299,9 +301,9 @@ class Service:
             i for i in dict.fromkeys(request.item_ids) if i not in gone])
 
     def _refresh(self, info: StoreInfo) -> None:
-        """Let the retriever see new domains (its info is read once, when it is built)."""
+        """Let the retriever see new domains and items (it reads them once, then on use)."""
         if self._retriever is not None:
-            self._retriever.info = info
+            self._retriever.refresh(info)
 
     def ready(self) -> ReadyResponse:
         try:
