@@ -98,10 +98,11 @@ _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def _vm_hwm_mib() -> float | None:
+def _status_mib(key: str) -> float | None:
+    """A kB figure of /proc/self/status (Linux) in MiB; None elsewhere."""
     try:
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -117,13 +118,8 @@ def _reset_hwm() -> bool:
 
 
 def rss_mib() -> float:
-    try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    found = _status_mib("VmRSS")
+    return float("nan") if found is None else found
 
 
 @dataclass
@@ -140,12 +136,12 @@ def peak_memory() -> Iterator[PeakMemory]:
     """Measure the process's peak RSS inside the block: Linux VmHWM reset at the start through
     /proc/self/clear_refs; elsewhere ``resource.getrusage`` ru_maxrss, a lifetime peak."""
     result = PeakMemory(start_mib=rss_mib())
-    if _reset_hwm() and _vm_hwm_mib() is not None:
+    if _reset_hwm() and _status_mib("VmHWM") is not None:
         result.method = "peak RSS (VmHWM, reset per stage)"
         try:
             yield result
         finally:
-            result.peak_mib = _vm_hwm_mib() or float("nan")
+            result.peak_mib = _status_mib("VmHWM") or float("nan")
         return
     result.method = "ru_maxrss (process lifetime peak)"
     try:

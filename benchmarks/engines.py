@@ -47,7 +47,7 @@ class NumpyExact:
     name = "NumPy brute force (exact)"
 
     def __init__(self, catalog: Catalog):
-        self.by_domain: dict[str, tuple[np.ndarray, np.ndarray, dict[str, int]]] = {}
+        self.by_domain: dict[str, tuple[np.ndarray, np.ndarray, dict[int, int]]] = {}
         ids = np.array(catalog.ids, dtype=object)
         for domain in np.unique(catalog.domains):
             rows = np.flatnonzero(catalog.domains == domain)
@@ -59,16 +59,7 @@ class NumpyExact:
                    limit: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores) of the ``limit`` best, best first."""
         matrix, ids, row_of = self.by_domain[domain]
-        scores = matrix @ vector  # (n_domain,)
-        for pid in exclude:
-            row = row_of.get(pid)
-            if row is not None:
-                scores[row] = -np.inf
-        k = min(limit, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        keep = np.isfinite(scores[top])
-        return ids[top[keep]], scores[top[keep]]
+        return _top(matrix @ vector, ids, row_of, exclude, limit)
 
     def search(self, vector: np.ndarray, domain: str, exclude: Sequence[int],
                limit: int) -> list[int]:
@@ -79,18 +70,23 @@ class NumpyExact:
         """Many queries of one domain as one matrix product (for ground truth)."""
         matrix, ids, row_of = self.by_domain[domain]
         scores = vectors @ matrix.T  # (n_queries, n_domain)
-        out = []
-        for q, exclude in enumerate(excludes):
-            row_scores = scores[q]
-            for pid in exclude:
-                row = row_of.get(pid)
-                if row is not None:
-                    row_scores[row] = -np.inf
-            k = min(limit, len(row_scores))
-            top = np.argpartition(-row_scores, k - 1)[:k]
-            top = top[np.argsort(-row_scores[top], kind="stable")]
-            out.append(list(ids[top[np.isfinite(row_scores[top])]]))
-        return out
+        return [list(_top(scores[q], ids, row_of, exclude, limit)[0])
+                for q, exclude in enumerate(excludes)]
+
+
+def _top(scores: np.ndarray, ids: np.ndarray, row_of: dict[int, int], exclude: Sequence[int],
+         limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, scores) of the ``limit`` best of one domain's ``scores`` (modified: the excluded
+    points set to -inf), best first."""
+    for pid in exclude:
+        row = row_of.get(pid)
+        if row is not None:
+            scores[row] = -np.inf
+    k = min(limit, len(scores))
+    top = np.argpartition(-scores, k - 1)[:k]
+    top = top[np.argsort(-scores[top], kind="stable")]
+    keep = np.isfinite(scores[top])
+    return ids[top[keep]], scores[top[keep]]
 
 
 class StoreEngine:

@@ -47,7 +47,7 @@ from xdretrieve.store.edge import EdgeStore
 
 log = logging.getLogger("benchmarks")
 
-Users = tuple[list[str], np.ndarray, list[dict[str, Any]]]  # point ids, vectors, payloads
+Users = tuple[list[int], np.ndarray, list[dict[str, Any]]]  # point ids, vectors, payloads
 
 
 @dataclass
@@ -167,10 +167,7 @@ def _real_scale(cfg: Config, out: dict[str, Any]) -> np.ndarray:
                 _engines(cfg, scale, catalog, store, resolved, cfg.queries)
             _variant(cfg, scale, variant.name, store, jobs, resolved, truth, loaded,
                      role="shipped" if i == 0 else "previous")
-    _trained(cfg, scale, catalog, users, info, jobs)
-    _client_local(cfg, scale, catalog, users, info, jobs, resolved, cfg.client_queries)
-    _ratios(scale)
-    out["scales"].append(scale)
+    _finish_scale(cfg, out, scale, catalog, users, info, jobs, resolved, cfg.client_queries)
 
     if cfg.data is not None:
         texts = indexing.item_texts(cfg.data, cfg.embed_items, info.text_template, cfg.seed)
@@ -231,10 +228,8 @@ def _synthetic_scale(cfg: Config, out: dict[str, Any], reference: np.ndarray | N
                 _engines(cfg, scale, catalog, store, resolved, cfg.numpy_queries_large)
             _variant(cfg, scale, variant.name, store, jobs, resolved, truth, loaded,
                      role="shipped" if i == 0 else "previous")
-    _trained(cfg, scale, catalog, users, info, jobs)
-    _client_local(cfg, scale, catalog, users, info, jobs, resolved, cfg.client_queries_large)
-    _ratios(scale)
-    out["scales"].append(scale)
+    _finish_scale(cfg, out, scale, catalog, users, info, jobs, resolved,
+                  cfg.client_queries_large)
 
 
 @contextlib.contextmanager
@@ -447,6 +442,17 @@ def _trained(cfg: Config, scale: dict[str, Any], catalog: Catalog, users: Users,
              f"recall@10 {row[f'recall@{cfg.limit}']:.3f}")
         scale["variants"].append({"name": name, "role": "trained", "load": loaded,
                                   "hnsw": _layout(cfg, store), "model": str(cfg.model)})
+
+
+def _finish_scale(cfg: Config, out: dict[str, Any], scale: dict[str, Any], catalog: Catalog,
+                  users: Users, info: StoreInfo, jobs: list[querypath.Job],
+                  resolved: list[querypath.Resolved], client_queries: int) -> None:
+    """What every scale ends with: the trained model's path, qdrant-client's local mode, the
+    ratios; then the scale joins the results."""
+    _trained(cfg, scale, catalog, users, info, jobs)
+    _client_local(cfg, scale, catalog, users, info, jobs, resolved, client_queries)
+    _ratios(scale)
+    out["scales"].append(scale)
 
 
 @contextlib.contextmanager

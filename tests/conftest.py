@@ -40,6 +40,28 @@ def write_paired_dataset(directory: Path, users_per_theme: int = 3) -> Path:
     return directory
 
 
+def check_trained_model_store(model_dir: Path, dataset, settings) -> None:
+    """Index the paired dataset with the trained model in ``model_dir`` and check what any
+    trained model must do there: adapted 16-d vectors, the model recorded in the store, book i
+    -> movie i for nearly every theme, a user's own movies left out."""
+    from xdretrieve.indexer import index_dataset
+    from xdretrieve.retriever import Retriever
+    from xdretrieve.store import ITEMS, item_point_id, open_store
+
+    index_dataset(dataset, settings)
+    with open_store(settings) as s:
+        (point,) = s.retrieve(ITEMS, [item_point_id("movie-2")], with_vectors=True)
+        assert point.vector.shape == (16,)
+        assert s.read_info().extra["trained"] == str(model_dir.resolve())
+    with Retriever(settings) as r:
+        assert r.model is not None
+        right = sum(r.recommend_history([f"book-{t}"], "movies", 1)[0].item_id == f"movie-{t}"
+                    for t in range(len(THEMES)))
+        assert right >= len(THEMES) - 1
+        hits = r.recommend_user("u3-0", "movies", 5)
+        assert len(hits) == 5 and "movie-3" not in {h.item_id for h in hits}  # already watched
+
+
 @pytest.fixture(scope="session")
 def paired_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_paired_dataset(tmp_path_factory.mktemp("paired"))

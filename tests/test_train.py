@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import THEMES, write_paired_dataset
+from tests.conftest import THEMES, check_trained_model_store, write_paired_dataset
 from xdretrieve.data import Dataset
 from xdretrieve.encoder import Encoder, item_text, resolve_model
-from xdretrieve.indexer import index_dataset
 from xdretrieve.model import TrainedModel
 from xdretrieve.retriever import Retriever
 from xdretrieve.store import ITEMS, item_point_id, open_store
@@ -84,18 +83,7 @@ def test_trained_model_through_index_and_query(trained, tmp_path: Path, tiny_mod
 
     settings = Settings(store=tmp_path / "store", model=str(tmp / "model"),
                         cache_dir=tmp / "cache")
-    index_dataset(ds, settings)
-    with open_store(settings) as s:
-        (point,) = s.retrieve(ITEMS, [item_point_id("movie-2")], with_vectors=True)
-        assert point.vector.shape == (16,)
-        assert s.read_info().extra["trained"] == str((tmp / "model").resolve())
-    with Retriever(settings) as r:
-        assert r.model is not None
-        right = sum(r.recommend_history([f"book-{t}"], "movies", 1)[0].item_id == f"movie-{t}"
-                    for t in range(len(THEMES)))
-        assert right >= len(THEMES) - 1
-        hits = r.recommend_user("u3-0", "movies", 5)
-        assert len(hits) == 5 and "movie-3" not in {h.item_id for h in hits}  # already watched
+    check_trained_model_store(tmp / "model", ds, settings)
     # without the re-ranker the answer is the model's exact top by scale * cosine + bias, also
     # when the search returns fewer items than the domain has (2 x 2 here) and the bias must
     # bring in the rest

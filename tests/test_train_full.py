@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import THEMES, write_paired_dataset
+from tests.conftest import THEMES, check_trained_model_store, write_paired_dataset
 from xdretrieve.data import Dataset
 from xdretrieve.train.full import ENCODER_DIR, FullConfig, finetune_encoder, info_nce
 from xdretrieve.train.pairs import build_pairs, global_batches, query_text, shard
@@ -221,25 +221,11 @@ def test_saved_encoder_is_the_selected_epoch(trained) -> None:
 
 def test_full_model_through_index_and_query(trained, tmp_path: Path) -> None:
     from xdretrieve.config import Settings
-    from xdretrieve.indexer import index_dataset
-    from xdretrieve.retriever import Retriever
-    from xdretrieve.store import ITEMS, item_point_id, open_store
 
     tmp, ds, _ = trained
     settings = Settings(store=tmp_path / "store", model=str(tmp / "model"),
                         cache_dir=tmp / "cache", device="cpu")
-    index_dataset(ds, settings)
-    with open_store(settings) as s:
-        (point,) = s.retrieve(ITEMS, [item_point_id("movie-2")], with_vectors=True)
-        assert point.vector.shape == (16,)
-        assert s.read_info().extra["trained"] == str((tmp / "model").resolve())
-    with Retriever(settings) as r:
-        assert r.model is not None
-        right = sum(r.recommend_history([f"book-{t}"], "movies", 1)[0].item_id == f"movie-{t}"
-                    for t in range(len(THEMES)))
-        assert right >= len(THEMES) - 1
-        hits = r.recommend_user("u3-0", "movies", 5)
-        assert len(hits) == 5 and "movie-3" not in {h.item_id for h in hits}
+    check_trained_model_store(tmp / "model", ds, settings)
 
 
 def test_cli_full_mode_with_a_time_budget(tiny_model: str, tmp_path: Path, monkeypatch) -> None:

@@ -60,9 +60,7 @@ class ItemStats:
         self.row = {iid: r for r, iid in enumerate(self.ids)}
         self.cooc.sort_indices()  # row_features() looks pairs up by binary search
         self._tokens: dict[int, set[str]] = {}
-        # per domain, computed once (not on every query): its rows, and them by popularity
-        self._outside: dict[str, np.ndarray] = {}
-        self._popular: dict[str, list[str]] = {}
+        self._popular: dict[str, list[str]] = {}  # per domain, computed once
         self._codes: np.ndarray | None = None
         self._code: dict[str, int] = {}
         if self.domains is not None:
@@ -91,20 +89,15 @@ class ItemStats:
         pos += starts[owner]
         return owner, self.cooc.indices[pos], self.cooc.data[pos]
 
-    def _not_in(self, domain: str) -> np.ndarray:
-        found = self._outside.get(domain)
-        if found is None:
-            found = self._outside[domain] = self.domains != domain
-        return found
-
     def popular(self, domain: str) -> list[str]:
         """The items of ``domain`` by popularity among train users, most first (ties in
         catalog order); empty without domains."""
         found = self._popular.get(domain)
         if found is None:
-            if self.domains is None:
+            code = self._code.get(domain)
+            if code is None:  # no domains, or not this one
                 return []
-            rows = np.flatnonzero(~self._not_in(domain))
+            rows = np.flatnonzero(self._codes == code)
             rows = rows[np.argsort(-self.popularity[rows], kind="stable")]
             found = self._popular[domain] = [self.ids[r] for r in rows]
         return found

@@ -230,26 +230,37 @@ class Retriever:
         reach = int(np.searchsorted(-bias, -(bar - model.scale * float(cosines.min()))))
         seen = set(pids).union(exclude)
         more = [p for p in by_bias[:min(reach, MAX_BIAS_SCAN)].tolist() if p not in seen]
-        found = self.store.similarity(ITEMS, vector, more)
-        if not found:
-            return pids, cosines, scores
-        extra = list(found)
-        extra_cos = np.fromiter(found.values(), np.float32, len(found))
+        extra, extra_cos, extra_scores = self._score_points(vector, more)
         return (pids + extra, np.concatenate([cosines, extra_cos]),
-                np.concatenate([scores, model.rescore_points(extra, extra_cos)]))
+                np.concatenate([scores, extra_scores]))
+
+    def _score_points(self, vector: np.ndarray,
+                      pids: Sequence[int]) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """Points beyond the search, scored where they lie by the engine: (the ids still in
+        the store, their cosines, their model scores)."""
+        found = self.store.similarity(ITEMS, vector, pids)
+        cosines = np.fromiter(found.values(), np.float32, len(found))
+        return list(found), cosines, self.model.rescore_points(list(found), cosines)
 
     def _by_bias(self, domain: str) -> tuple[np.ndarray, np.ndarray]:
         """The point ids of ``domain``'s items by the model's item bias, highest first, and
-        their biases (read from the store once per domain: what it holds when first asked;
-        an item added later has no learned bias, 0, and is found by its cosine)."""
-        found = self._bias_order.get(domain)
-        if found is None:
-            pids = np.fromiter((p.id for p in self.store.scroll(ITEMS, fields=["domain"])
-                                if p.payload.get("domain") == domain), np.int64)
+        their biases (what the store held when first asked: an item added later has no
+        learned bias, 0, and is found by its cosine)."""
+        if not self._bias_order:
+            self._read_bias_order()
+        empty = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        return self._bias_order.get(domain, empty)
+
+    def _read_bias_order(self) -> None:
+        """Every domain's items by bias, in one pass over the store."""
+        by_domain: dict[str, list[int]] = {}
+        for p in self.store.scroll(ITEMS, fields=["domain"]):
+            by_domain.setdefault(p.payload.get("domain", ""), []).append(p.id)
+        for d, ids in by_domain.items():
+            pids = np.array(ids, dtype=np.int64)
             bias = self.model.rescore_points(pids, np.zeros(len(pids), dtype=np.float32))
             order = np.argsort(-bias, kind="stable")
-            found = self._bias_order[domain] = (pids[order], bias[order])
-        return found
+            self._bias_order[d] = (pids[order], bias[order])
 
     def refresh(self, info: StoreInfo | None = None) -> None:
         """After items were written or deleted through another path (the HTTP service): take
@@ -263,8 +274,7 @@ class Retriever:
         and each domain's items by bias), so that no request waits for it."""
         if self.model is not None:
             self.model.index_points()
-            for domain in self.info.domains:
-                self._by_bias(domain)
+            self._read_bias_order()
 
     def _rerank(self, query: Query, domain: str, limit: int, pids: list[str],
                 cosines: np.ndarray, scores: np.ndarray, exclude: set[str]) -> list[Hit]:
@@ -272,8 +282,8 @@ class Retriever:
         and scores) and the items that co-occur most with the history in train users.
 
         The re-ranker's statistics know the items the model was trained with (id, text,
-        popularity), so only the co-occurring items beyond the search (for their vectors) and
-        the answer (for its payloads) are read from the store."""
+        popularity), so only the co-occurring items beyond the search (scored by the engine)
+        and the answer (for its payloads) are read from the store."""
         model, reranker = self.model, self.model.reranker
         n = max(limit, self.settings.candidates)
         co = [p for p in map(model.point_of_item,
@@ -283,14 +293,11 @@ class Retriever:
         known = {p: k for k, p in enumerate(pids)}
         cos = {p: float(cosines[known[p]]) for p in chosen if p in known}
         score = {p: float(scores[known[p]]) for p in cos}
-        # the co-occurring items beyond the search: their cosines, scored by the engine
-        extra = self.store.similarity(ITEMS, query.vector, [p for p in chosen if p not in known])
-        if extra:
-            extra_ids = list(extra)
-            extra_cos = np.fromiter(extra.values(), np.float32, len(extra))
-            for p, c, sc in zip(extra_ids, extra_cos.tolist(),
-                                model.rescore_points(extra_ids, extra_cos).tolist(), strict=True):
-                cos[p], score[p] = c, sc
+        # the co-occurring items beyond the search
+        extra, extra_cos, extra_scores = self._score_points(
+            query.vector, [p for p in chosen if p not in known])
+        cos.update(zip(extra, extra_cos.tolist(), strict=True))
+        score.update(zip(extra, extra_scores.tolist(), strict=True))
         chosen = [p for p in chosen if p in cos]  # deleted since: left out
         # an item added after training is unknown to the statistics (row -1): no popularity,
         # co-occurrence or text for it
