@@ -155,3 +155,30 @@ def test_cooccurrence_features_equal_a_dense_reference() -> None:
                 x[c, FEATURES.index("cooccurrence_norm")],
                 (pairs / (np.sqrt(pop[rows] * pop[r]) + 1.0)).sum(), rtol=1e-5)
         assert x[-1, FEATURES.index("cooccurrence")] == 0  # unknown item
+
+
+def test_text_overlap_by_token_ids_equals_the_token_sets() -> None:
+    """The serving path's text_overlap (token ids of the statistics' texts) equals the set
+    computation on the same texts, with every history item known and with one unknown."""
+    rng = np.random.default_rng(4)
+    words = [f"w{k}" for k in range(30)] + ["Pen", "pen", "3-pack"]
+    ids = [f"a{k}" for k in range(20)] + [f"o{k}" for k in range(30)]
+    texts = [" ".join(rng.choice(words, rng.integers(0, 6))) for _ in ids]  # some empty
+    histories = {f"u{u}": {"arts": tuple(rng.choice(ids[:20], 3)),
+                           "office": tuple(rng.choice(ids[20:], 3))} for u in range(40)}
+    stats = ItemStats.fit(ids, histories, ["arts"] * 20 + ["office"] * 30, texts)
+    text_of = dict(zip(ids, texts, strict=True))
+    col = FEATURES.index("text_overlap")
+    for _ in range(30):
+        history = list(rng.choice(ids[:20], rng.integers(1, 5)))
+        cands = list(rng.choice(ids, 25)) + ["unknown"]
+        for hist, hist_text in ((history, " ".join(text_of[i] for i in history)),
+                                (history + ["gone"], "w1 w2 nothing-known")):
+            zeros = np.zeros(len(cands), np.float32)
+            served = features(stats, hist, hist_text, cands, None, zeros, zeros)
+            by_sets = features(stats, hist, hist_text, cands,
+                               [text_of.get(c, "") for c in cands], zeros, zeros)
+            np.testing.assert_allclose(served[:, col], by_sets[:, col], rtol=1e-6)
+            assert served[-1, col] == 0  # an unknown candidate has no text
+    assert stats.cooccurring_rows(["a1"], "office", 5).tolist() == [
+        stats.row[i] for i in stats.cooccurring(["a1"], "office", 5)]

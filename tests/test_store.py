@@ -10,7 +10,8 @@ from qdrant_client import QdrantClient
 
 from xdretrieve.errors import EncoderMismatchError
 from xdretrieve.store import ITEMS, StoreInfo, VectorStore, item_point_id
-from xdretrieve.store.edge import EdgeStore
+from xdretrieve.store import edge
+from xdretrieve.store.edge import MAX_EXCLUDED_AFTER, EdgeStore
 from xdretrieve.store.server import ServerStore
 
 N, DIM = 600, 24
@@ -67,10 +68,13 @@ def test_search_matches_brute_force(store: VectorStore, points) -> None:
             expected = sorted((float(points[1][int(h.payload["item_id"][1:])] @ q) for h in got),
                               reverse=True)
             np.testing.assert_allclose([h.score for h in got], expected, atol=1e-5)
-        # excluded ids never come back
-        top = brute_force(points, q, 3, "a")
-        got = store.search(ITEMS, q, 10, "a", exclude=[item_point_id(i) for i in top])
-        assert [h.payload["item_id"] for h in got] == brute_force(points, q, 10, "a", set(top))
+        # excluded ids never come back: a few (left out after the search, which returns more)
+        # and many (left out by the engine's filter)
+        for n_excluded in (3, MAX_EXCLUDED_AFTER + 6):
+            top = brute_force(points, q, n_excluded, "a")
+            got = store.search(ITEMS, q, 10, "a", exclude=[item_point_id(i) for i in top])
+            assert [h.payload["item_id"] for h in got] == brute_force(points, q, 10, "a",
+                                                                      set(top))
 
 
 def test_similarity_is_the_exact_cosine_of_the_given_points(store: VectorStore, points) -> None:
@@ -169,3 +173,21 @@ def test_a_store_of_the_uuid_layout_is_refused_with_what_to_do(tmp_path: Path) -
     (tmp_path / "old" / "xdretrieve.json").write_text(json.dumps(info))
     with pytest.raises(StoreError, match="layout 1 .UUID point ids.*index the data again"):
         EdgeStore(tmp_path / "old").read_info()
+
+
+def test_search_without_a_domain_scans_a_store_of_per_domain_graphs(tmp_path: Path, points,
+                                                                   monkeypatch) -> None:
+    """With one graph per domain there is no graph over all points: a search without a domain
+    must still find the nearest (it scans). The thresholds are lowered so that these few
+    points get graphs, as a large store's do."""
+    monkeypatch.setattr(edge, "FULL_SCAN_KB", 1)
+    monkeypatch.setattr(edge, "INDEXING_KB", 1)
+    store = EdgeStore(tmp_path / "s", hnsw_per_domain=True)
+    load(store, points)
+    q = np.random.default_rng(5).normal(size=DIM).astype(np.float32)
+    q /= np.linalg.norm(q)
+    got = store.search(ITEMS, q, 10)
+    assert [h.payload["item_id"] for h in got] == brute_force(points, q, 10)
+    assert [h.payload["item_id"] for h in store.search(ITEMS, q, 10, "b")][:5] == \
+        brute_force(points, q, 5, "b")  # the per-domain graphs still answer
+    store.close()

@@ -128,6 +128,10 @@ class TrainedModel:
         self._pid_bias = np.asarray(values, dtype=np.float32)[order]
         self._pid_rows = (self.reranker.stats.rows_of([items[k] for k in order])
                           if self.reranker is not None else np.full(len(items), -1))
+        # and the other way: the point id of each row of the statistics
+        stats_ids = self.reranker.stats.ids if self.reranker is not None else []
+        self._row_pids = np.fromiter(map(self.point_of_item, stats_ids), np.int64,
+                                     len(stats_ids))
 
     def _lookup(self, point_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """(position in the sorted point ids, whether it is there) of each point id."""
@@ -147,6 +151,12 @@ class TrainedModel:
 
             found = item_point_id(item_id)
         return found
+
+    def row_points(self, rows: np.ndarray) -> np.ndarray:
+        """The store point id of each row of the re-ranker's statistics."""
+        if self._pids is None:
+            self.index_points()
+        return self._row_pids[rows]
 
     def stats_rows(self, point_ids: Sequence[int]) -> np.ndarray:
         """Each point's row in the re-ranker's statistics, -1 where they do not know it."""

@@ -60,6 +60,11 @@ class ItemStats:
         self.row = {iid: r for r, iid in enumerate(self.ids)}
         self.cooc.sort_indices()  # row_features() looks pairs up by binary search
         self._tokens: dict[int, set[str]] = {}
+        # every item's distinct text tokens as ids into one vocabulary, CSR-like (built on
+        # first use): text_overlap of 200 candidates is then a few array operations
+        self._token_ptr: np.ndarray | None = None
+        self._token_ids = np.zeros(0, dtype=np.int32)
+        self._vocab: dict[str, int] = {}
         self._popular: dict[str, list[str]] = {}  # per domain, computed once
         self._codes: np.ndarray | None = None
         self._code: dict[str, int] = {}
@@ -81,12 +86,7 @@ class ItemStats:
         """The co-occurrence rows of ``hist_rows`` (sorted) as flat arrays: which of them
         (index into ``hist_rows``), column, count; columns ascending within each row. Work in
         proportion to those rows' entries, not to the catalog (1M items cost as 38k do)."""
-        indptr = self.cooc.indptr
-        starts = indptr[hist_rows].astype(np.int64)
-        lengths = indptr[hist_rows + 1] - starts
-        owner = np.repeat(np.arange(len(hist_rows)), lengths)
-        pos = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        pos += starts[owner]
+        owner, pos = self._flat(self.cooc.indptr, hist_rows)
         return owner, self.cooc.indices[pos], self.cooc.data[pos]
 
     def popular(self, domain: str) -> list[str]:
@@ -109,17 +109,67 @@ class ItemStats:
             found = self._tokens[row] = tokens(self.texts[row]) if self.texts else set()
         return found
 
+    def index_tokens(self) -> None:
+        """Build the token ids of every item's text (what :func:`row_features` reads)."""
+        ptr, ids = [0], []
+        for text in self.texts or ():
+            found = {self._vocab.setdefault(t, len(self._vocab)) for t in tokens(text)}
+            ids.extend(sorted(found))
+            ptr.append(len(ids))
+        self._token_ids = np.asarray(ids, dtype=np.int32)
+        self._token_ptr = np.asarray(ptr if self.texts else [0] * (len(self.ids) + 1), np.int64)
+
+    def _flat(self, ptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The entries of ``rows`` of a CSR-like (``ptr``, entries) as flat positions, with
+        the index into ``rows`` each belongs to (work in proportion to those rows only)."""
+        starts = ptr[rows].astype(np.int64)
+        lengths = ptr[rows + 1] - starts
+        owner = np.repeat(np.arange(len(rows)), lengths)
+        pos = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return owner, pos + starts[owner]
+
+    def text_overlap(self, rows: np.ndarray, history_tokens: np.ndarray) -> np.ndarray:
+        """Share of each item's distinct tokens that are in ``history_tokens`` (sorted token
+        ids); 0 for rows -1 and for items without text."""
+        if self._token_ptr is None:
+            self.index_tokens()
+        known = np.flatnonzero(rows >= 0)
+        out = np.zeros(len(rows), dtype=np.float32)
+        owner, pos = self._flat(self._token_ptr, rows[known])
+        hit = np.isin(self._token_ids[pos], history_tokens, assume_unique=False)
+        sizes = np.bincount(owner, minlength=len(known))
+        shared = np.bincount(owner, weights=hit, minlength=len(known))
+        out[known] = np.where(sizes > 0, shared / np.maximum(sizes, 1), 0.0)
+        return out
+
+    def history_token_ids(self, hist_rows: np.ndarray, text: str | None = None) -> np.ndarray:
+        """The sorted token ids of the history: of its items' texts (``hist_rows``), or of
+        ``text`` (tokens no item has cannot overlap and are left out)."""
+        if self._token_ptr is None:
+            self.index_tokens()
+        if text is not None:
+            found = (self._vocab.get(t, -1) for t in tokens(text))
+            ids = np.fromiter(found, np.int64)
+            return np.unique(ids[ids >= 0])
+        _, pos = self._flat(self._token_ptr, hist_rows)
+        return np.unique(self._token_ids[pos])
+
     def cooccurring(self, history: Sequence[str], domain: str, k: int) -> list[str]:
         """Up to ``k`` items of ``domain`` that most train users had together with the
         history's items (summed over the history; the history itself left out), best first."""
+        return [self.ids[r] for r in self.cooccurring_rows(history, domain, k).tolist()]
+
+    def cooccurring_rows(self, history: Sequence[str], domain: str, k: int) -> np.ndarray:
+        """:meth:`cooccurring` as rows of the statistics."""
         hist_rows = self.history_rows(history)
         code = self._code.get(domain)
+        none = np.zeros(0, dtype=np.int64)
         if not len(hist_rows) or code is None or k < 1:
-            return []
+            return none
         _, cols, counts = self._gather(hist_rows)
         keep = self._codes[cols] == code
         if not keep.any():
-            return []
+            return none
         cols, inverse = np.unique(cols[keep], return_inverse=True)
         counts = np.bincount(inverse, weights=counts[keep])
         mine = ~np.isin(cols, hist_rows)
@@ -129,7 +179,7 @@ class ItemStats:
             cols, counts = cols[top], counts[top]
         # ties by popularity, then catalog order: the same order on every call
         order = np.lexsort((cols, -self.popularity[cols], -counts))[:k]
-        return [self.ids[r] for r in cols[order]]
+        return cols[order].astype(np.int64)
 
     @classmethod
     def fit(cls, ids: list[str], histories: dict[str, dict[str, tuple[str, ...]]],
@@ -213,16 +263,17 @@ def row_features(stats: ItemStats, rows: np.ndarray, history: Sequence[str], his
         hist_pop = stats.popularity[hist_rows]
         norm[known] = (block / (np.sqrt(np.outer(hist_pop, pop[known])) + 1.0)).sum(0)
         cond[known] = (block / (hist_pop[:, None] + COND_SHRINK)).sum(0)
-    if stats.texts is not None and len(hist_rows) == len(set(history)):
-        # every history item is known: the union of their cached token sets is the tokens of
-        # their joined text, without running the tokenizer over it on every query
-        history_tokens = set().union(*map(stats.tokens_of, hist_rows.tolist()))
-    else:
-        history_tokens = tokens(history_text)
-    candidate_tokens = (map(tokens, candidate_texts) if candidate_texts is not None else
-                        (stats.tokens_of(r) if r >= 0 else set() for r in rows.tolist()))
-    overlap = np.array([len(t & history_tokens) / len(t) if t else 0.0
-                        for t in candidate_tokens], dtype=np.float32)
+    if candidate_texts is not None:  # texts given (training): tokenize them
+        if stats.texts is not None and len(hist_rows) == len(set(history)):
+            history_tokens = set().union(*map(stats.tokens_of, hist_rows.tolist()))
+        else:
+            history_tokens = tokens(history_text)
+        overlap = np.array([len(t & history_tokens) / len(t) if t else 0.0
+                            for t in map(tokens, candidate_texts)], dtype=np.float32)
+    else:  # the statistics' texts, by token ids; the history's own text where one is unknown
+        every_known = stats.texts is not None and len(hist_rows) == len(set(history))
+        overlap = stats.text_overlap(rows, stats.history_token_ids(
+            hist_rows, None if every_known else history_text))
     return np.column_stack([scores, cosines, np.log1p(pop), np.log1p(cooc), norm, cond, overlap])
 
 

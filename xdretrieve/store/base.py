@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -46,15 +46,15 @@ def user_point_id(user_id: str, domain: str) -> PointId:
     return _point_id(f"user:{domain}:{user_id}")
 
 
-@dataclass(frozen=True, slots=True)
-class StoredPoint:
+# Named tuples, not frozen dataclasses: a wide search makes hundreds of these per query, and a
+# frozen dataclass costs about 1 us each to build (measured: 0.35 ms of a 400-hit search).
+class StoredPoint(NamedTuple):
     id: PointId
     payload: dict[str, Any]
     vector: np.ndarray | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ScoredHit:
+class ScoredHit(NamedTuple):
     id: PointId
     score: float
     payload: dict[str, Any]
