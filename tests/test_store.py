@@ -9,8 +9,7 @@ import pytest
 from qdrant_client import QdrantClient
 
 from xdretrieve.errors import EncoderMismatchError
-from xdretrieve.store import ITEMS, StoreInfo, VectorStore, item_point_id
-from xdretrieve.store import edge
+from xdretrieve.store import ITEMS, StoreInfo, VectorStore, edge, item_point_id
 from xdretrieve.store.edge import MAX_EXCLUDED_AFTER, EdgeStore
 from xdretrieve.store.server import ServerStore
 
