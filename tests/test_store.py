@@ -76,6 +76,17 @@ def test_search_matches_brute_force(store: VectorStore, points) -> None:
                                                                       set(top))
 
 
+def test_nearest_is_the_search_without_payloads(store: VectorStore, points) -> None:
+    load(store, points)
+    q = np.random.default_rng(3).normal(size=DIM).astype(np.float32)
+    q /= np.linalg.norm(q)
+    excluded = [item_point_id(i) for i in brute_force(points, q, 4, "a")]
+    hits = store.search(ITEMS, q, 30, "a", exclude=excluded)
+    ids, cosines = store.nearest(ITEMS, q, 30, "a", exclude=excluded)
+    assert ids == [h.id for h in hits] and len(ids) == 30
+    np.testing.assert_allclose(cosines, [h.score for h in hits], atol=1e-6)
+
+
 def test_similarity_is_the_exact_cosine_of_the_given_points(store: VectorStore, points) -> None:
     load(store, points)
     ids, vectors, _ = points

@@ -127,8 +127,8 @@ class Retriever:
     def _items(self, item_ids: Sequence[str]) -> tuple[np.ndarray, str]:
         """(len(item_ids), dim) stored vectors in order, and the items' text; unknown ids are
         an error."""
-        point_of = self.model.point_of_item if self.model is not None else item_point_id
-        points = self.store.retrieve(ITEMS, [point_of(i) for i in item_ids], with_vectors=True)
+        points = self.store.retrieve(ITEMS, [self._point_of(i) for i in item_ids],
+                                     with_vectors=True)
         by_id = {p.payload["item_id"]: p for p in points}
         missing = [i for i in item_ids if i not in by_id]
         if missing:
@@ -136,6 +136,11 @@ class Retriever:
         text = " ".join(f"{p.payload.get('title', '')} {p.payload.get('text', '')}"
                         for p in by_id.values())
         return np.stack([by_id[i].vector for i in item_ids]), text
+
+    def _point_of(self, item_id: str) -> int:
+        """An item's point id (a trained model caches those of its items)."""
+        return self.model.point_of_item(item_id) if self.model is not None else (
+            item_point_id(item_id))
 
     def history_query(self, item_ids: Sequence[str], domain: str | None = None) -> Query:
         """The query of a user the store has never seen, for target ``domain``: their items'
@@ -178,7 +183,7 @@ class Retriever:
         self._check_domain(domain)
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        exclude = [item_point_id(i) for i in query.exclude]
+        exclude = [self._point_of(i) for i in query.exclude]
         if query.popular:
             return self.popular(domain, limit, exclude=query.exclude)
         if self.model is None:
@@ -218,12 +223,9 @@ class Retriever:
         payloads."""
         model = self.model
         fetch = max(wanted, RESCORE_WIDTH * self.settings.candidates)
-        hits = self.store.search(ITEMS, vector, fetch, domain=domain, exclude=exclude,
-                                 with_payload=False)
-        pids = [h.id for h in hits]
-        cosines = np.fromiter((h.score for h in hits), np.float32, len(hits))
+        pids, cosines = self.store.nearest(ITEMS, vector, fetch, domain=domain, exclude=exclude)
         scores = model.rescore_points(pids, cosines)
-        if not exact or len(hits) < fetch:  # fewer: every item of the domain was returned
+        if not exact or len(pids) < fetch:  # fewer: every item of the domain was returned
             return pids, cosines, scores
         bar = np.partition(scores, len(scores) - wanted)[len(scores) - wanted]
         by_bias, bias = self._by_bias(domain)

@@ -189,6 +189,11 @@ class LockedStore(VectorStore):
             return self.inner.search(collection, vector, limit, domain, exclude, ef,
                                      with_payload)
 
+    def nearest(self, collection: str, vector: np.ndarray, limit: int, domain: str | None = None,
+                exclude: Iterable[PointId] = ()) -> tuple[list[PointId], np.ndarray]:
+        with self.lock.read():
+            return self.inner.nearest(collection, vector, limit, domain, exclude)
+
     def similarity(self, collection: str, vector: np.ndarray,
                    ids: Sequence[PointId]) -> dict[PointId, float]:
         with self.lock.read():

@@ -160,6 +160,13 @@ class VectorStore(ABC):
         the excluded point ids; ``with_payload=False`` leaves the payloads empty (reading
         them is most of the cost of a wide search)."""
 
+    def nearest(self, collection: str, vector: np.ndarray, limit: int, domain: str | None = None,
+                exclude: Iterable[PointId] = ()) -> tuple[list[PointId], np.ndarray]:
+        """:meth:`search` without payloads, as (point ids, cosines), best first: what a wide
+        search of the query path needs, without an object per hit."""
+        hits = self.search(collection, vector, limit, domain, exclude, with_payload=False)
+        return [h.id for h in hits], np.fromiter((h.score for h in hits), np.float32, len(hits))
+
     @abstractmethod
     def similarity(self, collection: str, vector: np.ndarray,
                    ids: Sequence[PointId]) -> dict[PointId, float]:
