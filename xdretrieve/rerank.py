@@ -136,7 +136,7 @@ class ItemStats:
         known = np.flatnonzero(rows >= 0)
         out = np.zeros(len(rows), dtype=np.float32)
         owner, pos = self._flat(self._token_ptr, rows[known])
-        hit = np.isin(self._token_ids[pos], history_tokens, assume_unique=False)
+        hit = np.isin(self._token_ids[pos], history_tokens)
         sizes = np.bincount(owner, minlength=len(known))
         shared = np.bincount(owner, weights=hit, minlength=len(known))
         out[known] = np.where(sizes > 0, shared / np.maximum(sizes, 1), 0.0)

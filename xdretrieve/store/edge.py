@@ -84,6 +84,7 @@ class EdgeStore(VectorStore):
         self.hnsw_m, self.hnsw_ef_construct, self.search_ef = hnsw_m, hnsw_ef_construct, search_ef
         self.hnsw_per_domain, self.quantization = hnsw_per_domain, quantization
         self._shards: dict[str, qe.EdgeShard] = {}
+        self._graphs_per_domain: dict[str, bool] = {}
         self._lock_file: Any = None
 
     def __repr__(self) -> str:
@@ -123,9 +124,14 @@ class EdgeStore(VectorStore):
         return shard
 
     def _per_domain(self, collection: str) -> bool:
-        """Whether the collection's graphs are per domain (no graph over all points)."""
-        config = json.loads((self._dir(collection) / "edge_config.json").read_text())
-        return config.get("hnsw_config", {}).get("m", 1) == 0
+        """Whether the collection's graphs are per domain (no graph over all points); read
+        from its configuration once."""
+        found = self._graphs_per_domain.get(collection)
+        if found is None:
+            config = json.loads((self._dir(collection) / "edge_config.json").read_text())
+            found = self._graphs_per_domain[collection] = (
+                config.get("hnsw_config", {}).get("m", 1) == 0)
+        return found
 
     def exists(self, collection: str) -> bool:
         return (self._dir(collection) / "edge_config.json").is_file()
@@ -160,6 +166,7 @@ class EdgeStore(VectorStore):
         import shutil
 
         shard = self._shards.pop(collection, None)
+        self._graphs_per_domain.pop(collection, None)
         if shard is not None:
             shard.close()
         shutil.rmtree(self._dir(collection), ignore_errors=True)
