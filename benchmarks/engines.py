@@ -157,13 +157,16 @@ class EdgeVariant:
     hnsw_m: int | None = None
     hnsw_ef_construct: int | None = None
     search_ef: int | None = None
+    search_threads: int | None = None
 
     def store(self, path: str | Path, **index_args: Any) -> EdgeStore:
         overrides = {k: v for k, v in (("hnsw_per_domain", self.per_domain),
                                        ("quantization", self.quantization),
                                        ("hnsw_m", self.hnsw_m),
                                        ("hnsw_ef_construct", self.hnsw_ef_construct),
-                                       ("search_ef", self.search_ef)) if v is not None}
+                                       ("search_ef", self.search_ef),
+                                       ("search_threads", self.search_threads))
+                     if v is not None}
         return EdgeStore(path, **{**index_args, **overrides})
 
 
@@ -171,10 +174,12 @@ def describe(store: EdgeStore) -> str:
     """The index layout of an :class:`EdgeStore`'s new collections, in words."""
     graph = "per-domain HNSW" if store.hnsw_per_domain else "global HNSW"
     return (f"{graph} (m={store.hnsw_m}, ef {store.search_ef})"
-            + (" + int8" if store.quantization == "int8" else ""))
+            + (" + int8" if store.quantization == "int8" else "")
+            + ("" if store.search_threads == 1 else ", search pool: one thread per CPU"
+               if store.search_threads == 0 else f", {store.search_threads} search threads"))
 
 
 SHIPPED = EdgeVariant("as shipped")  # named after its layout by the suite (describe())
-PREVIOUS = EdgeVariant("global HNSW (m=16, ef 128), float: the previous defaults",
-                       per_domain=False, quantization="none", hnsw_m=16, hnsw_ef_construct=128,
-                       search_ef=128)
+PREVIOUS = EdgeVariant("global HNSW (m=16, ef 128), float, one search thread per CPU: the "
+                       "previous defaults", per_domain=False, quantization="none", hnsw_m=16,
+                       hnsw_ef_construct=128, search_ef=128, search_threads=0)

@@ -55,12 +55,12 @@ def resolve(retriever: Retriever, jobs: Sequence[Job]) -> list[Resolved]:
 
 def full_path(retriever: Retriever, candidates: int, limit: int) -> Callable[[Job], list[Hit]]:
     """The query path of a store without a trained model, as one callable ``job -> top hits``:
-    the user's profile lookup, ``candidates`` nearest items of the target domain, the first
-    ``limit``."""
+    the user's profile lookup, ``candidates`` nearest items of the target domain (ids and
+    scores), the first ``limit`` (with their payloads)."""
 
     def run(job: Job) -> list[Hit]:
         query = retriever.user_query(job.user_id, job.domain)
-        return retriever.search(query, job.domain, limit=candidates)[:limit]
+        return retriever.search(query, job.domain, limit, candidates=candidates)
 
     return run
 

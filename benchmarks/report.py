@@ -46,7 +46,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         limit = TARGETS["p99_real_ms"] if real else TARGETS["p99_1m_ms"]
         judged = real or scale["info"]["items"] >= 1_000_000
         previous = {f"Qdrant Edge, {v['name']}" for v in scale["variants"]
-                    if v.get("role") == "previous"}
+                    if v.get("role") in ("previous", "comparison")}
         for row in scale["paths"]:
             if not row["engine"].startswith("Qdrant Edge") or row["engine"] in previous \
                     or not row["label"].startswith("full path"):
@@ -187,6 +187,9 @@ def markdown(results: dict[str, Any], figures: dict[str, str]) -> str:
             + f", ef_construct={v['hnsw']['ef_construct']}, search ef {v['hnsw']['search_ef']}"
             + (f", int8 (quantile 0.99, in RAM), rescore, oversampling "
                f"{v['hnsw']['oversampling']:g}" if v["hnsw"]["int8"] else "")
+            + {1: ", searches on the calling thread", 0: ", search pool of one thread per CPU",
+               None: ""}.get(v["hnsw"].get("search_threads"),
+                             f", search pool of {v['hnsw'].get('search_threads')} threads")
             for v in scale["variants"])
         rows = [(_short(r["index"]), r["hnsw_ef"], r["limit"], _f(r.get("recall@10"), 4),
                  _f(r.get(f"recall@{cfg['candidates']}"), 4), _f(r["p50_ms"]), _f(r["p99_ms"]))

@@ -324,7 +324,8 @@ def _layout(cfg: Config, store: EdgeStore) -> dict[str, Any]:
     return {"m": store.hnsw_m, "per_domain": store.hnsw_per_domain,
             "ef_construct": store.hnsw_ef_construct, "search_ef": store.search_ef,
             "int8": store.quantization == "int8",
-            "oversampling": 1.0 if store.quantization == "int8" else None}
+            "oversampling": 1.0 if store.quantization == "int8" else None,
+            "search_threads": store.search_threads}
 
 
 def _throughput(cfg: Config, scale: dict[str, Any], index: str, label: str,
@@ -442,6 +443,26 @@ def _trained(cfg: Config, scale: dict[str, Any], catalog: Catalog, users: Users,
              f"recall@10 {row[f'recall@{cfg.limit}']:.3f}")
         scale["variants"].append({"name": name, "role": "trained", "load": loaded,
                                   "hnsw": _layout(cfg, store), "model": str(cfg.model)})
+    if not synthetic_scale:  # the same paths with the engine's search pool, side by side
+        pooled = dataclasses.replace(SHIPPED, search_threads=0)
+        name = (f"trained model (dim {vectors.shape[1]}), "
+                f"{describe(pooled.store(cfg.work, **cfg.index_args()))}")
+        with _built(cfg, pooled, cfg.work / "trained-pooled.xdr", adapted,
+                    (users[0], profiles, users[2]), trained_info) as (store, loaded):
+            retriever = Retriever(cfg.settings(store.path), store=store)
+            retriever.warm()
+            log.info("%s, %s: query path", scale["name"], name)
+            note = "the engine's default search pool, for comparison"
+            figures, ms = timed_repeats(
+                querypath.trained_path(querypath.without_reranker(retriever), cfg.limit), jobs,
+                cfg.repeats)
+            _add(scale, "paths", TRAINED_NO_RERANK, f"Qdrant Edge, {name}", figures, ms, note)
+            if retriever.model.reranker is not None:
+                figures, ms = timed_repeats(querypath.trained_path(retriever, cfg.limit), jobs,
+                                            cfg.repeats)
+                _add(scale, "paths", TRAINED, f"Qdrant Edge, {name}", figures, ms, note)
+            scale["variants"].append({"name": name, "role": "comparison", "load": loaded,
+                                      "hnsw": _layout(cfg, store), "model": str(cfg.model)})
 
 
 def _finish_scale(cfg: Config, out: dict[str, Any], scale: dict[str, Any], catalog: Catalog,

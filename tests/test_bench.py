@@ -105,8 +105,12 @@ def test_suite_reports_every_figure(tmp_path: Path, tiny_store: Path, paired_dir
     assert [s["kind"] for s in results["scales"]] == ["real", "synthetic"]
     for scale in results["scales"]:
         roles = [v["role"] for v in scale["variants"]]
-        assert roles == ["shipped", "previous", "trained"]
-        shipped, previous, trained = scale["variants"]
+        real = scale["kind"] == "real"
+        # at the real scale, the trained paths again with the engine's search pool
+        assert roles == ["shipped", "previous", "trained"] + (["comparison"] if real else [])
+        shipped, previous, trained = scale["variants"][:3]
+        assert shipped["hnsw"]["search_threads"] == 1
+        assert previous["hnsw"]["search_threads"] == 0
         assert shipped["hnsw"]["per_domain"] and shipped["hnsw"]["int8"]
         assert shipped["hnsw"]["search_ef"] == Settings().search_ef
         assert shipped["hnsw"]["m"] == Settings().hnsw_m
@@ -118,9 +122,12 @@ def test_suite_reports_every_figure(tmp_path: Path, tiny_store: Path, paired_dir
             assert [r["label"] for r in rows] == [
                 "full path: user lookup + ANN 200 + top 10",
                 "Retriever.recommend_user(limit=10) as shipped"]
-        rows = [r for r in scale["paths"] if r["engine"] == f"Qdrant Edge, {trained['name']}"]
-        assert [r["label"] for r in rows] == ["full path, trained model, re-ranker off",
-                                              "full path, trained model, with re-ranker"]
+        for variant in scale["variants"][2:]:
+            rows = [r for r in scale["paths"] if r["engine"] == f"Qdrant Edge, {variant['name']}"]
+            assert [r["label"] for r in rows] == ["full path, trained model, re-ranker off",
+                                                  "full path, trained model, with re-ranker"]
+        if real:
+            assert scale["variants"][3]["hnsw"]["search_threads"] == 0
         for row in scale["paths"]:
             assert not row.get("skipped")
             assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
@@ -201,9 +208,11 @@ def test_trained_rows_are_skipped_with_the_reason(tmp_path: Path, tiny_store: Pa
     # a model without a re-ranker: that row alone is skipped
     plain = write_model(tmp_path / "plain", tiny_model, Dataset.from_dir(paired_dir),
                         reranker=False)
-    off, on = _trained_rows(_tiny_config(tmp_path / "w3", copy, paired_dir, plain), copy)
+    off, on, pooled_off = _trained_rows(_tiny_config(tmp_path / "w3", copy, paired_dir, plain),
+                                        copy)
     assert not off.get("skipped") and off["p50_ms"] > 0
     assert on["skipped"] and "has no re-ranker" in on["note"]
+    assert pooled_off["label"] == off["label"] and "search pool" in pooled_off["engine"]
 
 
 def test_numpy_exact_matches_sorting() -> None:

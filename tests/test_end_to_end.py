@@ -45,6 +45,21 @@ def test_known_items_are_excluded_and_domain_respected(paired_store) -> None:
         assert r.search_text("a film about volcanoes", "movies", 1)[0].item_id == "movie-10"
 
 
+def test_answer_chosen_from_more_candidates_is_the_same_nearest_items(paired_store) -> None:
+    """Without a trained model the nearest are the answer: asking for 10 out of 20 candidates
+    (payloads read for the 10 only) gives what a 10-wide search gives, with payloads."""
+    with Retriever(paired_store) as r:
+        query = r.user_query("u4-1", "movies")
+        plain = r.search(query, "movies", 10)
+        wide = r.search(query, "movies", 10, candidates=20)
+        assert [(h.item_id, h.title) for h in wide] == [(h.item_id, h.title) for h in plain]
+        assert [h.score for h in wide] == pytest.approx([h.score for h in plain], abs=1e-5)
+        assert all(h.payload["item_id"] == h.item_id for h in wide)
+        assert "movie-4" not in {h.item_id for h in wide}  # still excluded
+        with pytest.raises(ValueError, match="candidates"):
+            r.search(query, "movies", 10, candidates=0)
+
+
 def test_unknowns_are_clear_errors(paired_store) -> None:
     with Retriever(paired_store) as r:
         with pytest.raises(NotFoundError, match="unknown user 'ghost'"):

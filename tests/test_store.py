@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +202,27 @@ def test_search_without_a_domain_scans_a_store_of_per_domain_graphs(tmp_path: Pa
     assert [h.payload["item_id"] for h in store.search(ITEMS, q, 10, "b")][:5] == \
         brute_force(points, q, 5, "b")  # the per-domain graphs still answer
     store.close()
+
+
+@pytest.mark.parametrize("threads", [0, 1, 2])
+def test_search_threads_is_kept_with_the_collection_and_answers_the_same(
+        tmp_path: Path, points, threads: int) -> None:
+    """``search_threads`` goes into the collection's engine configuration (0: the engine's
+    own default, one per CPU), survives a reopen, and does not change an answer."""
+    store = EdgeStore(tmp_path / "s", search_threads=threads)
+    load(store, points)
+    store.close()
+    config = json.loads((tmp_path / "s" / ITEMS / "edge_config.json").read_text())
+    assert config.get("max_search_threads") == (threads or None)
+    again = EdgeStore(tmp_path / "s")  # the collection keeps what it was created with
+    q = points[1][3]
+    assert [h.payload["item_id"] for h in again.search(ITEMS, q, 10, "a")] == \
+        brute_force(points, q, 10, "a")
+    again.close()
+    config = json.loads((tmp_path / "s" / ITEMS / "edge_config.json").read_text())
+    assert config.get("max_search_threads") == (threads or None)
+
+
+def test_search_threads_below_zero_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="search_threads"):
+        EdgeStore(tmp_path / "s", search_threads=-1)

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
         "int8", description="Embedded store: search int8 copies of the vectors (in RAM), "
         "rescore the candidates on the originals.")
     search_ef: int = Field(DEFAULT_SEARCH_EF, ge=8, description="HNSW ef at query time.")
+    search_threads: int = Field(1, ge=0, description="Embedded store: threads of a collection's "
+                                "search pool; 1 searches on the calling thread, 0 takes one per "
+                                "CPU (the engine's default: segments searched in parallel).")
     candidates: int = Field(200, ge=1, description="Candidates handed to the re-ranker (half "
                             "nearest neighbours, half items co-occurring with the history).")
     rerank: bool = Field(True, description="Use the trained model's re-ranker when it has one.")

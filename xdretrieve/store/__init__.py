@@ -48,4 +48,5 @@ def open_store(settings: Settings) -> VectorStore:
     from xdretrieve.store.edge import EdgeStore
 
     return EdgeStore(settings.store, hnsw_per_domain=settings.hnsw_per_domain,
-                     quantization=settings.quantization, **index_args)
+                     quantization=settings.quantization, search_threads=settings.search_threads,
+                     **index_args)
