@@ -105,6 +105,21 @@ def test_trained_model_through_index_and_query(trained, tmp_path: Path, tiny_mod
             assert [h.item_id for h in r.search(query, "movies", 5)] == expected
             beyond += not set(expected) <= {ids[k] for k in np.argsort(-(vectors @ query.vector))[:4]}
         assert beyond == len(THEMES)  # (5 asked, 4 searched): the bias scan found the rest
+    # the tower and the search's products run on one BLAS thread, restored after the query
+    from threadpoolctl import threadpool_info
+
+    def blas_threads() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before, seen = blas_threads(), {}
+    with Retriever(settings) as r:
+        tower, top = r.model.user_vector, r._model_top
+        r.model.user_vector = lambda *a: (seen.setdefault("tower", blas_threads()), tower(*a))[1]
+        r._model_top = lambda *a, **k: (seen.setdefault("search", blas_threads()),
+                                        top(*a, **k))[1]
+        assert r.recommend_user("u3-0", "movies", 3)
+    assert before and seen == {"tower": [1] * len(before), "search": [1] * len(before)}
+    assert blas_threads() == before
     # the base encoder is not the store's encoder any more
     from xdretrieve.errors import EncoderMismatchError
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from xdretrieve.blas import one_blas_thread
 from xdretrieve.config import Settings
 from xdretrieve.errors import NotFoundError, StoreError
 from xdretrieve.rerank import candidate_union, row_features
@@ -117,8 +118,9 @@ class Retriever:
         if self.model is not None:  # the user tower reads the history itself
             history = tuple(i for p in source for i in p.payload["history"])
             vectors, text = self._items(history)
-            return Query(self.model.user_vector(vectors, domain), tuple(have), source_text,
-                         history, text)
+            with one_blas_thread():
+                vector = self.model.user_vector(vectors, domain)
+            return Query(vector, tuple(have), source_text, history, text)
         weights = np.array([len(p.payload["history"]) for p in source], dtype=np.float32)
         vector = weights @ np.stack([p.vector for p in source])
         vector /= np.linalg.norm(vector) or 1.0
@@ -152,7 +154,8 @@ class Retriever:
         matrix, text = self._items(item_ids)  # (len(history), dim)
         if self.model is not None and domain is not None:
             self._check_domain(domain)
-            vector = self.model.user_vector(matrix, domain)
+            with one_blas_thread():
+                vector = self.model.user_vector(matrix, domain)
         else:
             vector = pool(matrix, self.settings.pooling, self.settings.recency_half_life)
         return Query(vector, tuple(item_ids), f"history of {len(item_ids)} item(s)",
@@ -195,6 +198,12 @@ class Retriever:
             return self._nearest_hits(query.vector, domain, limit, max(limit, candidates or 0),
                                       exclude)
         width = max(limit, candidates or self.settings.candidates)
+        with one_blas_thread():
+            return self._model_search(query, domain, limit, width, exclude)
+
+    def _model_search(self, query: Query, domain: str, limit: int, width: int,
+                      exclude: list[int]) -> list[Hit]:
+        """:meth:`search` with a trained model."""
         rerank = self.model.reranker is not None and bool(query.history) and self.settings.rerank
         # Without the re-ranker the answer is the model's exact top `limit`. The re-ranker's
         # tower candidates stay approximate (the best by score of the cosine neighbours):
