@@ -216,10 +216,14 @@ class Retriever:
         if rerank:
             return self._rerank(query, domain, limit, width, [pids[k] for k in order],
                                 cosines[order], scores[order], set(exclude))
-        best = [pids[k] for k in order[:limit]]
-        payloads = {p.id: p.payload for p in self.store.retrieve(ITEMS, best)}
-        return [_hit(payloads[p], float(scores[k])) for p, k in zip(best, order, strict=False)
-                if p in payloads]  # a point deleted since the search is left out
+        return self._hits([pids[k] for k in order[:limit]], scores[order[:limit]].tolist())
+
+    def _hits(self, pids: Sequence[int], scores: Sequence[float]) -> list[Hit]:
+        """Hits of points given by id, in order, with their payloads read from the store; a
+        point deleted since it was found is left out."""
+        payloads = {p.id: p.payload for p in self.store.retrieve(ITEMS, pids)}
+        return [_hit(payloads[p], float(s)) for p, s in zip(pids, scores, strict=True)
+                if p in payloads]
 
     def _nearest_hits(self, vector: np.ndarray, domain: str, limit: int, width: int,
                       exclude: Sequence[int]) -> list[Hit]:
@@ -229,9 +233,7 @@ class Retriever:
             hits = self.store.search(ITEMS, vector, limit, domain=domain, exclude=exclude)
             return [_hit(h.payload, h.score) for h in hits]
         pids, cosines = self.store.nearest(ITEMS, vector, width, domain=domain, exclude=exclude)
-        payloads = {p.id: p.payload for p in self.store.retrieve(ITEMS, pids[:limit])}
-        return [_hit(payloads[p], float(c)) for p, c in zip(pids[:limit], cosines.tolist(),
-                                                              strict=False) if p in payloads]
+        return self._hits(pids[:limit], cosines[:limit].tolist())
 
     def _model_top(self, vector: np.ndarray, domain: str, wanted: int, width: int,
                    exclude: Sequence[int],
@@ -343,8 +345,7 @@ class Retriever:
         out: list[Hit] = []
         while best and len(out) < limit:  # read the answer's payloads (a point may be gone)
             batch, best = best[:limit - len(out)], best[limit - len(out):]
-            payloads = {p.id: p.payload for p in self.store.retrieve(ITEMS, batch)}
-            out += [_hit(payloads[p], value[p]) for p in batch if p in payloads]
+            out += self._hits(batch, [value[p] for p in batch])
         return out
 
     def popular(self, domain: str, limit: int = 10, exclude: Sequence[str] = ()) -> list[Hit]:
