@@ -3,7 +3,8 @@
 user vector lookup (``Retriever.user_query``: the user's other-domain profiles, one ``retrieve``)
 -> nearest-neighbour search in the target domain with the user's items there excluded,
 ``candidates`` (200) of them (``Retriever.search``) -> the top ``limit`` (10). With a trained
-model (:func:`trained_path`): the user tower, 400 neighbours, re-score, re-ranker over 200.
+model (:func:`trained_path`): the profile's user-tower query, 400 neighbours, re-score,
+re-ranker over 200.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def full_path(retriever: Retriever, candidates: int, limit: int) -> Callable[[Jo
 
 def trained_path(retriever: Retriever, limit: int) -> Callable[[Job], list[Hit]]:
     """The query path of a store built with a trained model, as ``Retriever`` runs it: the
-    user's profiles and their history items' vectors (one ``retrieve`` each), the user tower,
+    user's profiles, holding the user tower's query of their history (one ``retrieve``),
     ``RESCORE_WIDTH x candidates`` (400) nearest items, the model's re-score (scale * cosine +
     item bias), the re-ranker over the best ``candidates`` (200) when the model has one, the
     first ``limit``."""

@@ -132,7 +132,7 @@ def markdown(results: dict[str, Any], figures: dict[str, str]) -> str:
         "Full path: `Retriever.user_query` (profile lookup) -> `Retriever.search` with "
         f"{cfg['candidates']} candidates in the target domain, the user's items there excluded "
         f"-> top {cfg['limit']}. With a trained model (`--model`), as `Retriever` runs it: "
-        "profiles and their history items' vectors -> user tower -> "
+        "profiles (holding the user tower's query, computed by `index`) -> "
         f"{2 * cfg['candidates']} neighbours -> re-score (scale x cosine + item bias) -> "
         f"re-ranker over {cfg['candidates']} candidates (the best half of them and items "
         "co-occurring with the history) -> top "

@@ -359,7 +359,7 @@ def _trained(cfg: Config, scale: dict[str, Any], catalog: Catalog, users: Users,
 
     The store is what ``xdretrieve index --model`` writes, built from the catalog's encoder
     vectors without embedding again: the items through the model's item adapter, the profiles
-    pooled from the adapted items. On the synthetic catalog (a stand-in for encoder vectors)
+    the user tower's queries from the adapted items. On the synthetic catalog (a stand-in for encoder vectors)
     the re-ranker reads popularity and co-occurrence of the synthetic users, so that its
     features cost what they cost on real data.
     """
@@ -370,7 +370,7 @@ def _trained(cfg: Config, scale: dict[str, Any], catalog: Catalog, users: Users,
     from xdretrieve.encoder import resolve_model
     from xdretrieve.model import TrainedModel
     from xdretrieve.rerank import ItemStats
-    from xdretrieve.users import pool
+    from xdretrieve.users import PROFILE_VECTORS, profile_kind, profile_vector
 
     ref = resolve_model(str(cfg.model))
     model = TrainedModel.load(cfg.model)
@@ -393,11 +393,13 @@ def _trained(cfg: Config, scale: dict[str, Any], catalog: Catalog, users: Users,
     vectors = model.item_vectors(catalog.vectors, catalog.domains.tolist())
     row_of = {p["item_id"]: r for r, p in enumerate(catalog.payloads)}
     half_life = Settings().recency_half_life
-    profiles = np.stack([pool(vectors[[row_of[i] for i in p["history"]]], info.pooling,
-                              half_life) for p in users[2]]).astype(np.float32)
+    profiles = np.stack([profile_vector(vectors[[row_of[i] for i in p["history"]]],
+                                        p["domain"], info.pooling, half_life, model)
+                         for p in users[2]]).astype(np.float32)
     trained_info = dataclasses.replace(info, encoder=ref.name, fingerprint=ref.fingerprint,
                                        dim=int(vectors.shape[1]),
-                                       extra={"trained": str(ref.trained)})
+                                       extra={"trained": str(ref.trained),
+                                              PROFILE_VECTORS: profile_kind(model)})
     adapted = Catalog(catalog.ids, vectors, catalog.domains, catalog.payloads)
     name = f"trained model (dim {vectors.shape[1]}), {describe(SHIPPED.store(cfg.work, **cfg.index_args()))}"
     engine = f"Qdrant Edge, {name}"

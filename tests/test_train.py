@@ -117,7 +117,7 @@ def test_trained_model_through_index_and_query(trained, tmp_path: Path, tiny_mod
         r.model.user_vector = lambda *a: (seen.setdefault("tower", blas_threads()), tower(*a))[1]
         r._model_top = lambda *a, **k: (seen.setdefault("search", blas_threads()),
                                         top(*a, **k))[1]
-        assert r.recommend_user("u3-0", "movies", 3)
+        assert r.recommend_history(["book-3"], "movies", 3)
     assert before and seen == {"tower": [1] * len(before), "search": [1] * len(before)}
     assert blas_threads() == before
     # the base encoder is not the store's encoder any more
@@ -125,6 +125,61 @@ def test_trained_model_through_index_and_query(trained, tmp_path: Path, tiny_mod
 
     with pytest.raises(EncoderMismatchError):
         Retriever(settings.model_copy(update={"model": tiny_model}))
+
+
+def test_stored_users_look_the_user_tower_query_up(trained, tmp_path: Path) -> None:
+    """A store built with a two-domain model keeps each profile's user-tower query: a stored
+    user's query reads no item vectors and runs no tower, and gives the vector and the answer
+    (re-ranked) that running the tower on the history at query time gives."""
+    tmp, ds, _, _ = trained
+    from xdretrieve.config import Settings
+    from xdretrieve.indexer import index_dataset
+    from xdretrieve.rerank import FEATURES, ItemStats, Reranker
+    from xdretrieve.users import PROFILE_VECTORS, TOWER_PROFILES
+
+    settings = Settings(store=tmp_path / "store", model=str(tmp / "model"),
+                        cache_dir=tmp / "cache")
+    index_dataset(ds, settings)
+    with open_store(settings) as s:
+        assert s.read_info().extra[PROFILE_VECTORS] == TOWER_PROFILES
+    ids = list(ds.items)
+    stats = ItemStats.fit(ids, ds.histories, [ds.items[i].domain for i in ids],
+                          [f"{ds.items[i].title} {ds.items[i].text}" for i in ids])
+    ones = np.ones(len(FEATURES), dtype=np.float32)
+    reranker = Reranker(np.linspace(1, 2, len(FEATURES), dtype=np.float32), 0 * ones, ones, stats)
+    reads: list[tuple[str, bool]] = []
+    with Retriever(settings) as looked_up:
+        computed = Retriever(settings, store=looked_up.store)
+        computed._tower_profiles = False  # as a store without the tower's queries answers
+        for r in (looked_up, computed):
+            r.model.reranker = reranker
+            r.model.index_points()
+        retrieve = looked_up.store.retrieve
+        looked_up.store.retrieve = lambda c, ids, with_vectors=False: (
+            reads.append((c, with_vectors)), retrieve(c, ids, with_vectors))[1]
+        tower = looked_up.model.user_vector
+
+        def answer(r: Retriever, user: str, domain: str, no_text: bool = False):
+            reads.clear()
+            r.model.user_vector = (lambda *a: pytest.fail("the tower ran")) if (
+                r is looked_up) else tower
+            stats.knows_texts = (lambda *a: False) if no_text else (
+                lambda *a: ItemStats.knows_texts(stats, *a))
+            query = r.user_query(user, domain)
+            return query, [h.item_id for h in r.search(query, domain, 5)], list(reads)
+
+        for user in list(ds.histories)[:12]:
+            for domain in ("books", "movies"):
+                a, hits, seen = answer(looked_up, user, domain)
+                b, expected, _ = answer(computed, user, domain)
+                np.testing.assert_allclose(a.vector, b.vector, atol=1e-5)
+                assert (a.history, a.exclude, hits) == (b.history, b.exclude, expected)
+                assert seen and (ITEMS, True) not in seen  # no item vectors read
+        # history items the re-ranker's statistics have no text for: their text is read
+        a, hits, with_text = answer(looked_up, user, domain, no_text=True)
+        b, expected, _ = answer(computed, user, domain, no_text=True)
+        assert a.history_text == "" and b.history_text and hits == expected
+        assert with_text.count((ITEMS, False)) == seen.count((ITEMS, False)) + 1
 
 
 def test_evaluate_runs_ablation_rows_side_by_side(trained, tmp_path: Path,

@@ -29,7 +29,8 @@ from xdretrieve.store import (
     open_store,
     user_point_id,
 )
-from xdretrieve.users import pool
+from xdretrieve.model import TrainedModel
+from xdretrieve.users import PROFILE_VECTORS, TOWER_PROFILES, profile_kind, profile_vector
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,10 @@ def _popular(dataset: Dataset) -> dict[str, list[str]]:
 
 def _store_info(ref: ModelRef, dim: int, domains: Iterable[str], settings: Settings,
                 previous: StoreInfo | None, changed: bool,
-                popular: dict[str, list[str]] | None = None) -> StoreInfo:
-    """The build info to write after a run; creation time kept, update time only on change."""
+                popular: dict[str, list[str]] | None = None,
+                profiles: str | None = None) -> StoreInfo:
+    """The build info to write after a run; creation time kept, update time only on change.
+    ``profiles``: what the user profiles written by this run hold (None: none written)."""
     from xdretrieve import __version__
 
     now = StoreInfo(encoder=ref.name, fingerprint=ref.fingerprint, dim=dim, version=__version__,
@@ -105,6 +108,10 @@ def _store_info(ref: ModelRef, dim: int, domains: Iterable[str], settings: Setti
         now.extra["popular"] = popular
     elif previous is not None and "popular" in previous.extra:
         now.extra["popular"] = previous.extra["popular"]  # an items-only run keeps it
+    if profiles is None and previous is not None:
+        profiles = previous.extra.get(PROFILE_VECTORS)
+    if profiles == TOWER_PROFILES:  # the retriever looks the user tower's queries up
+        now.extra[PROFILE_VECTORS] = profiles
     if previous is not None:
         now.created_at = previous.created_at
         if not changed:
@@ -200,8 +207,13 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
     report.items_deleted = len(gone)
     report.timings["upsert_items"] = time.perf_counter() - t
 
+    profiles = None
     if users:
-        _index_users(dataset, settings, store, vectors, hashes, dim, report, progress)
+        model = encoder.trained if encoder is not None else (
+            TrainedModel.load(ref.trained) if ref.trained else None)
+        profiles = profile_kind(model)
+        _index_users(dataset, settings, store, vectors, hashes, dim, report, progress, model,
+                     ref.fingerprint)
 
     t = time.perf_counter()
     if report.changed or info is None:
@@ -211,7 +223,7 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
     report.timings["build_index"] = time.perf_counter() - t
 
     store.write_info(_store_info(ref, dim, dataset.domains, settings, info, report.changed,
-                                 _popular(dataset) if users else None))
+                                 _popular(dataset) if users else None, profiles))
     report.timings["total"] = time.perf_counter() - t0
     return report
 
@@ -294,12 +306,15 @@ def delete_items(item_ids: Sequence[str], store: VectorStore) -> list[str]:
 
 def _index_users(dataset: Dataset, settings: Settings, store: VectorStore,
                  vectors: dict[str, np.ndarray], hashes: dict[str, int], dim: int,
-                 report: IndexReport, progress: bool) -> None:
+                 report: IndexReport, progress: bool, model: TrainedModel | None,
+                 fingerprint: str) -> None:
     t = time.perf_counter()
     store.ensure(USERS, dim, ("domain", "user_id"))
     stored_state = {p.id: p.payload.get("state", "")
                     for p in store.scroll(USERS, fields=["state"])}
-    pooling = f"{settings.pooling}:{settings.recency_half_life}"
+    # what a profile's vector depends on besides its history (a change rewrites it)
+    pooling = (f"tower:{fingerprint}" if profile_kind(model) == TOWER_PROFILES
+               else f"{settings.pooling}:{settings.recency_half_life}")
     ids, vecs, payloads = [], [], []
     wanted: set[int] = set()
     for user, per_domain in dataset.histories.items():
@@ -311,7 +326,8 @@ def _index_users(dataset: Dataset, settings: Settings, store: VectorStore,
                 continue
             matrix = np.stack([vectors[i] for i in history])  # (len(history), dim)
             ids.append(pid)
-            vecs.append(pool(matrix, settings.pooling, settings.recency_half_life))
+            vecs.append(profile_vector(matrix, domain, settings.pooling,
+                                       settings.recency_half_life, model))
             payloads.append({"user_id": user, "domain": domain, "history": list(history),
                              "state": state})
     if ids:

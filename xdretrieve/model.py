@@ -91,6 +91,12 @@ class TrainedModel:
             out[rows] = base[rows] @ self.weights[f"proj_w_{d}"] + self.weights[f"proj_b_{d}"]
         return _normalize(out)
 
+    def profile_target(self, domain: str) -> str | None:
+        """The target domain a stored profile of ``domain`` is a query for: the model's other
+        domain when it has two (what a cold-start question about that user asks), else None."""
+        others = [d for d in self.domains if d != domain]
+        return others[0] if len(self.domains) == 2 and len(others) == 1 else None
+
     def user_vector(self, history: np.ndarray, target: str) -> np.ndarray:
         """(L, dim) stored vectors of a history, oldest first -> (dim,) unit query vector for
         ``target`` (attention pooling with recency positions, then a residual MLP)."""

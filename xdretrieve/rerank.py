@@ -189,6 +189,11 @@ class ItemStats:
         out[known] = np.where(sizes > 0, shared / np.maximum(sizes, 1), 0.0)
         return out
 
+    def knows_texts(self, hist_rows: np.ndarray, history: Sequence[str]) -> bool:
+        """Whether the statistics hold the text of every item of ``history`` (``hist_rows``: its
+        known rows, each once); if not, the history's own text stands in."""
+        return self.texts is not None and len(hist_rows) == len(set(history))
+
     def history_token_ids(self, hist_rows: np.ndarray, text: str | None = None) -> np.ndarray:
         """The sorted token ids of the history: of its items' texts (``hist_rows``), or of
         ``text`` (tokens no item has cannot overlap and are left out)."""
@@ -293,15 +298,15 @@ def row_features(stats: ItemStats, rows: np.ndarray, history: Sequence[str], his
         cooccurrence = stats.history_cooccurrence(history)
     hist_rows = cooccurrence.rows
     cooc, norm, cond = cooccurrence.lookup(rows)
+    every_known = stats.knows_texts(hist_rows, history)
     if candidate_texts is not None:  # texts given (training): tokenize them
-        if stats.texts is not None and len(hist_rows) == len(set(history)):
+        if every_known:
             history_tokens = set().union(*map(stats.tokens_of, hist_rows.tolist()))
         else:
             history_tokens = tokens(history_text)
         overlap = np.array([len(t & history_tokens) / len(t) if t else 0.0
                             for t in map(tokens, candidate_texts)], dtype=np.float32)
     else:  # the statistics' texts, by token ids; the history's own text where one is unknown
-        every_known = stats.texts is not None and len(hist_rows) == len(set(history))
         overlap = stats.text_overlap(rows, stats.history_token_ids(
             hist_rows, None if every_known else history_text))
     return np.column_stack([scores, cosines, np.log1p(pop), np.log1p(cooc), norm, cond, overlap])

@@ -7,7 +7,7 @@ service and the plugins all call.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +17,17 @@ from xdretrieve.blas import one_blas_thread
 from xdretrieve.config import Settings
 from xdretrieve.errors import NotFoundError, StoreError
 from xdretrieve.rerank import candidate_union, row_features
-from xdretrieve.store import ITEMS, USERS, StoreInfo, VectorStore, item_point_id, open_store
+from xdretrieve.store import (
+    ITEMS,
+    USERS,
+    StoredPoint,
+    StoreInfo,
+    VectorStore,
+    item_point_id,
+    open_store,
+)
 from xdretrieve.store import user_point_id as profile_id
-from xdretrieve.users import pool
+from xdretrieve.users import PROFILE_VECTORS, TOWER_PROFILES, pool
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +48,11 @@ class Hit:
 
 def _hit(payload: Mapping[str, Any], score: float) -> Hit:
     return Hit(payload["item_id"], payload["domain"], payload.get("title", ""), score, payload)
+
+
+def _text(points: Iterable[StoredPoint]) -> str:
+    """Items' titles and texts in one string (the re-ranker's text of a history)."""
+    return " ".join(f"{p.payload.get('title', '')} {p.payload.get('text', '')}" for p in points)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +106,9 @@ class Retriever:
             from xdretrieve.model import TrainedModel
 
             self.model = TrainedModel.load(info.extra["trained"])
+        # the stored profiles hold the user tower's queries (computed by `index`)
+        self._tower_profiles = (self.model is not None
+                                and info.extra.get(PROFILE_VECTORS) == TOWER_PROFILES)
 
     # -- building queries ----------------------------------------------------------------------
     def _check_domain(self, domain: str) -> None:
@@ -103,11 +119,13 @@ class Retriever:
     def user_query(self, user_id: str, domain: str) -> Query:
         """The query of a stored user for ``domain``: the user's profiles in the other domains
         (weighted by history length); a user with history only in ``domain`` gets that one.
-        Items the user already has in ``domain`` are excluded."""
+        Items the user already has in ``domain`` are excluded. In a store built with a
+        two-domain trained model a profile holds the user tower's query for the other domain:
+        then the query is that vector (the tower runs here only for other cases)."""
         self._check_domain(domain)
         ids = [profile_id(user_id, d) for d in self.info.domains]
-        # a trained model's tower reads the history items, not the stored profile vectors
-        profiles = self.store.retrieve(USERS, ids, with_vectors=self.model is None) if (
+        profiles = self.store.retrieve(
+            USERS, ids, with_vectors=self.model is None or self._tower_profiles) if (
             self.store.exists(USERS)) else []
         if not profiles:
             raise NotFoundError(f"unknown user '{user_id}'")
@@ -115,9 +133,14 @@ class Retriever:
         have = next((p.payload["history"] for p in profiles if p.payload["domain"] == domain), [])
         names = "+".join(p.payload["domain"] for p in source)
         source_text = f"user {user_id} ({names} history)"
-        if self.model is not None:  # the user tower reads the history itself
+        if self.model is not None:
             history = tuple(i for p in source for i in p.payload["history"])
-            vectors, text = self._items(history)
+            if (self._tower_profiles and len(source) == 1
+                    and self.model.profile_target(source[0].payload["domain"]) == domain):
+                # the tower's query for this history, computed by `index`: a lookup (the
+                # history's text is read only if the re-ranker needs it)
+                return Query(source[0].vector, tuple(have), source_text, history)
+            vectors, text = self._items(history)  # the user tower reads the history itself
             with one_blas_thread():
                 vector = self.model.user_vector(vectors, domain)
             return Query(vector, tuple(have), source_text, history, text)
@@ -135,9 +158,11 @@ class Retriever:
         missing = [i for i in item_ids if i not in by_id]
         if missing:
             raise NotFoundError(f"unknown item(s): {', '.join(missing[:10])}")
-        text = " ".join(f"{p.payload.get('title', '')} {p.payload.get('text', '')}"
-                        for p in by_id.values())
-        return np.stack([by_id[i].vector for i in item_ids]), text
+        return np.stack([by_id[i].vector for i in item_ids]), _text(by_id.values())
+
+    def _history_text(self, item_ids: Sequence[str]) -> str:
+        """The titles and texts of the stored items among ``item_ids``."""
+        return _text(self.store.retrieve(ITEMS, [self._point_of(i) for i in item_ids]))
 
     def _point_of(self, item_id: str) -> int:
         """An item's point id (a trained model caches those of its items)."""
@@ -320,6 +345,9 @@ class Retriever:
         and the answer (for its payloads) are read from the store."""
         model, reranker = self.model, self.model.reranker
         together = reranker.stats.history_cooccurrence(query.history)
+        text = query.history_text  # needed for history items the statistics do not know
+        if not text and not reranker.stats.knows_texts(together.rows, query.history):
+            text = self._history_text(query.history)
         co_rows = reranker.stats.cooccurring_rows(query.history, domain, n, together)
         co = [p for p in model.row_points(co_rows).tolist() if p not in exclude]
         chosen = candidate_union(pids, co, n)
@@ -334,8 +362,7 @@ class Retriever:
         chosen = [p for p in chosen if p in cos]  # deleted since: left out
         # an item added after training is unknown to the statistics (row -1): no popularity,
         # co-occurrence or text for it
-        x = row_features(reranker.stats, model.stats_rows(chosen), query.history,
-                         query.history_text, None,
+        x = row_features(reranker.stats, model.stats_rows(chosen), query.history, text, None,
                          np.fromiter((cos[p] for p in chosen), np.float32, len(chosen)),
                          np.fromiter((score[p] for p in chosen), np.float32, len(chosen)),
                          together)
