@@ -20,6 +20,7 @@ import numpy as np
 from xdretrieve.config import Settings
 from xdretrieve.data import Dataset, Item
 from xdretrieve.encoder import Encoder, ModelRef, item_text, resolve_model
+from xdretrieve.model import TrainedModel
 from xdretrieve.store import (
     ITEMS,
     USERS,
@@ -29,7 +30,6 @@ from xdretrieve.store import (
     open_store,
     user_point_id,
 )
-from xdretrieve.model import TrainedModel
 from xdretrieve.users import PROFILE_VECTORS, TOWER_PROFILES, profile_kind, profile_vector
 
 log = logging.getLogger(__name__)
