@@ -212,8 +212,11 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
         model = encoder.trained if encoder is not None else (
             TrainedModel.load(ref.trained) if ref.trained else None)
         profiles = profile_kind(model)
+        # what a profile's vector depends on besides its history (a change rewrites it)
+        depends = (f"tower:{ref.fingerprint}" if profiles == TOWER_PROFILES
+                   else f"{settings.pooling}:{settings.recency_half_life}")
         _index_users(dataset, settings, store, vectors, hashes, dim, report, progress, model,
-                     ref.fingerprint)
+                     depends)
 
     t = time.perf_counter()
     if report.changed or info is None:
@@ -307,21 +310,18 @@ def delete_items(item_ids: Sequence[str], store: VectorStore) -> list[str]:
 def _index_users(dataset: Dataset, settings: Settings, store: VectorStore,
                  vectors: dict[str, np.ndarray], hashes: dict[str, int], dim: int,
                  report: IndexReport, progress: bool, model: TrainedModel | None,
-                 fingerprint: str) -> None:
+                 depends: str) -> None:
     t = time.perf_counter()
     store.ensure(USERS, dim, ("domain", "user_id"))
     stored_state = {p.id: p.payload.get("state", "")
                     for p in store.scroll(USERS, fields=["state"])}
-    # what a profile's vector depends on besides its history (a change rewrites it)
-    pooling = (f"tower:{fingerprint}" if profile_kind(model) == TOWER_PROFILES
-               else f"{settings.pooling}:{settings.recency_half_life}")
     ids, vecs, payloads = [], [], []
     wanted: set[int] = set()
     for user, per_domain in dataset.histories.items():
         for domain, history in per_domain.items():
             pid = user_point_id(user, domain)
             wanted.add(pid)
-            state = _digest(pooling, *(f"{i}:{hashes[i]}" for i in history))
+            state = _digest(depends, *(f"{i}:{hashes[i]}" for i in history))
             if stored_state.get(pid) == state:
                 continue
             matrix = np.stack([vectors[i] for i in history])  # (len(history), dim)

@@ -49,6 +49,7 @@ class HistoryCooccurrence:
     (the other domain's), summed over the history: the co-occurrence features of any candidate."""
 
     rows: np.ndarray  # the history's known rows, sorted, each once
+    complete: bool  # the statistics know every item of the history
     items: np.ndarray  # rows of the items co-occurring with any of them, ascending
     count: np.ndarray  # sum over history items h of cooc(h, item)
     norm: np.ndarray  # the same with each pair divided by sqrt(pop(h) * pop(item)) + 1
@@ -129,7 +130,8 @@ class ItemStats:
             return np.add.reduceat(values, starts) if len(values) else values
 
         return HistoryCooccurrence(
-            hist_rows, cols[starts].astype(np.int64), summed(counts),
+            hist_rows, len(hist_rows) == len(set(history)), cols[starts].astype(np.int64),
+            summed(counts),
             summed(counts / (np.sqrt(hist_pop * self.popularity[cols]) + 1.0)),
             summed(counts / (hist_pop + COND_SHRINK)))
 
@@ -189,10 +191,10 @@ class ItemStats:
         out[known] = np.where(sizes > 0, shared / np.maximum(sizes, 1), 0.0)
         return out
 
-    def knows_texts(self, hist_rows: np.ndarray, history: Sequence[str]) -> bool:
-        """Whether the statistics hold the text of every item of ``history`` (``hist_rows``: its
-        known rows, each once); if not, the history's own text stands in."""
-        return self.texts is not None and len(hist_rows) == len(set(history))
+    def knows_texts(self, found: HistoryCooccurrence) -> bool:
+        """Whether the statistics hold the text of every item of the history ``found`` was
+        summed over; if not, the history's own text stands in."""
+        return self.texts is not None and found.complete
 
     def history_token_ids(self, hist_rows: np.ndarray, text: str | None = None) -> np.ndarray:
         """The sorted token ids of the history: of its items' texts (``hist_rows``), or of
@@ -298,7 +300,7 @@ def row_features(stats: ItemStats, rows: np.ndarray, history: Sequence[str], his
         cooccurrence = stats.history_cooccurrence(history)
     hist_rows = cooccurrence.rows
     cooc, norm, cond = cooccurrence.lookup(rows)
-    every_known = stats.knows_texts(hist_rows, history)
+    every_known = stats.knows_texts(cooccurrence)
     if candidate_texts is not None:  # texts given (training): tokenize them
         if every_known:
             history_tokens = set().union(*map(stats.tokens_of, hist_rows.tolist()))

@@ -346,7 +346,7 @@ class Retriever:
         model, reranker = self.model, self.model.reranker
         together = reranker.stats.history_cooccurrence(query.history)
         text = query.history_text  # needed for history items the statistics do not know
-        if not text and not reranker.stats.knows_texts(together.rows, query.history):
+        if not text and not reranker.stats.knows_texts(together):
             text = self._history_text(query.history)
         co_rows = reranker.stats.cooccurring_rows(query.history, domain, n, together)
         co = [p for p in model.row_points(co_rows).tolist() if p not in exclude]

@@ -56,4 +56,5 @@ def profile_vector(vectors: np.ndarray, domain: str, method: str = "recency",
 
 def profile_kind(model: Any) -> str:
     """What :func:`profile_vector` stores with ``model`` (recorded in the store's info)."""
-    return TOWER_PROFILES if model is not None and len(model.domains) == 2 else "pooled"
+    return TOWER_PROFILES if model is not None and any(
+        model.profile_target(d) for d in model.domains) else "pooled"
