@@ -114,16 +114,19 @@ class EdgeExact:
         import qdrant_edge as qe
 
         self.qe, self.store = qe, store
-        self.shard = store._shard(ITEMS)  # the EdgeStore's shard: exact= is not in its API
 
     def search(self, vector: np.ndarray, domain: str, exclude: Sequence[int],
                limit: int) -> list[int]:
         qe = self.qe
+        shard, filtered = self.store.shard_of(ITEMS, domain)  # exact= is not in the store's API
+        if shard is None:
+            return []
         request = qe.QueryRequest(limit=limit, query=qe.Query.Nearest(vector.tolist()),
-                                  filter=self.store._filter(domain, exclude), with_payload=True,
+                                  filter=self.store._filter(domain if filtered else None, exclude),
+                                  with_payload=True,
                                   params=qe.SearchParams(exact=True, quantization=qe.QuantizationSearchParams(
                                       ignore=True)))
-        return [p.id for p in self.shard.query(request)]
+        return [p.id for p in shard.query(request)]
 
 
 def client_local_store(prefix: str = "bench_") -> VectorStore:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import qdrant_edge as qe
 from qdrant_client import QdrantClient
 
 from xdretrieve.errors import EncoderMismatchError
-from xdretrieve.store import ITEMS, StoreInfo, VectorStore, edge, item_point_id
+from xdretrieve.store import ITEMS, StoreInfo, VectorStore, edge_load, edge_shards, item_point_id
 from xdretrieve.store.edge import MAX_EXCLUDED_AFTER, EdgeStore
 from xdretrieve.store.server import ServerStore
 
@@ -186,41 +187,132 @@ def test_a_store_of_the_uuid_layout_is_refused_with_what_to_do(tmp_path: Path) -
         EdgeStore(tmp_path / "old").read_info()
 
 
-def test_search_without_a_domain_scans_a_store_of_per_domain_graphs(tmp_path: Path, points,
-                                                                   monkeypatch) -> None:
-    """With one graph per domain there is no graph over all points: a search without a domain
-    must still find the nearest (it scans). The thresholds are lowered so that these few
-    points get graphs, as a large store's do."""
-    monkeypatch.setattr(edge, "FULL_SCAN_KB", 1)
-    monkeypatch.setattr(edge, "INDEXING_KB", 1)
-    store = EdgeStore(tmp_path / "s", hnsw_per_domain=True)
+def _with_graphs(monkeypatch) -> None:
+    """Lower the engine's thresholds so that these few points get graphs, as a large store's
+    do (without them every shard is scanned and any layout answers exactly)."""
+    monkeypatch.setattr(edge_shards, "FULL_SCAN_KB", 1)
+    monkeypatch.setattr(edge_shards, "INDEXING_KB", 1)
+
+
+def test_a_collection_with_domains_keeps_one_shard_per_domain(tmp_path: Path, points,
+                                                              monkeypatch) -> None:
+    """Each domain's points sit in a shard of their own; a search of one domain asks only
+    that shard, a search without a domain merges every shard's nearest."""
+    _with_graphs(monkeypatch)
+    store = EdgeStore(tmp_path / "s")
     load(store, points)
+    listing = json.loads((tmp_path / "s" / ITEMS / edge_shards.SHARDS_FILE).read_text())
+    assert sorted(listing["domains"]) == ["a", "b"]
+    for domain in ("a", "b"):
+        shard, filtered = store.shard_of(ITEMS, domain)
+        held = shard.count(qe.CountRequest(exact=True))
+        assert held == sum(p["domain"] == domain for p in points[2]) and not filtered
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        q = rng.normal(size=DIM).astype(np.float32)
+        q /= np.linalg.norm(q)
+        assert [h.payload["item_id"] for h in store.search(ITEMS, q, 10)] == \
+            brute_force(points, q, 10)
+        assert [h.payload["item_id"] for h in store.search(ITEMS, q, 10, "b")][:5] == \
+            brute_force(points, q, 5, "b")
+    assert store.search(ITEMS, q, 10, "no such domain") == []
+    store.close()
+
+
+def test_a_domain_first_seen_later_gets_its_own_shard(tmp_path: Path, points) -> None:
+    store = EdgeStore(tmp_path / "s")
+    load(store, points)
+    v = np.eye(DIM, dtype=np.float32)[:1]
+    store.upsert(ITEMS, [item_point_id("new")], v, [{"item_id": "new", "domain": "c"}])
+    store.close()
+    again = EdgeStore(tmp_path / "s")  # the listing survives a reopen
+    assert [h.payload["item_id"] for h in again.search(ITEMS, v[0], 3, "c")] == ["new"]
+    assert again.count(ITEMS) == N + 1
+    with pytest.raises(ValueError, match="point 0 .* no string 'domain'"):
+        again.upsert(ITEMS, [item_point_id("x")], v, [{"item_id": "x"}])
+    again.close()
+
+
+def test_a_store_of_one_shard_with_per_domain_graphs_still_answers(tmp_path: Path, points,
+                                                                   monkeypatch) -> None:
+    """Stores built before per-domain shards hold one graph per domain in one shard: read as
+    they are, filtered by domain, and scanned by a search without a domain (there is no graph
+    over all points)."""
+    _with_graphs(monkeypatch)
+    spec = edge_shards.ShardSpec(dim=DIM, hnsw_m=32, hnsw_ef_construct=256, quantization="int8",
+                                 search_threads=1, keyword_fields=("domain",), domain_graphs=True)
+    edge_shards.ShardSet.create(tmp_path / "s" / ITEMS, tmp_path / "s", spec,
+                                by_domain=False).close()
+    store = EdgeStore(tmp_path / "s")
+    load(store, points)
+    assert not (tmp_path / "s" / ITEMS / edge_shards.SHARDS_FILE).exists()
+    assert store.shard_of(ITEMS, "a")[1]  # filtered
     q = np.random.default_rng(5).normal(size=DIM).astype(np.float32)
     q /= np.linalg.norm(q)
-    got = store.search(ITEMS, q, 10)
-    assert [h.payload["item_id"] for h in got] == brute_force(points, q, 10)
+    assert [h.payload["item_id"] for h in store.search(ITEMS, q, 10)] == brute_force(points, q, 10)
     assert [h.payload["item_id"] for h in store.search(ITEMS, q, 10, "b")][:5] == \
-        brute_force(points, q, 5, "b")  # the per-domain graphs still answer
+        brute_force(points, q, 5, "b")
     store.close()
+
+
+def test_a_large_upsert_writes_each_domain_from_a_process_of_its_own(tmp_path: Path, points,
+                                                                     monkeypatch) -> None:
+    """Above the size that pays for it, each domain's shard is written by a worker process
+    (thresholds lowered for 600 points); what is stored is what a single process stores."""
+    ids, vectors, payloads = points
+    monkeypatch.setattr(edge_load, "PARALLEL_MIN_POINTS", 100)
+    monkeypatch.setattr(edge_load, "CHUNK_POINTS", 64)  # several chunks per worker
+    monkeypatch.setattr(edge_load, "usable_cpus", lambda: 2)
+    calls = []
+    real = edge_load.write_in_parallel
+    monkeypatch.setattr(edge_load, "write_in_parallel",
+                        lambda jobs, bar=None: (calls.append([len(j[1]) for j in jobs]),
+                                                real(jobs, bar)))
+    store = EdgeStore(tmp_path / "s")
+    load(store, points)
+    assert sorted(calls[0]) == sorted([sum(p["domain"] == d for p in payloads) for d in "ab"])
+    assert store.count(ITEMS) == N
+    got = store.retrieve(ITEMS, [item_point_id(i) for i in ids], with_vectors=True)
+    assert sorted(p.payload["item_id"] for p in got) == sorted(ids)
+    by_id = {p.payload["item_id"]: p for p in got}
+    for k in (0, 1, 2, 299, 599):
+        np.testing.assert_allclose(by_id[ids[k]].vector, vectors[k], atol=1e-6)
+        assert by_id[ids[k]].payload == payloads[k]
+    q = vectors[3]
+    assert [h.payload["item_id"] for h in store.search(ITEMS, q, 10, "a")] == \
+        brute_force(points, q, 10, "a")
+    store.close()
+
+
+def test_a_failing_worker_is_a_clear_error(tmp_path: Path) -> None:
+    from xdretrieve.errors import StoreError
+
+    v = np.ones((3, DIM), dtype=np.float32)
+    with pytest.raises(StoreError, match="nowhere.*failed in its worker process"):
+        edge_load.write_in_parallel([(tmp_path / "nowhere", [1, 2, 3], v, [{}] * 3)])
 
 
 @pytest.mark.parametrize("threads", [0, 1, 2])
 def test_search_threads_is_kept_with_the_collection_and_answers_the_same(
         tmp_path: Path, points, threads: int) -> None:
-    """``search_threads`` goes into the collection's engine configuration (0: the engine's
-    own default, one per CPU), survives a reopen, and does not change an answer."""
+    """``search_threads`` goes into the engine configuration of the collection's shards (0:
+    the engine's own default, one per CPU), survives a reopen, and does not change an answer."""
+    def configs() -> list[dict]:
+        return [json.loads(p.read_text())
+                for p in sorted((tmp_path / "s" / ITEMS).glob("*/edge_config.json"))]
+
     store = EdgeStore(tmp_path / "s", search_threads=threads)
     load(store, points)
     store.close()
-    config = json.loads((tmp_path / "s" / ITEMS / "edge_config.json").read_text())
-    assert config.get("max_search_threads") == (threads or None)
+    assert [c.get("max_search_threads") for c in configs()] == [threads or None] * 2
     again = EdgeStore(tmp_path / "s")  # the collection keeps what it was created with
+    v = np.eye(DIM, dtype=np.float32)[:1]
+    again.upsert(ITEMS, [item_point_id("new")], v, [{"item_id": "new", "domain": "c"}])
     q = points[1][3]
     assert [h.payload["item_id"] for h in again.search(ITEMS, q, 10, "a")] == \
         brute_force(points, q, 10, "a")
     again.close()
-    config = json.loads((tmp_path / "s" / ITEMS / "edge_config.json").read_text())
-    assert config.get("max_search_threads") == (threads or None)
+    assert [c.get("max_search_threads") for c in configs()] == [threads or None] * 3
 
 
 def test_search_threads_below_zero_is_refused(tmp_path: Path) -> None:

@@ -1,20 +1,24 @@
 """Embedded backend: Qdrant Edge (``qdrant-edge-py``), the Qdrant engine in-process.
 
-Layout of a store directory: ``items/`` and ``users/`` (one Edge shard each) and
-``xdretrieve.json`` (the :class:`StoreInfo`). Edge builds HNSW only in ``optimize()``; until
-then search is exact, which is what a bulk load wants.
+Layout of a store directory: ``items/`` and ``users/`` (each one Edge shard per domain; see
+:mod:`xdretrieve.store.edge_shards`) and ``xdretrieve.json`` (the :class:`StoreInfo`). Edge
+builds HNSW only in ``optimize()``; until then search is exact, which is what a bulk load wants.
 
 The index (settings ``hnsw_per_domain``, ``quantization``; see ``benchmarks/README.md`` for the
 measurements behind the defaults):
 
-* one HNSW graph per domain (``m=0``, ``payload_m=hnsw_m`` on the indexed ``domain`` field,
-  Qdrant's multitenancy layout), because every query searches one domain. A single graph over
-  both domains searched with a domain filter cannot reach part of the items a cross-domain query
-  wants most (the items nearest the other domain, whose graph neighbours are filtered out):
-  recall@10 stays near 0.97 on amazon-arts-office whatever ``ef``. A search without a domain
-  has no graph to use (the engine's would find nothing) and is asked exact: it scans every
-  vector. (Qdrant builds no graph for a domain of fewer vectors than ``FULL_SCAN_KB`` holds and
-  scans those too: at 128 dimensions, up to 20,000 items.)
+* one HNSW graph per domain, because every query searches one domain: one shard per domain
+  (``hnsw_per_domain``, the default). A single graph over both domains searched with a domain
+  filter cannot reach part of the items a cross-domain query wants most (the items nearest the
+  other domain, whose graph neighbours are filtered out): recall@10 stays near 0.97 on
+  amazon-arts-office whatever ``ef``. Stores built before per-domain shards hold the per-domain
+  graphs inside one shard (``m=0``, ``payload_m``); they are read as they are, and a search
+  without a domain scans them (there is no graph over all points). (Qdrant builds no graph for
+  a shard of fewer vectors than ``FULL_SCAN_KB`` holds and scans those: at 128 dimensions, up
+  to 20,000 items.)
+* a large upsert (:data:`~xdretrieve.store.edge_load.PARALLEL_MIN_POINTS` or more) writes the
+  domains' shards from one process each (:mod:`xdretrieve.store.edge_load`): the binding holds
+  the GIL while it converts and writes points, so only processes share that work.
 * int8 scalar quantization of the vectors, kept in RAM: the graph is searched on the int8
   vectors and the candidates (at least :data:`MIN_RESCORED`) are rescored on the float
   originals: about half the search time and less than half the build time of float vectors,
@@ -56,15 +60,13 @@ except ImportError:  # Windows: no advisory lock; one process at a time is up to
 
 from xdretrieve.config import DEFAULT_SEARCH_EF
 from xdretrieve.errors import StoreError
+from xdretrieve.store import edge_load
 from xdretrieve.store.base import PointId, ScoredHit, StoredPoint, StoreInfo, VectorStore
+from xdretrieve.store.edge_shards import ShardSet, ShardSpec, write_points
 
 INFO_FILE = "xdretrieve.json"
 LOCK_FILE = ".lock"
 MAX_EXCLUDED_AFTER = 64  # excluded ids left out after the search (more: by the engine's filter)
-# Qdrant's defaults, in KiB of vectors: a segment with fewer gets no graph in optimize(), and
-# a filtered search matching fewer scans them instead of using a graph
-INDEXING_KB = 10_000
-FULL_SCAN_KB = 10_000
 MIN_RESCORED = 200  # int8 search: candidates rescored on the original vectors, at least
 _SCROLL_PAGE = 2048
 _NO_PAYLOAD: dict[str, Any] = {}
@@ -77,8 +79,8 @@ class EdgeStore(VectorStore):
         path: the store directory (created on first write).
         hnsw_m, hnsw_ef_construct: HNSW graph settings used by :meth:`build_index`.
         search_ef: default ``ef`` of searches (Qdrant searches with at least the limit).
-        hnsw_per_domain: one graph per value of the ``domain`` field instead of one graph over
-            all points (applies to collections created from now on).
+        hnsw_per_domain: one shard, hence one graph, per value of the ``domain`` field instead
+            of one graph over all points (applies to collections created from now on).
         quantization: ``"int8"`` (scalar, in RAM, rescored on the originals) or ``"none"``
             (applies to collections created from now on).
         search_threads: threads of a collection's search pool, 0 for one per CPU (applies to
@@ -96,8 +98,7 @@ class EdgeStore(VectorStore):
         self.search_threads = search_threads
         self.hnsw_m, self.hnsw_ef_construct, self.search_ef = hnsw_m, hnsw_ef_construct, search_ef
         self.hnsw_per_domain, self.quantization = hnsw_per_domain, quantization
-        self._shards: dict[str, qe.EdgeShard] = {}
-        self._graphs_per_domain: dict[str, bool] = {}
+        self._sets: dict[str, ShardSet] = {}
         self._lock_file: Any = None
 
     def __repr__(self) -> str:
@@ -121,91 +122,93 @@ class EdgeStore(VectorStore):
                              f"close that first (or serve it over HTTP)") from e
         self._lock_file = handle
 
-    def _shard(self, collection: str) -> qe.EdgeShard:
-        shard = self._shards.get(collection)
-        if shard is None:
-            self._lock()
-            try:
-                shard = qe.EdgeShard.load(str(self._dir(collection)))
-            except Exception as e:  # the engine reports a held WAL lock as a plain error
-                if "WouldBlock" in str(e) or "lock" in str(e).lower():
-                    raise StoreError(f"the store {self.path} is open in another process or "
-                                     f"object; close that first (or serve it over HTTP): {e}"
-                                     ) from e
-                raise StoreError(f"cannot open the store {self.path}: {e}") from e
-            self._shards[collection] = shard
-        return shard
-
-    def _per_domain(self, collection: str) -> bool:
-        """Whether the collection's graphs are per domain (no graph over all points); read
-        from its configuration once."""
-        found = self._graphs_per_domain.get(collection)
+    def _set(self, collection: str) -> ShardSet:
+        found = self._sets.get(collection)
         if found is None:
-            config = json.loads((self._dir(collection) / "edge_config.json").read_text())
-            found = self._graphs_per_domain[collection] = (
-                config.get("hnsw_config", {}).get("m", 1) == 0)
+            self._lock()
+            if not ShardSet.exists(self._dir(collection)):
+                raise StoreError(f"the store {self.path} has no collection '{collection}'")
+            found = self._sets[collection] = ShardSet.load(self._dir(collection), self.path)
         return found
 
-    def exists(self, collection: str) -> bool:
-        return (self._dir(collection) / "edge_config.json").is_file()
+    def shard_of(self, collection: str, domain: str | None) -> tuple[qe.EdgeShard | None, bool]:
+        """The engine's shard that holds ``domain``'s points, and whether a search of it must
+        filter on the domain (one shard for all domains). For callers that need the engine's
+        own API (the benchmarks' full scan)."""
+        sset = self._set(collection)
+        return sset.shard(domain), not sset.by_domain and domain is not None
 
-    def edge_config(self, dim: int, keyword_fields: Sequence[str]) -> qe.EdgeConfig:
-        """The Edge configuration of a new collection (see the module's docstring)."""
-        per_domain = self.hnsw_per_domain and "domain" in keyword_fields
-        quantization = (qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=0.99,
-                                                    memory=qe.Memory.Pinned)
-                        if self.quantization == "int8" else None)
-        return qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
-            hnsw_config=qe.HnswIndexConfig(m=0 if per_domain else self.hnsw_m,
-                                           ef_construct=self.hnsw_ef_construct,
-                                           full_scan_threshold=FULL_SCAN_KB,
-                                           payload_m=self.hnsw_m if per_domain else None),
-            quantization_config=quantization,
-            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=INDEXING_KB),
-            wal_enabled=False,  # every write call ends with a flush instead (see upsert)
-            max_search_threads=self.search_threads or None,
-        )
+    def exists(self, collection: str) -> bool:
+        return ShardSet.exists(self._dir(collection))
+
+    def spec(self, dim: int, keyword_fields: Sequence[str]) -> tuple[ShardSpec, bool]:
+        """How a new collection's shards are made, and whether there is one per domain."""
+        by_domain = self.hnsw_per_domain and "domain" in keyword_fields
+        fields = tuple(f for f in keyword_fields if not (by_domain and f == "domain"))
+        return ShardSpec(dim=dim, hnsw_m=self.hnsw_m, hnsw_ef_construct=self.hnsw_ef_construct,
+                         quantization=self.quantization, search_threads=self.search_threads,
+                         keyword_fields=fields), by_domain
 
     def create(self, collection: str, dim: int, keyword_fields: Sequence[str]) -> None:
-        config = self.edge_config(dim, keyword_fields)
         self._lock()
-        self._dir(collection).mkdir(parents=True, exist_ok=True)
-        shard = qe.EdgeShard.create(str(self._dir(collection)), config)
-        for name in keyword_fields:
-            shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
-        self._shards[collection] = shard
+        spec, by_domain = self.spec(dim, keyword_fields)
+        self._sets[collection] = ShardSet.create(self._dir(collection), self.path, spec, by_domain)
 
     def drop(self, collection: str) -> None:
         import shutil
 
-        shard = self._shards.pop(collection, None)
-        self._graphs_per_domain.pop(collection, None)
-        if shard is not None:
-            shard.close()
+        sset = self._sets.pop(collection, None)
+        if sset is not None:
+            sset.close()
         shutil.rmtree(self._dir(collection), ignore_errors=True)
 
     def _upsert(self, collection: str, ids: list[PointId], vectors: np.ndarray,
                 payloads: list[dict[str, Any]]) -> None:
-        # The vectors go in as slices of one flat float32 memoryview: the binding reads any
-        # sequence of floats, and these slices cost no copy and no Python float list, several
-        # times cheaper than ``ndarray.tolist()`` (which was the largest cost of an upsert).
-        dim = vectors.shape[1]
-        flat = memoryview(np.ascontiguousarray(vectors, dtype=np.float32)).cast("B").cast("f")
-        points = [qe.Point(pid, flat[k * dim:(k + 1) * dim], payload)
-                  for k, (pid, payload) in enumerate(zip(ids, payloads, strict=True))]
-        self._shard(collection).update(qe.UpdateOperation.upsert_points(points))
+        sset = self._set(collection)
+        groups = sset.route(payloads)
+        if len(groups) == 1:  # the usual batch: no copies
+            write_points(sset.shard_for_writing(next(iter(groups))), ids, vectors, payloads)
+            return
+        for domain, rows in groups.items():
+            write_points(sset.shard_for_writing(domain), [ids[k] for k in rows], vectors[rows],
+                         [payloads[k] for k in rows])
 
     def upsert(self, collection: str, ids: Sequence[PointId], vectors: np.ndarray,
                payloads: Sequence[dict[str, Any]], progress: bool = False) -> None:
-        super().upsert(collection, ids, vectors, payloads, progress)
-        self._shard(collection).flush()  # durable when the call returns (there is no WAL)
+        sset = self._set(collection)
+        groups = sset.route(payloads) if sset.by_domain else {}
+        if groups and edge_load.worth_it([len(rows) for rows in groups.values()]):
+            self._upsert_in_parallel(sset, ids, vectors, payloads, groups, progress)
+        else:
+            super().upsert(collection, ids, vectors, payloads, progress)
+        sset.flush()  # durable when the call returns (there is no WAL)
+
+    def _upsert_in_parallel(self, sset: ShardSet, ids: Sequence[PointId], vectors: np.ndarray,
+                            payloads: Sequence[dict[str, Any]],
+                            groups: dict[str | None, list[int]], progress: bool) -> None:
+        """One process per domain's shard (see :mod:`xdretrieve.store.edge_load`)."""
+        from tqdm.auto import tqdm
+
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if not (len(ids) == len(vectors) == len(payloads)):
+            raise ValueError("ids, vectors and payloads differ in length")
+        jobs = []
+        for domain, rows in groups.items():
+            sset.shard_for_writing(domain)  # created and listed here
+            sset.release(domain)  # the worker opens it
+            whole = len(rows) == len(ids)
+            jobs.append((sset.shard_dir(domain), ids if whole else [ids[k] for k in rows],
+                         vectors if whole else vectors[rows],
+                         payloads if whole else [payloads[k] for k in rows]))
+        with tqdm(total=len(ids), desc=f"upserting {sset.path.name} ({len(jobs)} processes)",
+                  unit="point", disable=not progress) as bar:
+            edge_load.write_in_parallel(jobs, bar)
 
     def delete(self, collection: str, ids: Sequence[PointId]) -> None:
         if ids:
-            shard = self._shard(collection)
-            shard.update(qe.UpdateOperation.delete_points(list(ids)))
-            shard.flush()
+            for shard in self._set(collection).shards():
+                shard.update(qe.UpdateOperation.delete_points(list(ids)))
+                shard.flush()
 
     @staticmethod
     def _point(record: Any, with_vectors: bool) -> StoredPoint:
@@ -216,24 +219,34 @@ class EdgeStore(VectorStore):
                  with_vectors: bool = False) -> list[StoredPoint]:
         if not ids:
             return []
-        records = self._shard(collection).retrieve(list(ids), True, with_vectors)
-        return [self._point(r, with_vectors) for r in records]
+        wanted = list(ids)
+        out: list[StoredPoint] = []
+        for shard in self._set(collection).shards():
+            records = shard.retrieve(wanted, True, with_vectors)
+            out.extend(self._point(r, with_vectors) for r in records)
+            if len(out) == len(ids):
+                break
+            if records:  # the next shards are asked only for what is still missing
+                found = {r.id for r in records}
+                wanted = [i for i in wanted if i not in found]
+        return out
 
     def scroll(self, collection: str, with_vectors: bool = False,
                fields: Sequence[str] | None = None) -> Iterator[StoredPoint]:
-        shard = self._shard(collection)
         payload: Any = list(fields) if fields is not None else True
-        offset = None
-        while True:
-            records, offset = shard.scroll(qe.ScrollRequest(
-                offset=offset, limit=_SCROLL_PAGE, with_payload=payload, with_vector=with_vectors))
-            for r in records:
-                yield self._point(r, with_vectors)
-            if offset is None:
-                return
+        for shard in list(self._set(collection).shards()):
+            offset = None
+            while True:
+                records, offset = shard.scroll(qe.ScrollRequest(
+                    offset=offset, limit=_SCROLL_PAGE, with_payload=payload,
+                    with_vector=with_vectors))
+                for r in records:
+                    yield self._point(r, with_vectors)
+                if offset is None:
+                    break
 
     def count(self, collection: str) -> int:
-        return self._shard(collection).count(qe.CountRequest(exact=True))
+        return sum(s.count(qe.CountRequest(exact=True)) for s in self._set(collection).shards())
 
     @staticmethod
     def _filter(domain: str | None, exclude: Iterable[PointId]) -> qe.Filter | None:
@@ -245,18 +258,28 @@ class EdgeStore(VectorStore):
     def _query(self, collection: str, vector: np.ndarray, limit: int, domain: str | None,
                exclude: Iterable[PointId], ef: int | None, with_payload: bool) -> list[Any]:
         """The engine's scored points of a search (see :meth:`search`)."""
+        sset = self._set(collection)
         # A few excluded points are left out of a longer answer, not by the engine's filter:
         # a must_not HasId condition made a search about 0.75 ms slower (38k items, 10 ids).
         excluded = set(exclude)
         after = len(excluded) <= MAX_EXCLUDED_AFTER
         fetch = limit + len(excluded) if after else limit
+        if sset.by_domain:  # the domain is the shard: nothing to filter on
+            shards = ([sset.shard(domain)] if domain is not None else list(sset.shards()))
+            condition, exact = self._filter(None, () if after else excluded), False
+        else:
+            shards = [sset.shard(None)]
+            condition = self._filter(domain, () if after else excluded)
+            exact = domain is None and sset.domain_graphs  # no graph over all points
         request = qe.QueryRequest(
             limit=fetch, query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist()),
-            filter=self._filter(domain, () if after else excluded), with_payload=with_payload,
-            params=qe.SearchParams(hnsw_ef=ef or self.search_ef,
-                                   exact=domain is None and self._per_domain(collection),
+            filter=condition, with_payload=with_payload,
+            params=qe.SearchParams(hnsw_ef=ef or self.search_ef, exact=exact,
                                    quantization=self._quantization_params(fetch)))
-        found = self._shard(collection).query(request)
+        found = [p for shard in shards if shard is not None for p in shard.query(request)]
+        if len(shards) > 1:
+            found.sort(key=lambda p: -p.score)
+            found = found[:fetch]
         if after and excluded:
             found = [p for p in found if p.id not in excluded][:limit]
         return found
@@ -283,7 +306,8 @@ class EdgeStore(VectorStore):
             limit=len(ids), query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist()),
             filter=qe.Filter(must=[qe.HasIdCondition(set(ids))]), with_payload=False,
             params=qe.SearchParams(exact=True))
-        return {p.id: p.score for p in self._shard(collection).query(request)}
+        return {p.id: p.score for shard in self._set(collection).shards()
+                for p in shard.query(request)}
 
     def _quantization_params(self, limit: int) -> qe.QuantizationSearchParams | None:
         """Search the int8 vectors, rescore on the originals at least ``MIN_RESCORED``
@@ -295,9 +319,9 @@ class EdgeStore(VectorStore):
                                            oversampling=max(1.0, MIN_RESCORED / max(limit, 1)))
 
     def build_index(self, collection: str) -> None:
-        shard = self._shard(collection)
-        shard.optimize()
-        shard.flush()
+        for shard in self._set(collection).shards():
+            shard.optimize()
+            shard.flush()
 
     def read_info(self) -> StoreInfo | None:
         path = self.path / INFO_FILE
@@ -307,18 +331,17 @@ class EdgeStore(VectorStore):
 
     def write_info(self, info: StoreInfo) -> None:
         # flush the shards first: the info file claims what they hold
-        for shard in self._shards.values():
-            shard.flush()
+        for sset in self._sets.values():
+            sset.flush()
         self.path.mkdir(parents=True, exist_ok=True)
         tmp = self.path / (INFO_FILE + ".tmp")
         tmp.write_text(json.dumps(info.to_dict(), indent=2))
         os.replace(tmp, self.path / INFO_FILE)
 
     def close(self) -> None:
-        for shard in self._shards.values():
-            shard.flush()
-            shard.close()
-        self._shards.clear()
+        for sset in self._sets.values():
+            sset.close()
+        self._sets.clear()
         if self._lock_file is not None:
             self._lock_file.close()  # releases the lock
             self._lock_file = None
