@@ -148,8 +148,8 @@ def client_local_store(prefix: str = "bench_") -> VectorStore:
 class EdgeVariant:
     """How an Edge index is built: ``None`` fields take the settings (what xdretrieve ships).
 
-    ``per_domain``: one HNSW graph per value of the ``domain`` field (``m=0``,
-    ``payload_m=hnsw_m``: Qdrant's multitenancy layout) or one graph over all points;
+    ``per_domain``: one shard, hence one HNSW graph, per value of the ``domain`` field, or one
+    shard and one graph over all points (the domain a filter);
     ``quantization``: ``"int8"`` (scalar, in RAM, candidates rescored on the originals) or
     ``"none"``.
     """

@@ -281,6 +281,24 @@ def test_a_large_upsert_writes_each_domain_from_a_process_of_its_own(tmp_path: P
     q = vectors[3]
     assert [h.payload["item_id"] for h in store.search(ITEMS, q, 10, "a")] == \
         brute_force(points, q, 10, "a")
+    store.upsert(ITEMS, [item_point_id(ids[0])], vectors[:1], payloads[:1])
+    assert len(calls) == 1  # a small upsert stays in this process
+    store.close()
+
+
+def test_without_worker_processes_the_upsert_is_written_here(tmp_path: Path, points,
+                                                           monkeypatch) -> None:
+    """An interpreter that cannot start a worker (sys.executable is not Python, as when
+    embedded) writes in its own process instead: nothing is lost."""
+    monkeypatch.setattr(edge_load, "PARALLEL_MIN_POINTS", 100)
+    monkeypatch.setattr(edge_load, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(edge_load.sys, "executable", str(tmp_path / "no-python"))
+    store = EdgeStore(tmp_path / "s")
+    load(store, points)
+    assert store.count(ITEMS) == N
+    q = points[1][3]
+    assert [h.payload["item_id"] for h in store.search(ITEMS, q, 10, "b")] == \
+        brute_force(points, q, 10, "b")
     store.close()
 
 

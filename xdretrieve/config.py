@@ -62,8 +62,9 @@ class Settings(BaseSettings):
     # index and search (hnsw_*, quantization: applied when a collection is created)
     hnsw_m: int = Field(32, ge=4, description="HNSW links per point.")
     hnsw_ef_construct: int = Field(256, ge=8)
-    hnsw_per_domain: bool = Field(True, description="Embedded store: one HNSW graph per domain "
-                                  "(what every query searches) instead of one over all items.")
+    hnsw_per_domain: bool = Field(True, description="Embedded store: one shard, hence one HNSW "
+                                  "graph, per domain (what every query searches) instead of one "
+                                  "over all items; large upserts write the shards in parallel.")
     quantization: Literal["int8", "none"] = Field(
         "int8", description="Embedded store: search int8 copies of the vectors (in RAM), "
         "rescore the candidates on the originals.")

@@ -13,12 +13,13 @@ measurements behind the defaults):
   other domain, whose graph neighbours are filtered out): recall@10 stays near 0.97 on
   amazon-arts-office whatever ``ef``. Stores built before per-domain shards hold the per-domain
   graphs inside one shard (``m=0``, ``payload_m``); they are read as they are, and a search
-  without a domain scans them (there is no graph over all points). (Qdrant builds no graph for
-  a shard of fewer vectors than ``FULL_SCAN_KB`` holds and scans those: at 128 dimensions, up
-  to 20,000 items.)
-* a large upsert (:data:`~xdretrieve.store.edge_load.PARALLEL_MIN_POINTS` or more) writes the
-  domains' shards from one process each (:mod:`xdretrieve.store.edge_load`): the binding holds
-  the GIL while it converts and writes points, so only processes share that work.
+  without a domain scans them (there is no graph over all points). (A shard of fewer vectors than
+  :data:`~xdretrieve.store.edge_shards.FULL_SCAN_KB` holds gets no graph and is scanned: at 128
+  dimensions, up to about 4,000 items.)
+* a large upsert writes the domains' shards from one process each
+  (:mod:`xdretrieve.store.edge_load`; when the shards other than the largest take at least
+  :data:`~xdretrieve.store.edge_load.PARALLEL_MIN_POINTS` points): the binding holds the GIL
+  while it converts and writes points, so only processes share that work.
 * int8 scalar quantization of the vectors, kept in RAM: the graph is searched on the int8
   vectors and the candidates (at least :data:`MIN_RESCORED`) are rescored on the float
   originals: about half the search time and less than half the build time of float vectors,
@@ -176,7 +177,8 @@ class EdgeStore(VectorStore):
     def upsert(self, collection: str, ids: Sequence[PointId], vectors: np.ndarray,
                payloads: Sequence[dict[str, Any]], progress: bool = False) -> None:
         sset = self._set(collection)
-        groups = sset.route(payloads) if sset.by_domain else {}
+        large = sset.by_domain and len(ids) > edge_load.PARALLEL_MIN_POINTS
+        groups = sset.route(payloads) if large else {}
         if groups and edge_load.worth_it([len(rows) for rows in groups.values()]):
             self._upsert_in_parallel(sset, ids, vectors, payloads, groups, progress)
         else:
@@ -200,9 +202,12 @@ class EdgeStore(VectorStore):
             jobs.append((sset.shard_dir(domain), ids if whole else [ids[k] for k in rows],
                          vectors if whole else vectors[rows],
                          payloads if whole else [payloads[k] for k in rows]))
-        with tqdm(total=len(ids), desc=f"upserting {sset.path.name} ({len(jobs)} processes)",
-                  unit="point", disable=not progress) as bar:
-            edge_load.write_in_parallel(jobs, bar)
+        try:
+            with tqdm(total=len(ids), desc=f"upserting {sset.path.name} ({len(jobs)} processes)",
+                      unit="point", disable=not progress) as bar:
+                edge_load.write_in_parallel(jobs, bar)
+        except edge_load.WorkersUnavailable:
+            super().upsert(sset.path.name, ids, vectors, payloads, progress)
 
     def delete(self, collection: str, ids: Sequence[PointId]) -> None:
         if ids:
