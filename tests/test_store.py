@@ -266,8 +266,8 @@ def test_a_large_upsert_writes_each_domain_from_a_process_of_its_own(tmp_path: P
     calls = []
     real = edge_load.write_in_parallel
     monkeypatch.setattr(edge_load, "write_in_parallel",
-                        lambda jobs, bar=None: (calls.append([len(j[1]) for j in jobs]),
-                                                real(jobs, bar)))
+                        lambda jobs, *args: (calls.append([len(j[1]) for j in jobs]),
+                                             real(jobs, *args)))
     store = EdgeStore(tmp_path / "s")
     load(store, points)
     assert sorted(calls[0]) == sorted([sum(p["domain"] == d for p in payloads) for d in "ab"])
@@ -307,7 +307,7 @@ def test_a_failing_worker_is_a_clear_error(tmp_path: Path) -> None:
 
     v = np.ones((3, DIM), dtype=np.float32)
     with pytest.raises(StoreError, match="nowhere.*failed in its worker process"):
-        edge_load.write_in_parallel([(tmp_path / "nowhere", [1, 2, 3], v, [{}] * 3)])
+        edge_load.write_in_parallel([(tmp_path / "nowhere", [0, 1, 2])], [1, 2, 3], v, [{}] * 3)
 
 
 @pytest.mark.parametrize("threads", [0, 1, 2])

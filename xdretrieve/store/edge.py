@@ -198,14 +198,11 @@ class EdgeStore(VectorStore):
         for domain, rows in groups.items():
             sset.shard_for_writing(domain)  # created and listed here
             sset.release(domain)  # the worker opens it
-            whole = len(rows) == len(ids)
-            jobs.append((sset.shard_dir(domain), ids if whole else [ids[k] for k in rows],
-                         vectors if whole else vectors[rows],
-                         payloads if whole else [payloads[k] for k in rows]))
+            jobs.append((sset.shard_dir(domain), rows))
         try:
             with tqdm(total=len(ids), desc=f"upserting {sset.path.name} ({len(jobs)} processes)",
                       unit="point", disable=not progress) as bar:
-                edge_load.write_in_parallel(jobs, bar)
+                edge_load.write_in_parallel(jobs, ids, vectors, payloads, bar)
         except edge_load.WorkersUnavailable:
             super().upsert(sset.path.name, ids, vectors, payloads, progress)
 

@@ -84,30 +84,33 @@ class _Worker:
         return int(value)
 
 
-def _chunks(ids: Sequence[int], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+def _chunks(rows: Sequence[int], ids: Sequence[int], vectors: np.ndarray,
+            payloads: Sequence[dict[str, Any]]
             ) -> Iterator[tuple[list[int], np.ndarray, list[dict[str, Any]]]]:
-    for start in range(0, len(ids), CHUNK_POINTS):
-        end = start + CHUNK_POINTS
-        yield list(ids[start:end]), vectors[start:end], list(payloads[start:end])
+    # gathered a chunk at a time: no copy of a shard's whole part (1.5 GB of vectors at 1M)
+    for start in range(0, len(rows), CHUNK_POINTS):
+        part = rows[start:start + CHUNK_POINTS]
+        yield [ids[k] for k in part], vectors[part], [payloads[k] for k in part]
 
 
-def write_in_parallel(jobs: Sequence[tuple[Path, Sequence[int], np.ndarray,
-                                           Sequence[dict[str, Any]]]],
+def write_in_parallel(jobs: Sequence[tuple[Path, Sequence[int]]], ids: Sequence[int],
+                      vectors: np.ndarray, payloads: Sequence[dict[str, Any]],
                       progress: Any = None) -> None:
-    """Write each job ``(shard directory, ids, vectors, payloads)`` in a process of its own;
-    the shards must exist and be closed in this process. ``progress``: a tqdm bar."""
+    """Write each job's points, ``(shard directory, positions in ids/vectors/payloads)``, in a
+    process of its own; the shards must exist and be closed in this process. ``progress``: a
+    tqdm bar."""
     root = str(Path(__file__).resolve().parents[2])  # the worker imports this same xdretrieve
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
     workers: list[_Worker] = []
     try:
-        for path, ids, vectors, payloads in jobs:
+        for path, rows in jobs:
             try:
                 proc = subprocess.Popen([sys.executable, "-m", __name__, str(path)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
             except OSError as e:  # e.g. an embedded interpreter: sys.executable is not Python
                 raise WorkersUnavailable(f"cannot start {sys.executable!r}: {e}") from e
-            workers.append(_Worker(path, proc, _chunks(ids, vectors, payloads)))
+            workers.append(_Worker(path, proc, _chunks(rows, ids, vectors, payloads)))
         for w in workers:
             w.send_next()
         busy = {w.proc.stdout: w for w in workers}
