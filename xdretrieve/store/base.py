@@ -108,6 +108,15 @@ class StoreInfo:
                 f"use --model '{self.encoder}', or re-index into a new store")
 
 
+def checked_vectors(ids: Sequence[PointId], vectors: np.ndarray,
+                    payloads: Sequence[dict[str, Any]]) -> np.ndarray:
+    """The vectors of an upsert as float32, once its three parts are known to match."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if not (len(ids) == len(vectors) == len(payloads)):
+        raise ValueError("ids, vectors and payloads differ in length")
+    return vectors
+
+
 class VectorStore(ABC):
     """Two collections, ``items`` and ``users``, of unit vectors with payload.
 
@@ -197,9 +206,7 @@ class VectorStore(ABC):
         """Insert or overwrite points, in batches."""
         from tqdm.auto import tqdm
 
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if not (len(ids) == len(vectors) == len(payloads)):
-            raise ValueError("ids, vectors and payloads differ in length")
+        vectors = checked_vectors(ids, vectors, payloads)
         with tqdm(total=len(ids), desc=f"upserting {collection}", unit="point",
                   disable=not progress) as bar:
             for start in range(0, len(ids), UPSERT_BATCH):

@@ -62,7 +62,14 @@ except ImportError:  # Windows: no advisory lock; one process at a time is up to
 from xdretrieve.config import DEFAULT_SEARCH_EF
 from xdretrieve.errors import StoreError
 from xdretrieve.store import edge_load
-from xdretrieve.store.base import PointId, ScoredHit, StoredPoint, StoreInfo, VectorStore
+from xdretrieve.store.base import (
+    PointId,
+    ScoredHit,
+    StoredPoint,
+    StoreInfo,
+    VectorStore,
+    checked_vectors,
+)
 from xdretrieve.store.edge_shards import ShardSet, ShardSpec, write_points
 
 INFO_FILE = "xdretrieve.json"
@@ -176,6 +183,7 @@ class EdgeStore(VectorStore):
 
     def upsert(self, collection: str, ids: Sequence[PointId], vectors: np.ndarray,
                payloads: Sequence[dict[str, Any]], progress: bool = False) -> None:
+        vectors = checked_vectors(ids, vectors, payloads)
         sset = self._set(collection)
         large = sset.by_domain and len(ids) > edge_load.PARALLEL_MIN_POINTS
         groups = sset.route(payloads) if large else {}
@@ -191,9 +199,6 @@ class EdgeStore(VectorStore):
         """One process per domain's shard (see :mod:`xdretrieve.store.edge_load`)."""
         from tqdm.auto import tqdm
 
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if not (len(ids) == len(vectors) == len(payloads)):
-            raise ValueError("ids, vectors and payloads differ in length")
         jobs = []
         for domain, rows in groups.items():
             sset.shard_for_writing(domain)  # created and listed here

@@ -215,7 +215,5 @@ class ShardSet:
             shard.flush()
 
     def close(self) -> None:
-        for shard in self._open.values():
-            shard.flush()
-            shard.close()
-        self._open.clear()
+        for key in list(self._open):
+            self.release(key)
