@@ -127,6 +127,41 @@ def test_trained_model_through_index_and_query(trained, tmp_path: Path, tiny_mod
         Retriever(settings.model_copy(update={"model": tiny_model}))
 
 
+def test_the_reranker_is_served_the_towers_exact_best(trained, tmp_path: Path) -> None:
+    """The re-ranker is fitted on the tower's exact best candidates; served, it must get those
+    too, also the items that the bias lifts from outside the nearest neighbours by cosine."""
+    tmp, ds, _, _ = trained
+    from xdretrieve.config import Settings
+    from xdretrieve.rerank import FEATURES, ItemStats, Reranker
+
+    settings = Settings(store=tmp_path / "store", model=str(tmp / "model"),
+                        cache_dir=tmp / "cache", candidates=2)  # 1 from the tower, 4 searched
+    check_trained_model_store(tmp / "model", ds, settings)
+    with open_store(settings) as s:
+        points = [p for p in s.scroll(ITEMS, with_vectors=True) if p.payload["domain"] == "movies"]
+    ids = [p.payload["item_id"] for p in points]
+    vectors = np.stack([p.vector for p in points])
+    by_score = np.eye(len(FEATURES), dtype=np.float32)[FEATURES.index("score")]
+    ones = np.ones(len(FEATURES), dtype=np.float32)
+    with Retriever(settings) as r:
+        model = r.model
+        # no co-occurrence: every candidate comes from the tower; ranked by the tower's score
+        model.reranker = Reranker(by_score, 0 * ones, ones, ItemStats.fit(ids, {}))
+        model.bias = {i: float(b) for i, b in zip(
+            model.bias, np.random.default_rng(1).normal(0, model.scale, len(model.bias)),
+            strict=True)}  # as wide as the cosine's part: the best is not always near
+        model.index_points()
+        beyond = 0  # queries whose best lies outside the 4 nearest by cosine
+        for t in range(len(THEMES)):
+            query = r.history_query([f"book-{t}"], "movies")
+            exact = model.rescore(ids, vectors @ query.vector)
+            expected = [ids[k] for k in np.argsort(-exact, kind="stable")[:1]]
+            assert [h.item_id for h in r.search(query, "movies", 1)] == expected
+            nearest = {ids[k] for k in np.argsort(-(vectors @ query.vector))[:4]}
+            beyond += not set(expected) <= nearest
+        assert beyond > 0  # the case that approximate candidates got wrong was tested
+
+
 def test_stored_users_look_the_user_tower_query_up(trained, tmp_path: Path) -> None:
     """A store built with a two-domain model keeps each profile's user-tower query: a stored
     user's query reads no item vectors and runs no tower, and gives the vector and the answer

@@ -391,12 +391,17 @@ def fit_reranker(groups: list[tuple[np.ndarray, np.ndarray]], stats: ItemStats,
                     std.astype(np.float32), stats)
 
 
+def tower_head(total: int, share: float = 0.5) -> int:
+    """How many of ``total`` re-ranker candidates are the tower's best, whatever co-occurs."""
+    return total - int(share * total)
+
+
 def candidate_union(ranked: Sequence[str], cooccurring: Sequence[str], total: int,
                     share: float = 0.5) -> list[str]:
-    """The re-ranker's candidates: the first ``total - share * total`` of the tower's ranking,
-    then co-occurring items not among them, then more of the tower's ranking, up to ``total``.
+    """The re-ranker's candidates: the first :func:`tower_head` of the tower's ranking, then
+    co-occurring items not among them, then more of the tower's ranking, up to ``total``.
     Ids are compared as given (item ids or point ids)."""
-    head = list(ranked[:total - int(share * total)])
+    head = list(ranked[:tower_head(total, share)])
     seen = set(head)
     for item in (*cooccurring, *ranked[len(head):]):
         if len(head) >= total:
