@@ -70,8 +70,8 @@ def trained_path(retriever: Retriever, limit: int) -> Callable[[Job], list[Hit]]
     """The query path of a store built with a trained model, as ``Retriever`` runs it: the
     user's profiles, holding the user tower's query of their history (one ``retrieve``),
     ``RESCORE_WIDTH x candidates`` (400) nearest items, the model's re-score (scale * cosine +
-    item bias), the re-ranker over the best ``candidates`` (200) when the model has one, the
-    first ``limit``."""
+    item bias) with the items of high bias beyond them (scored in memory), the re-ranker over
+    the best ``candidates`` (200) when the model has one, the first ``limit``."""
     if retriever.model is None:
         raise ValueError("the retriever's store was not built with a trained model")
 

@@ -43,3 +43,25 @@ def test_split_sizes_and_no_test_user_in_the_train_view(arts_office: Dataset) ->
     assert not set(view.histories) & set(protocol.split.test)
     assert view.popularity("office").sum() == sum(
         len(arts_office.history(u, "office")) for u in protocol.split.train)
+
+
+@pytest.mark.shared_data
+def test_a_derived_pair_reads_and_keeps_the_split(tmp_path) -> None:
+    """benchmarks/derive_pair.py cuts a second pair out of the shared data (sub-categories of
+    arts), in other formats (Parquet, unix timestamps): it reads with two domains, every user
+    active in both, and each keeps the split users.csv gave."""
+    from benchmarks.derive_pair import derive
+
+    data = require_shared_data()
+    counts = derive(data, tmp_path)
+    pair = Dataset.from_dir(tmp_path)
+    original = Dataset.from_dir(data)
+    assert sorted({item.domain for item in pair.items.values()}) == ["paint", "sewing"]
+    assert len(pair.histories) == counts["users"] > 1000
+    assert all(h.get("paint") and h.get("sewing") for h in pair.histories.values())
+    assert all(pair.splits[u] == original.splits[u] for u in pair.histories)
+    # the order of a user's items is the original one (positions became timestamps)
+    user = next(iter(pair.histories))
+    assert list(pair.history(user, "paint")) == [
+        i for i in original.history(user, "arts") if i in pair.items
+        and pair.items[i].domain == "paint"]
