@@ -133,12 +133,12 @@ def markdown(results: dict[str, Any], figures: dict[str, str]) -> str:
         f"{cfg['candidates']} candidates in the target domain, the user's items there excluded "
         f"-> top {cfg['limit']}. With a trained model (`--model`), as `Retriever` runs it: "
         "profiles (holding the user tower's query, computed by `index`) -> "
-        f"{2 * cfg['candidates']} neighbours -> re-score (scale x cosine + item bias) -> "
-        f"re-ranker over {cfg['candidates']} candidates (the best half of them and items "
-        "co-occurring with the history) -> top "
-        f"{cfg['limit']}; re-ranker off: the neighbours plus every item whose bias could lift it "
-        f"above the {cfg['limit']}th (scored by the engine) -> the model's exact top "
-        f"{cfg['limit']}. Search: the same filtered search given the query vector "
+        f"{2 * cfg['candidates']} neighbours plus every item whose bias could lift it above the "
+        "best of them (scored in memory) -> re-score (scale x cosine + item bias) -> "
+        f"re-ranker over {cfg['candidates']} candidates (the model's exact best "
+        f"{cfg['candidates'] // 2} and items co-occurring with the history) -> top "
+        f"{cfg['limit']}; re-ranker off: the model's exact top {cfg['limit']} the same way. "
+        "Search: the same filtered search given the query vector "
         "(Edge and qdrant-client return payloads, NumPy only ids and scores). Milliseconds, one "
         "caller, warm process.",
     ]

@@ -431,7 +431,7 @@ def _trained(cfg: Config, scale: dict[str, Any], catalog: Catalog, users: Users,
             path = querypath.trained_path(retriever, cfg.limit)
             figures, ms = timed_repeats(path, jobs, cfg.repeats)
             _add(scale, "paths", TRAINED, engine, figures, ms,
-                 f"user tower, {fetch} neighbours, re-score, re-ranker over {cfg.candidates}")
+                 f"user tower, {fetch} neighbours + items by bias, re-ranker over {cfg.candidates}")
             _throughput(cfg, scale, name, TRAINED, path, jobs)
         # the recall of the trained path's own search (its neighbours by cosine)
         resolved = querypath.resolve(retriever, jobs)
