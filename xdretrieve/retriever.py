@@ -272,9 +272,9 @@ class Retriever:
         outside them (measured on amazon-arts-office: 7 of the exact top 10 were not among the
         400 nearest). An item the search did not return has a cosine of at most the lowest
         returned, so it can only beat the ``wanted``-th score found if its bias is above that
-        score minus scale * that cosine: those items, read from the domain's items by bias,
-        are scored exactly by the engine and added. The wide search and the scoring read no
-        payloads."""
+        score minus scale * that cosine: those items, the first of the domain's items by bias
+        (up to ``MAX_BIAS_SCAN``, whose vectors are held), are scored exactly in memory and
+        added. The wide search reads no payloads."""
         model = self.model
         fetch = max(wanted, RESCORE_WIDTH * width)
         pids, cosines = self.store.nearest(ITEMS, vector, fetch, domain=domain, exclude=exclude)
@@ -326,10 +326,10 @@ class Retriever:
             found = {p.id: p.vector for p in self.store.retrieve(ITEMS, pids[order].tolist(),
                                                                    with_vectors=True)}
             order = np.array([k for k in order if pids[k] in found], dtype=np.int64)
-            vectors = np.array([found[p] for p in pids[order].tolist()], dtype=np.float32)
+            vectors = np.array([found[p] for p in pids[order].tolist()],
+                               dtype=np.float32).reshape(len(order), self.info.dim)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
-            self._bias_order[d] = (pids[order], bias[order],
-                                   vectors.reshape(len(order), self.info.dim))
+            self._bias_order[d] = (pids[order], bias[order], vectors)
             self._bias_rank[d] = dict(zip(pids[order].tolist(), range(len(order)), strict=True))
 
     def refresh(self, info: StoreInfo | None = None) -> None:
