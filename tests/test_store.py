@@ -100,6 +100,31 @@ def test_similarity_is_the_exact_cosine_of_the_given_points(store: VectorStore, 
     for k in range(0, N, 7):
         assert got[item_point_id(ids[k])] == pytest.approx(float(vectors[k] @ q), abs=1e-5)
     assert store.similarity(ITEMS, q, []) == {}
+    check_similarity_in_a_domain(store, points, q, asked)
+
+
+def check_similarity_in_a_domain(store: VectorStore, points, q: np.ndarray, asked) -> None:
+    """Given a domain, the points of that domain alone, with the same cosines."""
+    ids, _, payloads = points
+    everywhere = store.similarity(ITEMS, q, asked)
+    for domain in ("a", "b"):
+        inside = {item_point_id(i) for i, p in zip(ids, payloads, strict=True)
+                  if p["domain"] == domain}
+        got = store.similarity(ITEMS, q, asked, domain)
+        assert got and set(got) == set(everywhere) & inside
+        assert all(got[k] == pytest.approx(everywhere[k], abs=1e-6) for k in got)
+
+
+def test_similarity_in_a_domain_of_a_store_of_one_shard(tmp_path: Path, points) -> None:
+    ids, _, _ = points
+    store = EdgeStore(tmp_path / "one", hnsw_per_domain=False)  # the domain is a filter
+    try:
+        load(store, points)
+        q = np.random.default_rng(4).normal(size=DIM).astype(np.float32)
+        check_similarity_in_a_domain(store, points, q / np.linalg.norm(q),
+                                     [item_point_id(i) for i in ids[::5]])
+    finally:
+        store.close()
 
 
 def test_retrieve_scroll_count_delete(store: VectorStore, points) -> None:

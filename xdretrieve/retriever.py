@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -67,6 +67,17 @@ class Query:
     popular: bool = False  # no history at all: answered with the domain's most popular items
 
 
+class BiasHead(NamedTuple):
+    """A domain's ``MAX_BIAS_SCAN`` items of highest model bias, highest first: their point ids,
+    biases and unit vectors (held so that the items a search did not reach are scored in
+    memory), and each point id's place among them."""
+
+    pids: np.ndarray
+    bias: np.ndarray
+    vectors: np.ndarray
+    place: dict[int, int]
+
+
 class Retriever:
     """Answers cold-start queries from a store built by ``index``.
 
@@ -99,8 +110,7 @@ class Retriever:
             ref = resolve_model(self.settings.model)
             info.check_encoder(ref.name, ref.fingerprint)
         self._encoder: Any = None
-        self._bias_order: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self._bias_rank: dict[str, dict[int, int]] = {}  # point id -> place in _bias_order
+        self._bias_heads: dict[str, BiasHead] = {}  # by domain (a trained model's)
         # a store built with a trained model: its user tower and item bias answer queries
         self.model: Any = None
         if info.extra.get("trained"):
@@ -282,37 +292,37 @@ class Retriever:
         if len(pids) < fetch:  # fewer: every item of the domain was returned
             return pids, cosines, scores
         bar = np.partition(scores, len(scores) - wanted)[len(scores) - wanted]
-        by_bias, bias, vectors = self._by_bias(domain)
-        reach = int(np.searchsorted(-bias, -(bar - model.scale * float(cosines.min()))))
+        head = self._bias_head(domain)
+        reach = int(np.searchsorted(-head.bias, -(bar - model.scale * float(cosines.min()))))
         more = np.ones(reach, dtype=bool)  # not found already, not excluded
-        rank_of = self._bias_rank.get(domain, {})
         for p in (*pids, *exclude):
-            k = rank_of.get(p, reach)
+            k = head.place.get(p, reach)
             if k < reach:
                 more[k] = False
-        extra_cos = (vectors[:reach] @ (vector / np.linalg.norm(vector)))[more]
-        return (pids + by_bias[:reach][more].tolist(), np.concatenate([cosines, extra_cos]),
-                np.concatenate([scores, model.scale * extra_cos + bias[:reach][more]]))
+        extra_cos = (head.vectors[:reach] @ (vector / np.linalg.norm(vector)))[more]
+        return (pids + head.pids[:reach][more].tolist(), np.concatenate([cosines, extra_cos]),
+                np.concatenate([scores, model.scale * extra_cos + head.bias[:reach][more]]))
 
-    def _score_points(self, vector: np.ndarray,
-                      pids: Sequence[int]) -> tuple[list[int], np.ndarray, np.ndarray]:
-        """Points beyond the search, scored where they lie by the engine: (the ids still in
-        the store, their cosines, their model scores)."""
-        found = self.store.similarity(ITEMS, vector, pids)
+    def _score_points(self, vector: np.ndarray, pids: Sequence[int],
+                      domain: str) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """Points of ``domain`` beyond the search, scored where they lie by the engine: (the
+        ids still in the store, their cosines, their model scores)."""
+        found = self.store.similarity(ITEMS, vector, pids, domain)
         cosines = np.fromiter(found.values(), np.float32, len(found))
         return list(found), cosines, self.model.rescore_points(list(found), cosines)
 
-    def _by_bias(self, domain: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The point ids of ``domain``'s ``MAX_BIAS_SCAN`` items of highest model bias, highest
-        first, their biases and their unit vectors (what the store held when first asked: an
+    def _bias_head(self, domain: str) -> BiasHead:
+        """``domain``'s items of highest model bias (what the store held when first asked: an
         item added later has no learned bias, 0, and is found by its cosine)."""
-        if not self._bias_order:
-            self._read_bias_order()
-        empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32),
-                 np.zeros((0, self.info.dim), dtype=np.float32))
-        return self._bias_order.get(domain, empty)
+        if not self._bias_heads:
+            self._read_bias_heads()
+        found = self._bias_heads.get(domain)
+        if found is None:
+            found = BiasHead(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32),
+                             np.zeros((0, self.info.dim), dtype=np.float32), {})
+        return found
 
-    def _read_bias_order(self) -> None:
+    def _read_bias_heads(self) -> None:
         """Every domain's items of highest bias, in one pass over the store, with their vectors
         (scoring them in memory costs microseconds; asking the engine for the ~900 of a
         re-ranked query on amazon-arts-office cost ~3 ms)."""
@@ -329,23 +339,23 @@ class Retriever:
             vectors = np.array([found[p] for p in pids[order].tolist()],
                                dtype=np.float32).reshape(len(order), self.info.dim)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
-            self._bias_order[d] = (pids[order], bias[order], vectors)
-            self._bias_rank[d] = dict(zip(pids[order].tolist(), range(len(order)), strict=True))
+            head = pids[order]
+            self._bias_heads[d] = BiasHead(head, bias[order], vectors, dict(
+                zip(head.tolist(), range(len(order)), strict=True)))
 
     def refresh(self, info: StoreInfo | None = None) -> None:
         """After items were written or deleted through another path (the HTTP service): take
         the store's new ``info`` and forget what was read from the items (rebuilt on use)."""
         if info is not None:
             self.info = info
-        self._bias_order.clear()
-        self._bias_rank.clear()
+        self._bias_heads.clear()
 
     def warm(self) -> None:
         """Build now what the first queries would build (a trained model's point-id index,
         each domain's items by bias, the re-ranker's token ids), so that no request waits."""
         if self.model is not None:
             self.model.index_points()
-            self._read_bias_order()
+            self._read_bias_heads()
             if self.model.reranker is not None:
                 self.model.reranker.stats.index_tokens()
 
@@ -371,7 +381,7 @@ class Retriever:
         score = {p: float(scores[known[p]]) for p in cos}
         # the co-occurring items beyond the search
         extra, extra_cos, extra_scores = self._score_points(
-            query.vector, [p for p in chosen if p not in known])
+            query.vector, [p for p in chosen if p not in known], domain)
         cos.update(zip(extra, extra_cos.tolist(), strict=True))
         score.update(zip(extra, extra_scores.tolist(), strict=True))
         chosen = [p for p in chosen if p in cos]  # deleted since: left out

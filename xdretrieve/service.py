@@ -194,10 +194,10 @@ class LockedStore(VectorStore):
         with self.lock.read():
             return self.inner.nearest(collection, vector, limit, domain, exclude)
 
-    def similarity(self, collection: str, vector: np.ndarray,
-                   ids: Sequence[PointId]) -> dict[PointId, float]:
+    def similarity(self, collection: str, vector: np.ndarray, ids: Sequence[PointId],
+                   domain: str | None = None) -> dict[PointId, float]:
         with self.lock.read():
-            return self.inner.similarity(collection, vector, ids)
+            return self.inner.similarity(collection, vector, ids, domain)
 
     def build_index(self, collection: str) -> None:
         with self.lock.write():

@@ -177,11 +177,11 @@ class VectorStore(ABC):
         return [h.id for h in hits], np.fromiter((h.score for h in hits), np.float32, len(hits))
 
     @abstractmethod
-    def similarity(self, collection: str, vector: np.ndarray,
-                   ids: Sequence[PointId]) -> dict[PointId, float]:
+    def similarity(self, collection: str, vector: np.ndarray, ids: Sequence[PointId],
+                   domain: str | None = None) -> dict[PointId, float]:
         """Cosine of the query to each of the given points (exact, on the stored vectors),
-        by point id; ids not in the store are left out. Cheaper than retrieving the vectors:
-        the engine scores them where they lie."""
+        by point id; ids not in the store (or, given ``domain``, not in that domain) are left
+        out. Cheaper than retrieving the vectors: the engine scores them where they lie."""
 
     @abstractmethod
     def build_index(self, collection: str) -> None:

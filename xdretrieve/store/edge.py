@@ -256,11 +256,15 @@ class EdgeStore(VectorStore):
         return sum(s.count(qe.CountRequest(exact=True)) for s in self._set(collection).shards())
 
     @staticmethod
-    def _filter(domain: str | None, exclude: Iterable[PointId]) -> qe.Filter | None:
-        must = [qe.FieldCondition(key="domain", match=qe.MatchValue(domain))] if domain else None
+    def _filter(domain: str | None, exclude: Iterable[PointId],
+                among: Iterable[PointId] = ()) -> qe.Filter | None:
+        """Points of ``domain`` (if given), not in ``exclude``, in ``among`` (if given)."""
+        among = set(among)
+        must = [qe.FieldCondition(key="domain", match=qe.MatchValue(domain))] if domain else []
+        must += [qe.HasIdCondition(among)] if among else []
         excluded = set(exclude)
         must_not = [qe.HasIdCondition(excluded)] if excluded else None
-        return qe.Filter(must=must, must_not=must_not) if (must or must_not) else None
+        return qe.Filter(must=must or None, must_not=must_not) if (must or must_not) else None
 
     def _query(self, collection: str, vector: np.ndarray, limit: int, domain: str | None,
                exclude: Iterable[PointId], ef: int | None, with_payload: bool) -> list[Any]:
@@ -305,15 +309,18 @@ class EdgeStore(VectorStore):
         return [p.id for p in found], np.fromiter((p.score for p in found), np.float32,
                                                   len(found))
 
-    def similarity(self, collection: str, vector: np.ndarray,
-                   ids: Sequence[PointId]) -> dict[PointId, float]:
+    def similarity(self, collection: str, vector: np.ndarray, ids: Sequence[PointId],
+                   domain: str | None = None) -> dict[PointId, float]:
         if not ids:
             return {}
+        sset = self._set(collection)
         request = qe.QueryRequest(
             limit=len(ids), query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist()),
-            filter=qe.Filter(must=[qe.HasIdCondition(set(ids))]), with_payload=False,
+            filter=self._filter(None if sset.by_domain else domain, (), ids), with_payload=False,
             params=qe.SearchParams(exact=True))
-        return {p.id: p.score for shard in self._set(collection).shards()
+        # per-domain shards: the domain's shard alone
+        shards = [sset.shard(domain)] if domain is not None else list(sset.shards())
+        return {p.id: p.score for shard in shards if shard is not None
                 for p in shard.query(request)}
 
     def _quantization_params(self, limit: int) -> qe.QuantizationSearchParams | None:

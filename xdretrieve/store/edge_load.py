@@ -150,11 +150,9 @@ def _worker(shard_dir: str) -> int:
         answers.flush()
 
     try:
-        import qdrant_edge as qe
+        from xdretrieve.store.edge_shards import open_shard, write_points
 
-        from xdretrieve.store.edge_shards import write_points
-
-        shard = qe.EdgeShard.load(shard_dir)
+        shard = open_shard(Path(shard_dir), Path(shard_dir).parent.parent)
         try:
             while (chunk := pickle.load(requests)) is not None:
                 ids, vectors, payloads = chunk

@@ -106,12 +106,16 @@ class ServerStore(VectorStore):
         return self.client.count(self.name(collection), exact=True).count
 
     @staticmethod
-    def _filter(domain: str | None, exclude: Iterable[PointId]) -> models.Filter | None:
+    def _filter(domain: str | None, exclude: Iterable[PointId],
+                among: Iterable[PointId] = ()) -> models.Filter | None:
+        """Points of ``domain`` (if given), not in ``exclude``, in ``among`` (if given)."""
+        among = list(dict.fromkeys(among))
         must = ([models.FieldCondition(key="domain", match=models.MatchValue(value=domain))]
-                if domain else None)
+                if domain else [])
+        must += [models.HasIdCondition(has_id=among)] if among else []
         excluded = list(dict.fromkeys(exclude))
         must_not = [models.HasIdCondition(has_id=excluded)] if excluded else None
-        return models.Filter(must=must, must_not=must_not) if (must or must_not) else None
+        return models.Filter(must=must or None, must_not=must_not) if (must or must_not) else None
 
     def search(self, collection: str, vector: np.ndarray, limit: int,
                domain: str | None = None, exclude: Iterable[PointId] = (),
@@ -122,14 +126,13 @@ class ServerStore(VectorStore):
             search_params=models.SearchParams(hnsw_ef=ef or self.search_ef))
         return [ScoredHit(p.id, p.score, p.payload or {}) for p in response.points]
 
-    def similarity(self, collection: str, vector: np.ndarray,
-                   ids: Sequence[PointId]) -> dict[PointId, float]:
+    def similarity(self, collection: str, vector: np.ndarray, ids: Sequence[PointId],
+                   domain: str | None = None) -> dict[PointId, float]:
         if not ids:
             return {}
         response = self.client.query_points(
             self.name(collection), query=np.asarray(vector, dtype=np.float32).tolist(),
-            limit=len(ids), with_payload=False,
-            query_filter=models.Filter(must=[models.HasIdCondition(has_id=list(set(ids)))]),
+            limit=len(ids), with_payload=False, query_filter=self._filter(domain, (), ids),
             search_params=models.SearchParams(exact=True))
         return {p.id: p.score for p in response.points}
 
