@@ -53,6 +53,12 @@ class StoredPoint(NamedTuple):
     payload: dict[str, Any]
     vector: np.ndarray | None = None
 
+    @classmethod
+    def of(cls, record: Any, with_vectors: bool) -> StoredPoint:
+        """A point as either engine returns it (``id``, ``payload``, ``vector``)."""
+        vector = np.asarray(record.vector, dtype=np.float32) if with_vectors else None
+        return cls(record.id, dict(record.payload or {}), vector)
+
 
 class ScoredHit(NamedTuple):
     id: PointId

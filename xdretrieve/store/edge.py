@@ -217,11 +217,6 @@ class EdgeStore(VectorStore):
                 shard.update(qe.UpdateOperation.delete_points(list(ids)))
                 shard.flush()
 
-    @staticmethod
-    def _point(record: Any, with_vectors: bool) -> StoredPoint:
-        vector = np.asarray(record.vector, dtype=np.float32) if with_vectors else None
-        return StoredPoint(record.id, dict(record.payload or {}), vector)
-
     def retrieve(self, collection: str, ids: Sequence[PointId],
                  with_vectors: bool = False) -> list[StoredPoint]:
         if not ids:
@@ -230,7 +225,7 @@ class EdgeStore(VectorStore):
         out: list[StoredPoint] = []
         for shard in self._set(collection).shards():
             records = shard.retrieve(wanted, True, with_vectors)
-            out.extend(self._point(r, with_vectors) for r in records)
+            out.extend(StoredPoint.of(r, with_vectors) for r in records)
             if len(out) == len(ids):
                 break
             if records:  # the next shards are asked only for what is still missing
@@ -248,7 +243,7 @@ class EdgeStore(VectorStore):
                     offset=offset, limit=_SCROLL_PAGE, with_payload=payload,
                     with_vector=with_vectors))
                 for r in records:
-                    yield self._point(r, with_vectors)
+                    yield StoredPoint.of(r, with_vectors)
                 if offset is None:
                     break
 

@@ -76,18 +76,13 @@ class ServerStore(VectorStore):
             self.client.delete(self.name(collection), wait=True,
                                points_selector=models.PointIdsList(points=list(ids)))
 
-    @staticmethod
-    def _point(record: Any, with_vectors: bool) -> StoredPoint:
-        vector = np.asarray(record.vector, dtype=np.float32) if with_vectors else None
-        return StoredPoint(record.id, dict(record.payload or {}), vector)
-
     def retrieve(self, collection: str, ids: Sequence[PointId],
                  with_vectors: bool = False) -> list[StoredPoint]:
         if not ids:
             return []
         records = self.client.retrieve(self.name(collection), list(ids), with_payload=True,
                                        with_vectors=with_vectors)
-        return [self._point(r, with_vectors) for r in records]
+        return [StoredPoint.of(r, with_vectors) for r in records]
 
     def scroll(self, collection: str, with_vectors: bool = False,
                fields: Sequence[str] | None = None) -> Iterator[StoredPoint]:
@@ -98,7 +93,7 @@ class ServerStore(VectorStore):
                 self.name(collection), limit=_SCROLL_PAGE, offset=offset, with_payload=payload,
                 with_vectors=with_vectors)
             for r in records:
-                yield self._point(r, with_vectors)
+                yield StoredPoint.of(r, with_vectors)
             if offset is None:
                 return
 
