@@ -123,8 +123,10 @@ def test_info_nce_masks_and_corrects_by_logq() -> None:
     assert float(plain) == pytest.approx(expected, rel=1e-6)
 
 
-def test_mined_negatives_rank_high_and_are_not_the_users(tiny_model: str, tmp_path: Path) -> None:
+def test_mined_negatives_rank_high_and_are_not_the_users(tiny_model: str, tmp_path: Path,
+                                                        monkeypatch) -> None:
     from xdretrieve.encoder import item_text
+    from xdretrieve.train import full
     from xdretrieve.train.distributed import setup
     from xdretrieve.train.full import _embed, _load, _mine
 
@@ -141,8 +143,17 @@ def test_mined_negatives_rank_high_and_are_not_the_users(tiny_model: str, tmp_pa
     model = _load(Path(tiny_model), ctx.device, 64)
     config = FullConfig(hard_negatives=2, hard_negative_ranks=(0, 3))
     used = np.arange(0, len(pairs), 2)  # this epoch's pairs
-    negs = _mine(model, pairs, used, texts, rows_by_domain, config,
-                 np.random.default_rng(0).random((len(pairs), 2)), ctx)
+    draws = np.random.default_rng(0).random((len(pairs), 2))
+    negs = _mine(model, pairs, used, texts, rows_by_domain, config, draws, ctx, {})
+    # given the target items' vectors (as validation leaves them), mining embeds only queries
+    held = {t: _embed(model, [texts[r] for r in rows], ctx.device, 64)
+            for t, rows in enumerate(rows_by_domain)}
+    embedded: list[int] = []
+    monkeypatch.setattr(full, "_embed", lambda m, t, *a, **k: embedded.append(len(t)) or
+                        _embed(m, t, *a, **k))
+    assert (_mine(model, pairs, used, texts, rows_by_domain, config, draws, ctx, held)
+            == negs).all()
+    assert sum(embedded) == len(np.unique(pairs.query[used]))  # this epoch's queries alone
     assert (negs[np.setdiff1d(np.arange(len(pairs)), used)] == -1).all()
     Q = _embed(model, pairs.query_texts, ctx.device, 64)  # (n_queries, dim)
     D = _embed(model, texts, ctx.device, 64)  # (n_items, dim)

@@ -161,15 +161,20 @@ def _freeze_unused(model, device: torch.device) -> list[str]:
 
 
 @torch.no_grad()
-def _embed(model, texts: Sequence[str], device: torch.device, batch_size: int) -> torch.Tensor:
-    """(len(texts), dim) float32 unit vectors on ``device``, longest texts first in batches."""
+def _embed(model, texts: Sequence[str], device: torch.device, batch_size: int,
+           desc: str | None = None) -> torch.Tensor:
+    """(len(texts), dim) float32 unit vectors on ``device``, longest texts first in batches;
+    with ``desc``, a progress bar (a catalogue takes minutes on a CPU)."""
+    from tqdm.auto import tqdm
+
     was_training = model.training
     model.eval()
     preprocess = _preprocess_fn(model)
     order = np.argsort([-len(t) for t in texts], kind="stable")
     out = None
     with _autocast(device):
-        for start in range(0, len(texts), batch_size):
+        for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch",
+                          disable=desc is None, leave=False):
             idx = order[start:start + batch_size]
             emb = model(_to(preprocess([texts[i] for i in idx]), device))["sentence_embedding"]
             emb = F.normalize(emb.float(), dim=-1)
@@ -201,13 +206,15 @@ def info_nce(q: torch.Tensor, d: torch.Tensor, labels: torch.Tensor, mask: torch
 # -- hard negatives ------------------------------------------------------------------------------
 
 def _mine(model, pairs: Pairs, used: np.ndarray, doc_texts: list[str], rows_by_domain,
-          config: FullConfig, rng_u: np.ndarray, ctx: Dist) -> np.ndarray:
+          config: FullConfig, rng_u: np.ndarray, ctx: Dist, item_vecs: dict[int, torch.Tensor],
+          progress: bool = False) -> np.ndarray:
     """(n_pairs, n_neg) hard negatives (global item rows; -1 for pairs not used this epoch).
 
     Each process embeds its share of the epoch's queries, ranks the target domain's items and,
     for every pair of those queries, picks items among ranks ``hard_negative_ranks`` of the
     ranking without the user's own items (``rng_u``: the same uniform draws everywhere, so the
-    choice does not depend on the number of processes)."""
+    choice does not depend on the number of processes). ``item_vecs``: target domain ->
+    its items' vectors under the current weights where already embedded (by validation)."""
     n_neg = config.hard_negatives
     lo, hi = config.hard_negative_ranks
     out = np.full((len(pairs), n_neg), -1, dtype=np.int64)
@@ -220,12 +227,15 @@ def _mine(model, pairs: Pairs, used: np.ndarray, doc_texts: list[str], rows_by_d
             continue
         col_of = np.full(n_items, -1, dtype=np.int64)  # global row -> column in domain t
         col_of[rows] = np.arange(len(rows))
-        items = _embed(model, [doc_texts[r] for r in rows], ctx.device, config.eval_batch_size)
+        items = item_vecs.get(t)
+        if items is None:
+            items = _embed(model, [doc_texts[r] for r in rows], ctx.device,
+                           config.eval_batch_size, _desc(progress, "mining: target items"))
         width = min(hi, len(rows))
         for start in range(0, len(qs), 4096):
             chunk = qs[start:start + 4096]
             Q = _embed(model, [pairs.query_texts[q] for q in chunk], ctx.device,
-                       config.eval_batch_size)
+                       config.eval_batch_size, _desc(progress, "mining: queries"))
             S = Q @ items.T  # (chunk, n_t)
             r_idx, c_idx, n_known = [], [], np.zeros(len(chunk), dtype=np.int64)
             for r, q in enumerate(chunk):
@@ -258,24 +268,32 @@ def _mine(model, pairs: Pairs, used: np.ndarray, doc_texts: list[str], rows_by_d
 # -- validation ----------------------------------------------------------------------------------
 
 def _validate(model, valid, doc_texts, rows_by_domain, config: FullConfig,
-              device: torch.device) -> dict[str, float]:
+              device: torch.device, progress: bool = False
+              ) -> tuple[dict[str, float], dict[int, torch.Tensor]]:
     """ndcg@10 of valid users' cross-domain queries over every target item: with the
-    log-popularity prior (``scale * cos + log(1 + popularity)``: what selects) and by cosine."""
+    log-popularity prior (``scale * cos + log(1 + popularity)``: what selects) and by cosine;
+    and the target items' vectors it embedded (the next epoch's mining reuses them)."""
     from xdretrieve.evaluate.metrics import score_rankings
 
     out: dict[str, float] = {}
-    item_vecs = {}
+    item_vecs: dict[int, torch.Tensor] = {}
     for name, t, texts, truth, prior in valid:
         if t not in item_vecs:
             item_vecs[t] = _embed(model, [doc_texts[r] for r in rows_by_domain[t]], device,
-                                  config.eval_batch_size)
+                                  config.eval_batch_size,
+                                  _desc(progress, f"validation {name}: target items"))
         Q = _embed(model, texts, device, config.eval_batch_size)
         cos = (Q @ item_vecs[t].T).cpu().numpy()  # (n_valid, n_t)
         for key, S in ((f"{name}/ndcg@10", config.scale * cos + prior),
                        (f"{name}/ndcg@10_cosine", cos)):
             top = np.argsort(-S, axis=1, kind="stable")[:, :10]
             out[key] = float(score_rankings(top, truth, S.shape[1], ks=(10,))["ndcg@10"].mean())
-    return out
+    return out, item_vecs
+
+
+def _desc(progress: bool, desc: str) -> str | None:
+    """``_embed``'s bar label where progress is shown, else no bar."""
+    return desc if progress else None
 
 
 def _objective(metrics: dict[str, float]) -> float:
@@ -383,8 +401,10 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
 
     history: list[dict] = []
     best_state, best, best_epoch, stale = None, -1.0, 0, 0
+    item_vecs: dict[int, torch.Tensor] = {}  # target items under the current weights
     if ctx.main:
-        metrics = _validate(model, valid, doc_texts, rows_by_domain, config, ctx.device)
+        metrics, item_vecs = _validate(model, valid, doc_texts, rows_by_domain, config,
+                                       ctx.device, progress)
         best = _objective(metrics)
         best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         history.append({"epoch": 0, **metrics, "seconds": time.perf_counter() - t_start})
@@ -398,9 +418,11 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
         used = np.concatenate(epoch_batches) if epoch_batches else np.zeros(0, dtype=np.int64)
         rng_u = rng.random((len(pairs), n_neg))  # drawn on every process alike
         if n_neg:
-            negatives = _mine(model, pairs, used, doc_texts, rows_by_domain, config, rng_u, ctx)
+            negatives = _mine(model, pairs, used, doc_texts, rows_by_domain, config, rng_u, ctx,
+                              item_vecs, progress)
         else:
             negatives = np.zeros((len(pairs), 0), dtype=np.int64)
+        item_vecs = {}  # stale once the weights move
         steps = _Steps(epoch_batches, pairs, negatives, doc_texts, logq,
                        _preprocess_fn(model), ctx.rank, ctx.world_size)
         loader = torch.utils.data.DataLoader(steps, batch_size=None, shuffle=False,
@@ -443,7 +465,8 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
         del loader
         score = None
         if ctx.main:
-            metrics = _validate(model, valid, doc_texts, rows_by_domain, config, ctx.device)
+            metrics, item_vecs = _validate(model, valid, doc_texts, rows_by_domain, config,
+                                           ctx.device, progress)
             # without valid users of any direction: the last epoch
             score = _objective(metrics) if valid else float(epoch)
             history.append({"epoch": epoch, "loss": total / max(1, n_steps), "steps": n_steps,
