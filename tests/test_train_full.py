@@ -147,7 +147,7 @@ def test_mined_negatives_rank_high_and_are_not_the_users(tiny_model: str, tmp_pa
     texts = [item_text(ds.items[i], "{title}. {text}") for i in ids]
     ctx = setup("cpu")
     model = _load(Path(tiny_model), ctx.device, 64)
-    config = FullConfig(hard_negatives=2, hard_negative_ranks=(0, 3))
+    config = FullConfig(hard_negatives=2, hard_negative_ranks=(0, 3), eval_batch_size=64)
     used = np.arange(0, len(pairs), 2)  # this epoch's pairs
     draws = np.random.default_rng(0).random((len(pairs), 2))
     negs = _mine(model, pairs, used, texts, rows_by_domain, config, draws, ctx, {})
