@@ -52,8 +52,8 @@ from xdretrieve.errors import XDRetrieveError
               help="Full mode: mined hard negatives per pair and epoch (0: in-batch only). "
                    "[default: 1]")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
-              help="Full mode: recompute activations in the backward pass (about a third "
-                   "more compute, a fraction of the memory). [default: on the CPU, off on CUDA]")
+              help="Full mode: recompute activations in the backward pass (one more forward "
+                   "pass, a fraction of the memory). [default: on the CPU, off on CUDA]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | None,

@@ -82,9 +82,9 @@ class FullConfig:
     # texts per batch when validation and mining embed: large batches feed a GPU, small ones
     # run faster on a CPU (measured with MiniLM on 2 cores: 150 items/s at 64, 83 at 512)
     eval_batch_size: int | None = None  # [CUDA: 512, CPU: 64]
-    # recompute each layer's activations in the backward pass instead of holding them: about a
-    # third more compute for a fraction of the memory (a CPU step of 256 pairs took 24 GiB
-    # without it) [None: on the CPU, off on CUDA]
+    # recompute each layer's activations in the backward pass instead of holding them: one more
+    # forward pass for a fraction of the memory (MiniLM, steps of 256 pairs on 2 cores: 7 GiB
+    # at the peak with it, killed at 24 GiB without) [None: on the CPU, off on CUDA]
     gradient_checkpointing: bool | None = None
     seed: int = 0
 
@@ -397,6 +397,11 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
                       np.log1p(view.popularity(d.target))[None, :]))
     if not valid:
         log.warning("no valid users in any direction: the last epoch is kept")
+    if ctx.device.type == "cpu":
+        per_epoch = min(len(pairs), config.max_pairs or len(pairs))
+        log.warning("full fine-tuning on the CPU: %d pairs per epoch (all-MiniLM-L6-v2 trains at "
+                    "about 2 pairs/s on 2 cores); for more than a trial, use a GPU, or bound it "
+                    "with --max-pairs or --time-budget", per_epoch)
 
     model = _load(base_path, ctx.device, max_seq_length)
     torch.manual_seed(config.seed + ctx.rank)  # dropout differs per process; weights come from rank 0
