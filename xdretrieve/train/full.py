@@ -397,11 +397,10 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
                       np.log1p(view.popularity(d.target))[None, :]))
     if not valid:
         log.warning("no valid users in any direction: the last epoch is kept")
-    if ctx.device.type == "cpu":
-        per_epoch = min(len(pairs), config.max_pairs or len(pairs))
-        log.warning("full fine-tuning on the CPU: %d pairs per epoch (all-MiniLM-L6-v2 trains at "
-                    "about 2 pairs/s on 2 cores); for more than a trial, use a GPU, or bound it "
-                    "with --max-pairs or --time-budget", per_epoch)
+    if ctx.device.type == "cpu" and config.max_pairs is None and config.time_budget_s is None:
+        log.warning("full fine-tuning on the CPU, unbounded: %d pairs per epoch (all-MiniLM-L6-v2 "
+                    "trains at about 2 pairs/s on 2 cores); use a GPU, or bound it with "
+                    "--max-pairs or --time-budget", len(pairs))
 
     model = _load(base_path, ctx.device, max_seq_length)
     torch.manual_seed(config.seed + ctx.rank)  # dropout differs per process; weights come from rank 0
