@@ -88,6 +88,13 @@ class FullConfig:
     gradient_checkpointing: bool | None = None
     seed: int = 0
 
+    def on(self, device: torch.device) -> FullConfig:
+        """This config with the defaults that depend on the device (None above) filled in."""
+        cuda = device.type == "cuda"
+        return replace(self, **{k: v for k, v in {
+            "num_workers": 2 if cuda else 0, "eval_batch_size": 512 if cuda else 64,
+            "gradient_checkpointing": not cuda}.items() if getattr(self, k) is None})
+
 
 class _Steps:
     """Map-style dataset for the DataLoader: step k -> this process's tokenized share of global
@@ -363,8 +370,7 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
     from xdretrieve.evaluate.protocol import Protocol
 
     t_start = time.perf_counter()
-    if config.eval_batch_size is None:
-        config = replace(config, eval_batch_size=512 if ctx.device.type == "cuda" else 64)
+    config = config.on(ctx.device)
     rng = np.random.default_rng(config.seed)  # the same on every process: the same batches
     protocol = Protocol(dataset, seed=config.seed)
     catalog = Catalog.of(dataset)
@@ -405,10 +411,7 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
     model = _load(base_path, ctx.device, max_seq_length)
     torch.manual_seed(config.seed + ctx.rank)  # dropout differs per process; weights come from rank 0
     frozen = _freeze_unused(model, ctx.device)
-    checkpointing = config.gradient_checkpointing
-    if checkpointing is None:
-        checkpointing = ctx.device.type != "cuda"
-    if checkpointing:
+    if config.gradient_checkpointing:
         _checkpoint_layers(model)
     model.train(config.dropout)  # eval mode only switches dropout off
     net = wrap_ddp(model, ctx)
@@ -426,9 +429,7 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
     warm = max(1, int(config.warmup * total_steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (total_steps - s) / max(1, total_steps - warm))))
-    workers = config.num_workers if config.num_workers is not None else (
-        2 if ctx.device.type == "cuda" else 0)
-    if workers:
+    if config.num_workers:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked tokenizers
 
     history: list[dict] = []
@@ -458,7 +459,7 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
         steps = _Steps(epoch_batches, pairs, negatives, doc_texts, logq,
                        _preprocess_fn(model), ctx.rank, ctx.world_size)
         loader = torch.utils.data.DataLoader(steps, batch_size=None, shuffle=False,
-                                             num_workers=workers,
+                                             num_workers=config.num_workers,
                                              pin_memory=ctx.device.type == "cuda")
         total, n_steps = 0.0, 0
         bar = tqdm(loader, desc=f"fine-tuning epoch {epoch}", unit="step", disable=not progress,
@@ -531,7 +532,7 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
         "device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu",
         "world_size": ctx.world_size, "global_batch": config.batch_size * ctx.world_size,
         "precision": "bf16" if ctx.device.type == "cuda" else "fp32",
-        "gradient_checkpointing": checkpointing, "frozen": frozen,
+        "gradient_checkpointing": config.gradient_checkpointing, "frozen": frozen,
         "config": asdict(config), "history": history,
     }
     del net, model, opt, best_state
