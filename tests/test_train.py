@@ -189,7 +189,7 @@ def test_stored_users_look_the_user_tower_query_up(trained, tmp_path: Path) -> N
         computed._tower_profiles = False  # as a store without the tower's queries answers
         for r in (looked_up, computed):
             r.model.reranker = reranker
-            r.model.index_points()
+            r.warm()  # each domain's items by bias, with their vectors, are read here, once
         retrieve = looked_up.store.retrieve
         looked_up.store.retrieve = lambda c, ids, with_vectors=False: (
             reads.append((c, with_vectors)), retrieve(c, ids, with_vectors))[1]
@@ -241,3 +241,33 @@ def test_evaluate_runs_ablation_rows_side_by_side(trained, tmp_path: Path,
     assert '"rerank": false' in text and str((tmp / "model").resolve()) in text
     bad = CliRunner().invoke(evaluate, ["--data", str(tmp / "data"), "--compare", "nothing"])
     assert bad.exit_code == 2 and "is not NAME=DIR" in bad.output
+
+
+def test_items_by_bias_beyond_the_search_are_scored_in_memory(trained, tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """Items beyond the search (the re-ranker's co-occurring candidates) are scored exactly as
+    the engine scores them; the engine is asked only for those whose vectors are not held."""
+    tmp, ds, _, _ = trained
+    import xdretrieve.retriever as retriever_module
+    from xdretrieve.config import Settings
+
+    monkeypatch.setattr(retriever_module, "MAX_BIAS_SCAN", 3)  # 3 of each domain's items held
+    settings = Settings(store=tmp_path / "store", model=str(tmp / "model"),
+                        cache_dir=tmp / "cache")
+    check_trained_model_store(tmp / "model", ds, settings)
+    with Retriever(settings) as r:
+        pids = [p.id for p in r.store.scroll(ITEMS, fields=["domain"])
+                if p.payload["domain"] == "movies"]
+        query = r.history_query(["book-0", "book-1"], "movies")
+        engine = r.store.similarity(ITEMS, query.vector, pids, "movies")
+        asked: list[int] = []
+        similarity = r.store.similarity
+        monkeypatch.setattr(r.store, "similarity",
+                            lambda c, v, ids, d=None: asked.extend(ids) or similarity(c, v, ids, d))
+        got, cosines, scores = r._score_points(query.vector, pids, "movies")
+        held = set(r._bias_head("movies").pids.tolist())
+        assert len(held) == 3 and sorted(asked) == sorted(set(pids) - held)
+        assert sorted(got) == sorted(engine)
+        expected = np.array([engine[p] for p in got], dtype=np.float32)
+        np.testing.assert_allclose(cosines, expected, atol=1e-5)
+        np.testing.assert_allclose(scores, r.model.rescore_points(got, expected), atol=1e-4)

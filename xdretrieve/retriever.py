@@ -305,11 +305,18 @@ class Retriever:
 
     def _score_points(self, vector: np.ndarray, pids: Sequence[int],
                       domain: str) -> tuple[list[int], np.ndarray, np.ndarray]:
-        """Points of ``domain`` beyond the search, scored where they lie by the engine: (the
-        ids still in the store, their cosines, their model scores)."""
-        found = self.store.similarity(ITEMS, vector, pids, domain)
-        cosines = np.fromiter(found.values(), np.float32, len(found))
-        return list(found), cosines, self.model.rescore_points(list(found), cosines)
+        """Points of ``domain`` beyond the search: (the ids still in the store, their cosines,
+        their model scores). Those among the domain's items by bias are scored in memory
+        (their vectors are held), the others by the engine where they lie."""
+        head = self._bias_head(domain)
+        held = [p for p in pids if p in head.place]
+        found = self.store.similarity(ITEMS, vector, [p for p in pids if p not in head.place],
+                                      domain) if len(held) < len(pids) else {}
+        ids = held + list(found)
+        rows = np.fromiter((head.place[p] for p in held), np.int64, len(held))
+        cosines = np.concatenate([head.vectors[rows] @ (vector / np.linalg.norm(vector)),
+                                  np.fromiter(found.values(), np.float32, len(found))])
+        return ids, cosines, self.model.rescore_points(ids, cosines)
 
     def _bias_head(self, domain: str) -> BiasHead:
         """``domain``'s items of highest model bias (what the store held when first asked: an
@@ -366,8 +373,8 @@ class Retriever:
         train users.
 
         The re-ranker's statistics know the items the model was trained with (id, text,
-        popularity), so only the co-occurring items beyond the search (scored by the engine)
-        and the answer (for its payloads) are read from the store."""
+        popularity), so only the co-occurring items beyond the search and the items by bias
+        (scored by the engine) and the answer (for its payloads) are read from the store."""
         model, reranker = self.model, self.model.reranker
         together = reranker.stats.history_cooccurrence(query.history)
         text = query.history_text  # needed for history items the statistics do not know
