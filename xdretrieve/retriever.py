@@ -332,7 +332,8 @@ class Retriever:
     def _read_bias_heads(self) -> None:
         """Every domain's items of highest bias, in one pass over the store, with their vectors
         (scoring them in memory costs microseconds; asking the engine for the ~900 of a
-        re-ranked query on amazon-arts-office cost ~3 ms)."""
+        re-ranked query on amazon-arts-office cost ~3 ms), also the co-occurring candidates
+        among them (:meth:`_score_points`)."""
         by_domain: dict[str, list[int]] = {}
         for p in self.store.scroll(ITEMS, fields=["domain"]):
             by_domain.setdefault(p.payload.get("domain", ""), []).append(p.id)
