@@ -45,6 +45,25 @@ def test_cache_is_used_and_can_be_bypassed(tiny_model: str, tmp_path: Path) -> N
     assert enc.cache.get(["never cached"]) == {}
 
 
+def test_a_text_given_twice_is_embedded_once_and_rereads_the_same(tiny_model: str,
+                                                                 tmp_path: Path) -> None:
+    """Copies of a text get one vector, embedded once, so that a rerun that reads them from the
+    cache gets the very vectors (to the bit) that the run which embedded them got."""
+    enc = Encoder.from_settings(Settings(model=tiny_model, cache_dir=tmp_path, batch_size=2))
+    texts = ["a long text about a red pencil", "glue", "glue", "tape", "glue",
+             "a long text about a red pencil"]
+    embedded: list[str] = []
+    embed = enc._embed
+    enc._embed = lambda chunk: embedded.extend(chunk) or embed(chunk)
+    fresh = enc.encode(texts)
+    assert sorted(embedded) == sorted(set(texts))
+    assert all(np.array_equal(fresh[i], fresh[j]) for i, j in [(1, 2), (1, 4), (0, 5)])
+    embedded.clear()
+    np.testing.assert_array_equal(enc.encode(texts), fresh)  # from the cache
+    assert embedded == []
+    np.testing.assert_array_equal(enc.encode(texts, cache=False), fresh)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not has_cuda(), reason="needs a CUDA device")
 def test_gpu_encoder_runs_in_half_precision(tiny_model: str, tmp_path: Path) -> None:

@@ -209,13 +209,22 @@ class Encoder:
             todo = [i for i in todo if i not in cached]
         if not todo:
             return out
-        with tqdm(total=len(todo), desc=desc, unit="item", disable=not progress) as bar:
-            for start in range(0, len(todo), _ENCODE_CHUNK):
-                idx = todo[start:start + _ENCODE_CHUNK]
+        # each distinct text once: embedded in two batches, two copies would differ in the last
+        # bits (padding), the cache keeps one, and a rerun from the cache would get other vectors
+        # than this run (the adapter trained on them drifted apart in the 4th decimal)
+        first: dict[str, int] = {}
+        for i in todo:
+            first.setdefault(texts[i], i)
+        unique = list(first.values())
+        with tqdm(total=len(unique), desc=desc, unit="item", disable=not progress) as bar:
+            for start in range(0, len(unique), _ENCODE_CHUNK):
+                idx = unique[start:start + _ENCODE_CHUNK]
                 chunk = [texts[i] for i in idx]
                 vectors = self._embed(chunk)
                 out[idx] = vectors
                 if use_cache:
                     self.cache.put(chunk, vectors)
                 bar.update(len(idx))
+        if len(unique) < len(todo):
+            out[todo] = out[[first[texts[i]] for i in todo]]
         return out
