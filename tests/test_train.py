@@ -189,7 +189,7 @@ def test_stored_users_look_the_user_tower_query_up(trained, tmp_path: Path) -> N
         computed._tower_profiles = False  # as a store without the tower's queries answers
         for r in (looked_up, computed):
             r.model.reranker = reranker
-            r.warm()  # each domain's items by bias, with their vectors, are read here, once
+            r.model.index_points()
         retrieve = looked_up.store.retrieve
         looked_up.store.retrieve = lambda c, ids, with_vectors=False: (
             reads.append((c, with_vectors)), retrieve(c, ids, with_vectors))[1]

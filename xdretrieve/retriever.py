@@ -77,6 +77,10 @@ class BiasHead(NamedTuple):
     vectors: np.ndarray
     place: dict[int, int]
 
+    def cosines(self, rows: np.ndarray | slice, vector: np.ndarray) -> np.ndarray:
+        """Cosines of the held items at ``rows`` with the query ``vector``."""
+        return self.vectors[rows] @ (vector / np.linalg.norm(vector))
+
 
 class Retriever:
     """Answers cold-start queries from a store built by ``index``.
@@ -299,7 +303,7 @@ class Retriever:
             k = head.place.get(p, reach)
             if k < reach:
                 more[k] = False
-        extra_cos = (head.vectors[:reach] @ (vector / np.linalg.norm(vector)))[more]
+        extra_cos = head.cosines(slice(0, reach), vector)[more]
         return (pids + head.pids[:reach][more].tolist(), np.concatenate([cosines, extra_cos]),
                 np.concatenate([scores, model.scale * extra_cos + head.bias[:reach][more]]))
 
@@ -308,13 +312,15 @@ class Retriever:
         """Points of ``domain`` beyond the search: (the ids still in the store, their cosines,
         their model scores). Those among the domain's items by bias are scored in memory
         (their vectors are held), the others by the engine where they lie."""
+        if not pids:  # every candidate was found by the search: nothing to read
+            return [], np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32)
         head = self._bias_head(domain)
-        held = [p for p in pids if p in head.place]
-        found = self.store.similarity(ITEMS, vector, [p for p in pids if p not in head.place],
-                                      domain) if len(held) < len(pids) else {}
+        rows = [head.place.get(p, -1) for p in pids]
+        held = [p for p, k in zip(pids, rows, strict=True) if k >= 0]
+        found = self.store.similarity(
+            ITEMS, vector, [p for p, k in zip(pids, rows, strict=True) if k < 0], domain)
         ids = held + list(found)
-        rows = np.fromiter((head.place[p] for p in held), np.int64, len(held))
-        cosines = np.concatenate([head.vectors[rows] @ (vector / np.linalg.norm(vector)),
+        cosines = np.concatenate([head.cosines([k for k in rows if k >= 0], vector),
                                   np.fromiter(found.values(), np.float32, len(found))])
         return ids, cosines, self.model.rescore_points(ids, cosines)
 
