@@ -33,8 +33,10 @@ def test_index_query_round_trip(paired_dir: Path, tmp_path: Path, monkeypatch) -
     store = str(tmp_path / "store")
     out = run("index", "--data", str(paired_dir), "--store", store, "-q").output
     assert re.search(r"^items +24 +24 embedded", out, re.M)
+    assert re.search(r"embed [\d.]+ s \([\d,]+ items/s\)", out)
     again = run("index", "--data", str(paired_dir), "--store", store, "-q").output
     assert "0 embedded" in again and "nothing changed" in again
+    assert "items/s" not in again  # no rate where nothing was embedded
 
     table = run("query", "--store", store, "--history", "book-3", "--domain", "movies",
                 "--limit", "3").output

@@ -78,9 +78,12 @@ def main(verbose: int) -> None:
     recommend target-domain items to a user known only from another domain.
 
     \b
-    Quick start:
+    Quick start (the model takes a few minutes on a CPU; without one, index stores the
+    pretrained encoder's vectors: fine for text search, not for cold-start users):
       xdretrieve demo
-      xdretrieve index --data ../shared/data/amazon-arts-office --store shop.xdr
+      xdretrieve finetune --data ../shared/data/amazon-arts-office --out arts-office.model
+      xdretrieve index --data ../shared/data/amazon-arts-office --model arts-office.model \\
+          --store shop.xdr
       xdretrieve query --store shop.xdr --user A7PVZNHRTX1J7 --domain office
     """
     level = logging.WARNING - 10 * verbose
@@ -145,9 +148,11 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
          f"{report.profiles_deleted:,} deleted"),
     ]
     click.echo(format_table(("", "total", "changed"), rows))
-    rate = report.items_embedded / t["embed"] if report.items_embedded and t["embed"] else 0
-    click.echo(f"\nload encoder {t.get('load_encoder', 0):.1f} s, embed {t['embed']:.1f} s "
-               f"({rate:,.0f} items/s), upsert {t['upsert_items']:.1f} s,"
+    # a rate only where something was embedded ("0 items/s" on a rerun reads as a fault)
+    rate = (f" ({report.items_embedded / t['embed']:,.0f} items/s)"
+            if report.items_embedded and t["embed"] else "")
+    click.echo(f"\nload encoder {t.get('load_encoder', 0):.1f} s, embed {t['embed']:.1f} s"
+               f"{rate}, upsert {t['upsert_items']:.1f} s,"
                f" users {t.get('users', 0):.1f} s, HNSW build {t['build_index']:.1f} s, "
                f"total {t['total']:.1f} s")
     click.echo(f"store: {settings.url or settings.store}"
