@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from xdretrieve import rerank
 from xdretrieve.rerank import FEATURES, ItemStats, Reranker, candidate_union, features, fit_reranker, tokens
 
 IDS = ["a1", "a2", "o1", "o2", "o3"]
@@ -182,3 +185,39 @@ def test_text_overlap_by_token_ids_equals_the_token_sets() -> None:
             assert served[-1, col] == 0  # an unknown candidate has no text
     assert stats.cooccurring_rows(["a1"], "office", 5).tolist() == [
         stats.row[i] for i in stats.cooccurring(["a1"], "office", 5)]
+
+
+def test_saved_statistics_reload_their_texts_and_token_index(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """Saved statistics keep every text exactly (non-ASCII too) at their own size, and their
+    token index: the loaded copy gives the same text_overlap without tokenizing anything."""
+    ids = ["a0", "a1", "o0", "o1", "o2"]
+    texts = ["Crème brûlée pen, 3-pack", "", "pen refill 3-pack", "crème paper", "x" * 2000]
+    histories = {"u0": {"arts": ("a0",), "office": ("o0", "o1")},
+                 "u1": {"arts": ("a0", "a1"), "office": ("o2",)}}
+    stats = ItemStats.fit(ids, histories, ["arts"] * 2 + ["office"] * 3, texts)
+    zeros = np.zeros(3, np.float32)
+    expected = features(stats, ["a0"], texts[0], ["o0", "o1", "o2"], None, zeros, zeros)
+    assert expected[0, FEATURES.index("text_overlap")] > 0  # the case is not trivial
+    stats.save(tmp_path / "s.npz")
+    # a unicode array would pad every text to the longest (5 x 2,000 characters x 4 bytes)
+    assert (tmp_path / "s.npz").stat().st_size < 20_000
+
+    def no_tokenizing(text: str) -> set[str]:
+        raise AssertionError("the loaded statistics tokenized a text")
+
+    monkeypatch.setattr(rerank, "tokens", no_tokenizing)
+    again = ItemStats.load(tmp_path / "s.npz")
+    assert again.texts == texts
+    np.testing.assert_array_equal(
+        features(again, ["a0"], texts[0], ["o0", "o1", "o2"], None, zeros, zeros), expected)
+    monkeypatch.undo()
+    # statistics saved by an earlier version (texts as a unicode array) still load
+    old = {k: v for k, v in np.load(tmp_path / "s.npz").items()
+           if k not in {"text_bytes", "text_offsets", "vocab_bytes", "vocab_offsets",
+                        "token_ids", "token_ptr"}}
+    np.savez(tmp_path / "old.npz", texts=np.array(texts), **old)
+    older = ItemStats.load(tmp_path / "old.npz")
+    assert older.texts == texts
+    np.testing.assert_array_equal(
+        features(older, ["a0"], texts[0], ["o0", "o1", "o2"], None, zeros, zeros), expected)

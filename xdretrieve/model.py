@@ -6,7 +6,8 @@ Layout of ``MODEL_DIR``::
                             training configuration, validation metrics
     weights.npz             item adapter per domain, user tower, per-item bias
     reranker.json           the re-ranker's weights (when training kept it), with
-    item_stats.npz          the train users' popularity and co-occurrence it reads
+    item_stats.npz          the train users' popularity and co-occurrence it reads, and
+                            the items' texts with their token index (text overlap)
 
 The base encoder embeds item text as before (and its embedding cache keeps working); the item
 adapter maps those vectors per domain into the shared, domain-aligned space that is stored in
