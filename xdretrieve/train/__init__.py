@@ -1,3 +1,4 @@
-"""Training: the adapter mode (a small head over frozen, cached encoder vectors) that writes a
-model directory (:mod:`xdretrieve.model`) which ``index``, ``query`` and ``evaluate`` load with
-``--model``."""
+"""Training: the adapter mode (a small head over frozen, cached encoder vectors) and the full
+mode (the encoder itself fine-tuned first, on one or several GPUs, then the adapter over its
+vectors); either writes a model directory (:mod:`xdretrieve.model`) which ``index``, ``query``
+and ``evaluate`` load with ``--model``."""
