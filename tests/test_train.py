@@ -127,6 +127,44 @@ def test_trained_model_through_index_and_query(trained, tmp_path: Path, tiny_mod
         Retriever(settings.model_copy(update={"model": tiny_model}))
 
 
+def test_a_moved_or_changed_trained_model_is_found_or_refused(trained, tmp_path: Path) -> None:
+    """The store records where its trained model was: moved, it is refused with a message
+    until ``--model`` says where it is now (then the same answers), and re-indexing there
+    records the new place; changed in place (retrained), it is refused, not served over the
+    old model's item vectors."""
+    import shutil
+
+    from xdretrieve.config import Settings
+    from xdretrieve.errors import EncoderMismatchError, StoreError
+    from xdretrieve.indexer import index_dataset
+
+    tmp, ds, _, _ = trained
+    model_dir, moved = tmp_path / "model", tmp_path / "moved"
+    shutil.copytree(tmp / "model", model_dir)
+    plain = Settings(store=tmp_path / "store", cache_dir=tmp / "cache")  # no --model
+    index_dataset(ds, plain.model_copy(update={"model": str(model_dir)}))
+
+    def answers(settings: Settings) -> list[tuple[str, float]]:
+        with Retriever(settings) as r:
+            return [(h.item_id, h.score) for t in range(len(THEMES))
+                    for h in r.recommend_history([f"book-{t}"], "movies", 3)]
+
+    expected = answers(plain)
+    model_dir.rename(moved)
+    with pytest.raises(StoreError, match=f"trained model '{model_dir}', which is not there"):
+        Retriever(plain)
+    given = plain.model_copy(update={"model": str(moved)})
+    assert answers(given) == expected
+    index_dataset(ds, given)  # nothing to re-embed; the store now records the new place
+    assert answers(plain) == expected
+    with np.load(moved / "weights.npz") as z:
+        weights = dict(z)
+    weights["bias"] = weights["bias"] + 1.0  # as if retrained in place
+    np.savez(moved / "weights.npz", **weights)
+    with pytest.raises(EncoderMismatchError, match="changed or retrained since"):
+        Retriever(plain)
+
+
 def test_the_reranker_is_served_the_towers_exact_best(trained, tmp_path: Path) -> None:
     """The re-ranker is fitted on the tower's exact best candidates; served, it must get those
     too, also the items that the bias lifts from outside the nearest neighbours by cosine."""

@@ -78,6 +78,13 @@ def _fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def trained_fingerprint(trained: Path, base_fingerprint: str, *, cached: bool = True) -> str:
+    """A trained model directory's fingerprint: its files' and its base encoder's
+    (``cached=False``: of the files as they are now, not as this process first read them)."""
+    files = _fingerprint(trained) if cached else _fingerprint.__wrapped__(trained)
+    return hashlib.sha256((base_fingerprint + files).encode()).hexdigest()[:16]
+
+
 def resolve_model(name: str) -> ModelRef:
     """Find a model: the packaged default by name, or a local sentence-transformers directory.
 
@@ -101,9 +108,8 @@ def resolve_model(name: str) -> ModelRef:
                 f"model '{trained}' was trained on encoder '{manifest['base_model']}' with "
                 f"fingerprint {manifest['base_fingerprint']}, but that encoder is now "
                 f"{base.fingerprint}")
-        fingerprint = hashlib.sha256(
-            (base.fingerprint + _fingerprint(trained)).encode()).hexdigest()[:16]
-        return ModelRef(str(trained), base.path, fingerprint, trained, base.fingerprint)
+        return ModelRef(str(trained), base.path, trained_fingerprint(trained, base.fingerprint),
+                        trained, base.fingerprint)
     if name in _DEFAULT_ALIASES:
         path, display = _default_model_dir(), DEFAULT_MODEL
     else:

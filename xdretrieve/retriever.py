@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from xdretrieve.blas import one_blas_thread
 from xdretrieve.config import Settings
-from xdretrieve.errors import NotFoundError, StoreError
+from xdretrieve.errors import EncoderMismatchError, NotFoundError, StoreError
 from xdretrieve.rerank import candidate_union, row_features, tower_head
 from xdretrieve.store import (
     ITEMS,
@@ -108,22 +109,46 @@ class Retriever:
             where = self.settings.url or self.settings.store
             raise StoreError(f"no xdretrieve store at {where}: run `xdretrieve index` first")
         self.info: StoreInfo = info
+        given = None
         if "model" in self.settings.model_fields_set:
             from xdretrieve.encoder import resolve_model
 
-            ref = resolve_model(self.settings.model)
-            info.check_encoder(ref.name, ref.fingerprint)
+            given = resolve_model(self.settings.model)
+            info.check_encoder(given.name, given.fingerprint)
         self._encoder: Any = None
         self._bias_heads: dict[str, BiasHead] = {}  # by domain (a trained model's)
         # a store built with a trained model: its user tower and item bias answer queries
         self.model: Any = None
         if info.extra.get("trained"):
-            from xdretrieve.model import TrainedModel
-
-            self.model = TrainedModel.load(info.extra["trained"])
+            self.model = self._load_trained(given.trained if given is not None else None)
         # the stored profiles hold the user tower's queries (computed by `index`)
         self._tower_profiles = (self.model is not None
                                 and info.extra.get(PROFILE_VECTORS) == TOWER_PROFILES)
+
+    def _load_trained(self, given: Path | None) -> Any:
+        """The trained model that built the store: the directory given with ``--model`` (already
+        checked; the model may have moved since), else the one the store recorded, which must
+        still be there and still be that model (not retrained in place: its tower would then
+        answer over another model's item vectors)."""
+        from xdretrieve.encoder import trained_fingerprint
+        from xdretrieve.model import MANIFEST, TrainedModel, is_model_dir
+
+        path = given if given is not None else Path(self.info.extra["trained"])
+        if not is_model_dir(path):
+            raise StoreError(
+                f"this store was built with the trained model '{path}', which is not there any "
+                f"more (no {MANIFEST}): pass --model with that model's directory (fingerprint "
+                f"{self.info.fingerprint}), or re-index with `xdretrieve index --model DIR`")
+        model = TrainedModel.load(path)
+        if given is None:
+            found = trained_fingerprint(path, model.manifest["base_fingerprint"], cached=False)
+            if found != self.info.fingerprint:
+                raise EncoderMismatchError(
+                    f"the trained model at '{path}' is not the one that built this store "
+                    f"(fingerprint {found}, the store's {self.info.fingerprint}): it was changed "
+                    f"or retrained since; re-index with it (`xdretrieve index --model {path}`), "
+                    f"or pass --model with the directory of the model that built the store")
+        return model
 
     # -- building queries ----------------------------------------------------------------------
     def _check_domain(self, domain: str) -> None:
