@@ -45,8 +45,11 @@ def _fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
 def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--store / --url / --model, shared by every command that opens a store."""
     func = click.option("--model", default=None, metavar="NAME|DIR",
-                        help="Encoder: 'all-MiniLM-L6-v2' (packaged default) or a local "
-                             "sentence-transformers model directory. [env XDR_MODEL]")(func)
+                        help="Encoder: 'all-MiniLM-L6-v2' (packaged default), a local "
+                             "sentence-transformers model directory, or a model directory "
+                             "written by `xdretrieve finetune`. A store records what built it: "
+                             "give this to index, or where a trained model has moved. "
+                             "[env XDR_MODEL]")(func)
     func = click.option("--url", default=None, metavar="URL",
                         help="Qdrant server URL (e.g. http://localhost:6333); overrides --store. "
                              "[env XDR_URL]")(func)
