@@ -309,3 +309,46 @@ def test_items_by_bias_beyond_the_search_are_scored_in_memory(trained, tmp_path:
         expected = np.array([engine[p] for p in got], dtype=np.float32)
         np.testing.assert_allclose(cosines, expected, atol=1e-5)
         np.testing.assert_allclose(scores, r.model.rescore_points(got, expected), atol=1e-4)
+
+
+def test_cli_finetune_writes_its_model_directory_whole_or_not_at_all(tiny_model: str,
+                                                                     tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    """`finetune --out` replaces a model only once the new one is complete: an interrupted run
+    leaves the earlier model byte for byte and nothing beside it; a folder that is not a model
+    directory is refused untouched."""
+    from click.testing import CliRunner
+
+    from xdretrieve.cli import main
+    from xdretrieve.model import MANIFEST, WEIGHTS
+
+    monkeypatch.setenv("XDR_CACHE_DIR", str(tmp_path / "cache"))
+    data = write_paired_dataset(tmp_path / "data", users_per_theme=5)
+    splits = (data / "users.csv").read_text().replace("-1,train", "-1,valid")
+    (data / "users.csv").write_text(splits)
+    out = tmp_path / "model"
+    args = ["finetune", "--data", str(data), "--out", str(out), "--model", tiny_model,
+            "--dim", "8", "--epochs", "2", "-q"]
+
+    def finetune(*extra: str) -> object:
+        return CliRunner().invoke(main, [*args, *extra])
+
+    assert finetune().exit_code == 0 and (out / MANIFEST).is_file()
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+
+    def interrupted(dataset, base, out_dir, *rest, **options):
+        (Path(out_dir) / WEIGHTS).write_bytes(b"half")  # what was written when it stopped
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr("xdretrieve.train.adapter.train_adapter", interrupted)
+        assert finetune("--seed", "1").exit_code != 0
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "data", "model"]
+    assert finetune("--seed", "1").exit_code == 0  # a complete run replaces it
+    assert (out / WEIGHTS).read_bytes() != before[WEIGHTS]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "data", "model"]
+    listing = sorted(p.name for p in data.iterdir())
+    refused = CliRunner().invoke(main, [*args[:3], "--out", str(data), *args[5:]])
+    assert refused.exit_code == 1 and "is not an xdretrieve model directory" in refused.output
+    assert sorted(p.name for p in data.iterdir()) == listing

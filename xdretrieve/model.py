@@ -18,6 +18,8 @@ domain; the per-item bias (learned, popularity-like) re-scores the nearest neigh
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,46 @@ WEIGHTS = "weights.npz"
 
 def is_model_dir(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
+
+
+class StagedModelDir:
+    """A model directory written whole or not at all: training writes into ``path``, a hidden
+    sibling of ``out``, and :meth:`publish` puts it in ``out``'s place (an earlier model there
+    is replaced only then). A run that fails or is interrupted leaves ``out`` as it was.
+
+    Raises:
+        XDRetrieveError: ``out`` is a file, or a folder with other things in it (not a model
+            directory): a typo in ``--out`` must not scatter files into it.
+    """
+
+    def __init__(self, out: str | Path):
+        from xdretrieve.errors import XDRetrieveError
+
+        self.out = Path(out)
+        if self.out.exists() and not (self.out.is_dir() and (
+                is_model_dir(self.out) or not any(self.out.iterdir()))):
+            raise XDRetrieveError(
+                f"{self.out} exists and is not an xdretrieve model directory (no {MANIFEST}): "
+                f"give --out a new or empty folder, or one that a model was written to")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.writing-",
+                                          dir=self.out.parent))
+
+    def publish(self) -> None:
+        """Replace ``out`` with what was written (a rename on one file system)."""
+        old = None
+        if self.out.exists():
+            old = self.out.with_name(f"{self.path.name}.old")
+            self.out.rename(old)
+        self.path.rename(self.out)
+        if old is not None:
+            shutil.rmtree(old)
+
+    def __enter__(self) -> StagedModelDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)  # nothing there once published
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:

@@ -14,7 +14,9 @@ from xdretrieve.errors import XDRetrieveError
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Dataset folder with items.*, interactions.* and users.* (the split).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="The model directory to write.")
+              help="The model directory to write: new, empty, or an earlier model, which is "
+                   "replaced only once the new one is complete (an interrupted run leaves it "
+                   "as it was).")
 @click.option("--mode", type=click.Choice(["adapter", "full"]), default="adapter", show_default=True,
               help="adapter: train only a head over the frozen, cached encoder vectors "
                    "(CPU-friendly). full: first fine-tune the transformer itself on contrastive "
@@ -85,6 +87,7 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
     from xdretrieve.cli import make_settings
     from xdretrieve.data import Dataset
     from xdretrieve.encoder import resolve_model
+    from xdretrieve.model import StagedModelDir
     from xdretrieve.train.adapter import AdapterConfig
 
     if mode == "adapter":
@@ -107,15 +110,17 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
         ref = resolve_model(settings.model)
         if ref.trained is not None:
             raise XDRetrieveError("--model must be a base encoder, not a trained model directory")
-        if mode == "full":
-            manifest = _full(dataset, out, ref, settings, config, seed, quiet, time_budget,
-                             batch_size=batch_size, lr=lr, epochs=ft_epochs, max_pairs=max_pairs,
-                             hard_negatives=hard_negatives,
-                             gradient_checkpointing=gradient_checkpointing)
-            if manifest is None:  # another process of a torchrun launch: rank 0 reports
-                return
-        else:
-            manifest = _adapter(dataset, out, ref, settings, config, quiet)
+        with StagedModelDir(out) as stage:
+            if mode == "full":
+                manifest = _full(dataset, stage.path, ref, settings, config, seed, quiet,
+                                 time_budget, batch_size=batch_size, lr=lr, epochs=ft_epochs,
+                                 max_pairs=max_pairs, hard_negatives=hard_negatives,
+                                 gradient_checkpointing=gradient_checkpointing)
+                if manifest is None:  # another process of a torchrun launch: rank 0 reports
+                    return
+            else:
+                manifest = _adapter(dataset, stage.path, ref, settings, config, quiet)
+            stage.publish()
     except XDRetrieveError as e:
         raise click.ClickException(str(e)) from e
     if mode == "full":
