@@ -17,7 +17,7 @@ from xdretrieve.evaluate.cli import evaluate as evaluate_command
 from xdretrieve.evaluate.leakcheck import LeakError, check_no_leak, perturb_test_targets
 from xdretrieve.evaluate.methods import Method, stable_rank
 from xdretrieve.evaluate.popularity import Popularity
-from xdretrieve.evaluate.protocol import Direction, Protocol, Split, TrainView
+from xdretrieve.evaluate.protocol import SPLIT_SEED, Direction, Protocol, Split, TrainView
 from xdretrieve.evaluate.report import format_table, to_markdown, write_report
 from xdretrieve.evaluate.runner import evaluate
 
@@ -114,13 +114,18 @@ def test_random_split_without_users_csv_is_seeded_and_takes_both_domain_users() 
     users |= {f"s{i}": ("train", [(f"b{i % 4}", 0)]) for i in range(10)}  # books only
     ds = make_dataset(users, with_splits=False)
     split = Split.of(ds, seed=3)
-    assert not split.from_file and split.valid == ()
+    assert not split.from_file
     assert len(split.test) == 4  # 10% of the 40 users active in both domains
-    assert all(u.startswith("u") for u in split.test)
-    assert set(split.train) == set(ds.histories) - set(split.test)
+    assert len(split.valid) == 2  # 5% of them, among the others
+    assert all(u.startswith("u") for u in split.test + split.valid)
+    assert not set(split.valid) & set(split.test)
+    assert set(split.train) == set(ds.histories) - set(split.test) - set(split.valid)
     assert Split.of(ds, seed=3) == split
     assert any(Split.of(ds, seed=s).test != split.test for s in range(4, 10))
-    assert list(split.test) == [u for u in ds.histories if u in split.test]  # data order
+    for group in (split.test, split.valid):
+        assert list(group) == [u for u in ds.histories if u in group]  # data order
+    # every command draws the same split: the protocol's default seed, whatever seeds the methods
+    assert Protocol(ds).split == Split.of(ds) == Split.of(ds, seed=SPLIT_SEED)
 
 
 # -- leaks ---------------------------------------------------------------------------------------

@@ -352,3 +352,36 @@ def test_cli_finetune_writes_its_model_directory_whole_or_not_at_all(tiny_model:
     refused = CliRunner().invoke(main, [*args[:3], "--out", str(data), *args[5:]])
     assert refused.exit_code == 1 and "is not an xdretrieve model directory" in refused.output
     assert sorted(p.name for p in data.iterdir()) == listing
+
+
+def test_cli_finetune_without_users_csv_trains_on_the_split_evaluate_uses(tiny_model: str,
+                                                                          tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    """A shop's data without users.csv trains on the seeded split that `evaluate` draws too
+    (whatever --seed the training gets): its statistics count the train users of that split
+    and nothing of its valid or test users."""
+    from click.testing import CliRunner
+
+    from xdretrieve.cli import main
+    from xdretrieve.evaluate.protocol import Protocol
+    from xdretrieve.rerank import ItemStats
+
+    monkeypatch.setenv("XDR_CACHE_DIR", str(tmp_path / "cache"))
+    data = write_paired_dataset(tmp_path / "data", users_per_theme=5)
+    (data / "users.csv").unlink()
+    out = tmp_path / "model"
+    result = CliRunner().invoke(main, ["finetune", "--data", str(data), "--out", str(out),
+                                       "--model", tiny_model, "--dim", "8", "--epochs", "2",
+                                       "--seed", "7", "-q"])
+    assert result.exit_code == 0, result.output
+    split = Protocol(Dataset.from_dir(data)).split
+    assert (len(split.train), len(split.valid), len(split.test)) == (51, 3, 6)
+    assert "users: 51 train, 3 valid, 6 test (no users.*: a seeded split" in result.output
+    stats = ItemStats.load(out / "item_stats.npz")
+    counted = {i: 0.0 for i in stats.ids}
+    ds = Dataset.from_dir(data)
+    for u in split.train:
+        for items in ds.histories[u].values():
+            for i in items:
+                counted[i] += 1
+    assert stats.popularity.tolist() == [counted[i] for i in stats.ids]

@@ -40,6 +40,10 @@ from xdretrieve.errors import NotFoundError, XDRetrieveError
 log = logging.getLogger(__name__)
 
 TEST_FRACTION = 0.1  # without users.csv: share of users active in two domains held out as test
+VALID_FRACTION = 0.05  # ... and of the others active in two domains, kept for model selection
+# Without users.csv every command draws the same split (training's and the methods' seeds do not
+# change it), so that what `finetune` trains on, `evaluate` never tests on.
+SPLIT_SEED = 0
 
 
 class Direction(NamedTuple):
@@ -75,10 +79,11 @@ class Split:
     from_file: bool  # True: users.csv; False: the seeded random split
 
     @classmethod
-    def of(cls, dataset: Dataset, seed: int = 0) -> Split:
+    def of(cls, dataset: Dataset, seed: int = SPLIT_SEED) -> Split:
         """The dataset's split: users.csv when it was given, else a seeded random
-        :data:`TEST_FRACTION` of the users active in at least two domains as test, the rest
-        train (no valid users). Users absent from users.csv are in no split and never used."""
+        :data:`TEST_FRACTION` of the users active in at least two domains as test, a seeded
+        :data:`VALID_FRACTION` of the other such users as valid, the rest train. Users absent
+        from users.csv are in no split and never used."""
         if dataset.splits is not None:
             by = {name: tuple(u for u, s in dataset.splits.items() if s == name)
                   for name in ("train", "valid", "test")}
@@ -94,7 +99,12 @@ class Split:
         n_test = max(n_test, 1) if active else 0
         rng = np.random.default_rng(seed)
         chosen = {active[i] for i in rng.choice(len(active), size=n_test, replace=False)}
-        return cls(tuple(u for u in users if u not in chosen), (),
+        rest = [u for u in active if u not in chosen]
+        n_valid = min(max(round(VALID_FRACTION * len(active)), 1), len(rest) - 1)
+        valid = ({rest[i] for i in rng.choice(len(rest), size=n_valid, replace=False)}
+                 if n_valid > 0 else set())
+        return cls(tuple(u for u in users if u not in chosen and u not in valid),
+                   tuple(u for u in users if u in valid),
                    tuple(u for u in users if u in chosen), from_file=False)
 
 
@@ -227,10 +237,11 @@ class Protocol:
 
     Args:
         dataset: the loaded dataset.
-        seed: seeds the random test split of a dataset without users.csv.
+        seed: seeds the random split of a dataset without users.csv (keep the default: it is
+            the split every command uses).
     """
 
-    def __init__(self, dataset: Dataset, seed: int = 0):
+    def __init__(self, dataset: Dataset, seed: int = SPLIT_SEED):
         self.name = dataset.name
         self.split = Split.of(dataset, seed)
         self.domains = dataset.domains

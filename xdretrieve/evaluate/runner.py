@@ -22,7 +22,7 @@ from xdretrieve.data import Dataset
 from xdretrieve.errors import NotFoundError, XDRetrieveError
 from xdretrieve.evaluate.methods import Method
 from xdretrieve.evaluate.metrics import METRICS
-from xdretrieve.evaluate.protocol import Direction, EvalTask, Protocol, TrainView
+from xdretrieve.evaluate.protocol import SPLIT_SEED, Direction, EvalTask, Protocol, TrainView
 from xdretrieve.evaluate.registry import BASELINES, check_known, make_method
 from xdretrieve.evaluate.selection import score_task
 
@@ -111,14 +111,15 @@ def evaluate(
     """Evaluate methods on every requested direction of ``dataset`` (shared/EVALUATION.md).
 
     Args:
-        dataset: the loaded dataset (users.csv gives the split; else a seeded random one).
+        dataset: the loaded dataset (users.csv gives the split; else the seeded random one
+            that ``finetune`` uses too).
         directions: ``"S->T"`` strings or (source, target) pairs; None: every ordered pair.
         methods: registered names (see :data:`~xdretrieve.evaluate.registry.METHODS`) and/or
             :class:`~xdretrieve.evaluate.methods.Method` objects. A named method is built fresh
             per direction; an object is re-fitted per direction and closed at the end.
             None: the baselines.
         max_users: evaluate only the first N test users (users.csv order) of each direction.
-        seed: seeds the methods and the split of a dataset without users.csv.
+        seed: seeds the methods.
         progress: show progress bars (stderr).
         batch_size: queries ranked at once (memory: batch_size x n_target_items int64).
 
@@ -131,7 +132,7 @@ def evaluate(
     from tqdm import tqdm
 
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
-    protocol = Protocol(dataset, seed)
+    protocol = Protocol(dataset)
     chosen = _directions(protocol, directions)
     methods = list(BASELINES if methods is None else methods)
     names = _names(methods)
@@ -171,7 +172,7 @@ def evaluate(
                 spec.close()
     config = {"directions": [str(d) for d in chosen], "methods": names, "max_users": max_users,
               "seed": seed, "split": "users.csv" if protocol.split.from_file else
-              f"seeded random {seed}", "batch_size": batch_size}
+              f"seeded random {SPLIT_SEED}", "batch_size": batch_size}
     return Results(dataset.name, rows, n_users, config, _version(),
                    started.isoformat(timespec="seconds"), time.perf_counter() - t0)
 

@@ -80,7 +80,8 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
     """Train and save a model directory.
 
     Args:
-        dataset: with users.csv (train users fit, valid users select).
+        dataset: split by users.csv, or the seeded split without it (train users fit, valid
+            users select).
         base: (n_items, base_dim) encoder vectors of ``dataset.items`` in order.
         out_dir: the model directory to write.
         base_model, base_fingerprint: the encoder that made ``base``.
@@ -100,7 +101,7 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
     config = config or AdapterConfig()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    protocol = Protocol(dataset, seed=config.seed)
+    protocol = Protocol(dataset)  # the split evaluate uses (the training seed does not move it)
     catalog = Catalog.of(dataset)
     domains, ids, row_of = catalog.domains, catalog.ids, catalog.row_of
     rows_by_domain, local_of = catalog.rows_by_domain, catalog.local_of

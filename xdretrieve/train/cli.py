@@ -87,6 +87,7 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
     from xdretrieve.cli import make_settings
     from xdretrieve.data import Dataset
     from xdretrieve.encoder import resolve_model
+    from xdretrieve.evaluate.protocol import Protocol
     from xdretrieve.model import StagedModelDir
     from xdretrieve.train.adapter import AdapterConfig
 
@@ -105,8 +106,13 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
     try:
         settings = make_settings(model=model, device=device)
         dataset = Dataset.from_dir(data)
-        if dataset.splits is None:
-            raise XDRetrieveError(f"{data} has no users.* file: training needs train/valid users")
+        split = Protocol(dataset).split
+        if not split.valid:
+            raise XDRetrieveError(f"{data}: no valid users to select the model with (users.* "
+                                  f"names none, or too few users are active in two domains)")
+        click.echo(f"users: {len(split.train):,} train, {len(split.valid):,} valid, "
+                   f"{len(split.test):,} test (" + ("users.*" if split.from_file else
+                   "no users.*: a seeded split, the one `evaluate` uses") + ")", err=True)
         ref = resolve_model(settings.model)
         if ref.trained is not None:
             raise XDRetrieveError("--model must be a base encoder, not a trained model directory")

@@ -339,7 +339,8 @@ def finetune_encoder(dataset: Dataset, base_path: str | Path, out_path: str | Pa
     best epoch's model (by valid ndcg@10; epoch 0 is the model as given) to ``out_path``.
 
     Args:
-        dataset: with users.csv (train users give the pairs, valid users select).
+        dataset: split by users.csv, or the seeded split (train users give the pairs, valid
+            users select).
         base_path: the sentence-transformers directory to start from.
         out_path: where the fine-tuned model is saved (replaced).
         config: hyper-parameters.
@@ -352,8 +353,6 @@ def finetune_encoder(dataset: Dataset, base_path: str | Path, out_path: str | Pa
         None on the other processes.
     """
     config = config or FullConfig()
-    if dataset.splits is None:
-        raise XDRetrieveError("training needs users.* with train/valid users")
     ctx = setup(device)
     try:
         return _finetune(dataset, Path(base_path), Path(out_path), config, ctx, text_template,
@@ -372,7 +371,7 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
     t_start = time.perf_counter()
     config = config.on(ctx.device)
     rng = np.random.default_rng(config.seed)  # the same on every process: the same batches
-    protocol = Protocol(dataset, seed=config.seed)
+    protocol = Protocol(dataset)  # the split evaluate uses (the training seed does not move it)
     catalog = Catalog.of(dataset)
     domains, ids, row_of, rows_by_domain = (catalog.domains, catalog.ids, catalog.row_of,
                                             catalog.rows_by_domain)
@@ -560,7 +559,7 @@ def train_full(dataset: Dataset, out_dir: str | Path, base, settings, config: Fu
     that encoder's item vectors into ``out_dir``.
 
     Args:
-        dataset: with users.csv.
+        dataset: split by users.csv, or the seeded split without it.
         out_dir: the model directory to write.
         base: :class:`xdretrieve.encoder.ModelRef` of the encoder to start from.
         settings: :class:`xdretrieve.config.Settings` (device, text template, sequence length,
