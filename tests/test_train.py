@@ -127,6 +127,30 @@ def test_trained_model_through_index_and_query(trained, tmp_path: Path, tiny_mod
         Retriever(settings.model_copy(update={"model": tiny_model}))
 
 
+def test_a_text_query_to_a_trained_model_finds_the_items_nearest_to_it(trained,
+                                                                       tmp_path: Path) -> None:
+    """A text query's vector is item-like: an item's own text finds that item first (its
+    adapted vector is the stored one), whatever the items' biases; the model's user score
+    would rank the items of high bias first."""
+    from xdretrieve.config import Settings
+    from xdretrieve.indexer import index_dataset
+
+    tmp, ds, _, _ = trained
+    settings = Settings(store=tmp_path / "store", model=str(tmp / "model"),
+                        cache_dir=tmp / "cache")
+    index_dataset(ds, settings)
+    movies = [i for i in ds.items.values() if i.domain == "movies"]
+    with Retriever(settings) as r:
+        model = r.model
+        model.bias = {i: float(b) for i, b in zip(
+            model.bias, np.random.default_rng(1).normal(0, 2, len(model.bias)), strict=True)}
+        model.index_points()
+        for item in movies:
+            hits = r.search_text(item_text(item, settings.text_template), "movies", 3)
+            assert hits[0].item_id == item.item_id
+            assert hits[0].score == pytest.approx(1.0, abs=1e-4)  # a cosine
+
+
 def test_a_moved_or_changed_trained_model_is_found_or_refused(trained, tmp_path: Path) -> None:
     """The store records where its trained model was: moved, it is refused with a message
     until ``--model`` says where it is now (then the same answers), and re-indexing there

@@ -66,6 +66,10 @@ class Query:
     history: tuple[str, ...] = ()  # item ids the vector was made from (re-ranker features)
     history_text: str = ""  # their titles and texts (re-ranker features)
     popular: bool = False  # no history at all: answered with the domain's most popular items
+    # a text query to a trained model: its vector is item-like, so the answer is the items
+    # nearest by cosine (the model's score, scale x cosine + bias, ranks items for a user
+    # tower's query: for a text it put popular items first, the text's own item nowhere)
+    nearest: bool = False
 
 
 class BiasHead(NamedTuple):
@@ -228,7 +232,8 @@ class Retriever:
 
     def text_query(self, text: str, domain: str | None = None) -> Query:
         """A free-text query embedded by the store's encoder (with a trained model, mapped by
-        the item adapter of ``domain``, as an item of that domain would be)."""
+        the item adapter of ``domain``, as an item of that domain would be, and answered by the
+        items nearest to it)."""
         if not text.strip():
             raise NotFoundError("the text is empty")
         if self._encoder is None:
@@ -242,7 +247,8 @@ class Retriever:
             if domain is None:
                 raise NotFoundError("a text query to a trained model needs its target domain")
             self._check_domain(domain)
-            return Query(self._encoder.encode_items([text], [domain], cache=False)[0], (), "text")
+            return Query(self._encoder.encode_items([text], [domain], cache=False)[0], (), "text",
+                         nearest=True)
         return Query(self._encoder.encode([text], cache=False)[0], (), "text")
 
     # -- answering ---------------------------------------------------------------------------------
@@ -259,7 +265,7 @@ class Retriever:
         exclude = [self._point_of(i) for i in query.exclude]
         if query.popular:
             return self.popular(domain, limit, exclude=query.exclude)
-        if self.model is None:
+        if self.model is None or query.nearest:
             return self._nearest_hits(query.vector, domain, limit, max(limit, candidates or 0),
                                       exclude)
         width = max(limit, candidates or self.settings.candidates)
