@@ -103,3 +103,23 @@ def test_light_imports() -> None:
             "if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_demo_trains_indexes_and_answers(tmp_path: Path, monkeypatch, minilm_model: str) -> None:
+    """`xdretrieve demo`, the README's first command: a model trained on the packaged sample,
+    the sample indexed with it, two cold-start users answered with some of their held-out
+    movies; run again, it rebuilds both."""
+    from xdretrieve.config import Settings
+    from xdretrieve.store import open_store
+
+    monkeypatch.setenv("XDR_CACHE_DIR", str(tmp_path / "cache"))
+    store = tmp_path / "demo"
+    for _ in range(2):
+        out = run("demo", "--store", str(store)).output
+        assert "training a model on the demo sample (80 items: books, movies; 48 train users)" in out
+        assert re.search(r"books->movies 0\.\d\d \(user tower\) -> 0\.\d\d \(re-ranked\)", out)
+        found = [int(n) for n in re.findall(r"\((\d) of these 5 (?:is|are) in the user's", out)]
+        assert len(found) == 2 and all(n >= 1 for n in found)
+        with open_store(Settings(store=store)) as s:
+            assert s.read_info().extra["trained"] == str((tmp_path / "demo.model").resolve())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "demo", "demo.model"]

@@ -125,7 +125,7 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
                 if manifest is None:  # another process of a torchrun launch: rank 0 reports
                     return
             else:
-                manifest = _adapter(dataset, stage.path, ref, settings, config, quiet)
+                manifest = train_adapter_model(dataset, stage.path, ref, settings, config, quiet)
             stage.publish()
     except XDRetrieveError as e:
         raise click.ClickException(str(e)) from e
@@ -142,7 +142,9 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
     click.echo(f"wrote {out}")
 
 
-def _adapter(dataset, out, ref, settings, config, quiet: bool) -> dict:
+def train_adapter_model(dataset, out, ref, settings, config, quiet: bool) -> dict:
+    """Adapter mode into the folder ``out``: embed the items with the base encoder ``ref``
+    (cached), train, write; returns the manifest."""
     from xdretrieve.encoder import Encoder, item_text
     from xdretrieve.train.adapter import train_adapter
 
