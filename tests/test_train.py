@@ -151,6 +151,32 @@ def test_a_text_query_to_a_trained_model_finds_the_items_nearest_to_it(trained,
             assert hits[0].score == pytest.approx(1.0, abs=1e-4)  # a cosine
 
 
+def test_a_domain_the_model_was_not_trained_on_is_refused_before_any_work(
+        trained, tmp_path: Path) -> None:
+    """Items of a domain without an item adapter: a clear error (not a KeyError traceback),
+    from index before it embeds or writes anything, and from the model itself (the service's
+    item upserts go through it)."""
+    import json
+
+    from xdretrieve.config import Settings
+    from xdretrieve.errors import XDRetrieveError
+    from xdretrieve.indexer import index_dataset
+
+    tmp, _, base, _ = trained
+    data = write_paired_dataset(tmp_path / "data")
+    with open(data / "items.jsonl", "a") as f:
+        f.write(json.dumps({"item_id": "song-1", "domain": "music", "title": "A song"}) + "\n")
+    store = tmp_path / "store"
+    settings = Settings(store=store, model=str(tmp / "model"), cache_dir=tmp_path / "cache")
+    with pytest.raises(XDRetrieveError, match="knows the domains books, movies, not music"):
+        index_dataset(Dataset.from_dir(data), settings)
+    assert not (tmp_path / "cache").exists()  # nothing embedded
+    with open_store(settings) as s:
+        assert s.read_info() is None and not s.exists(ITEMS)
+    with pytest.raises(XDRetrieveError, match="not music"):
+        TrainedModel.load(tmp / "model").item_vectors(base[:2], ["movies", "music"])
+
+
 def test_a_moved_or_changed_trained_model_is_found_or_refused(trained, tmp_path: Path) -> None:
     """The store records where its trained model was: moved, it is refused with a message
     until ``--model`` says where it is now (then the same answers), and re-indexing there

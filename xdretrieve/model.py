@@ -35,6 +35,19 @@ def is_model_dir(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
+def check_domains(path: str | Path, known: Sequence[str], wanted: Sequence[str]) -> None:
+    """Raise :class:`XDRetrieveError` unless the model at ``path``, trained on the domains
+    ``known``, knows every domain in ``wanted`` (it has an item adapter for those only)."""
+    from xdretrieve.errors import XDRetrieveError
+
+    unknown = sorted(set(wanted) - set(known))
+    if unknown:
+        raise XDRetrieveError(
+            f"the trained model '{path}' knows the domains {', '.join(known)}, not "
+            f"{', '.join(unknown)}: train a model on data with those domains (`xdretrieve "
+            f"finetune`), or index without --model")
+
+
 class StagedModelDir:
     """A model directory written whole or not at all: training writes into ``path``, a hidden
     sibling of ``out``, and :meth:`publish` puts it in ``out``'s place (an earlier model there
@@ -126,10 +139,8 @@ class TrainedModel:
         in the shared space."""
         out = np.zeros((len(base), int(self.manifest["dim"])), dtype=np.float32)
         domains_arr = np.asarray(domains)
+        check_domains(self.path, self.domains, domains)
         for d in set(domains):
-            if f"proj_w_{d}" not in self.weights:
-                raise KeyError(f"the model was not trained on domain '{d}' "
-                               f"(it knows {', '.join(self.domains)})")
             rows = np.flatnonzero(domains_arr == d)
             out[rows] = base[rows] @ self.weights[f"proj_w_{d}"] + self.weights[f"proj_b_{d}"]
         return _normalize(out)
