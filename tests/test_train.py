@@ -151,6 +151,59 @@ def test_a_text_query_to_a_trained_model_finds_the_items_nearest_to_it(trained,
             assert hits[0].score == pytest.approx(1.0, abs=1e-4)  # a cosine
 
 
+def test_a_trained_model_on_a_qdrant_server_answers_as_on_the_embedded_store(
+        trained, tmp_path: Path, monkeypatch) -> None:
+    """The server code path (qdrant-client; its in-process mode speaks the server API) with a
+    trained model: index, stored users, histories, texts and the re-ranker give the answers of
+    the embedded store."""
+    from qdrant_client import QdrantClient
+
+    from xdretrieve.config import Settings
+    from xdretrieve.indexer import index_dataset
+    from xdretrieve.rerank import FEATURES, ItemStats, Reranker
+    from xdretrieve.store.server import ServerStore
+
+    tmp, ds, _, _ = trained
+    settings = Settings(store=tmp_path / "store", model=str(tmp / "model"),
+                        cache_dir=tmp / "cache", candidates=4)
+    ids = list(ds.items)
+    train_users = [u for u, split in ds.splits.items() if split == "train"]
+    stats = ItemStats.fit(ids, {u: dict(ds.histories[u]) for u in train_users},
+                          [ds.items[i].domain for i in ids],
+                          [item_text(ds.items[i], settings.text_template) for i in ids])
+    ones = np.ones(len(FEATURES), dtype=np.float32)
+    n = len(THEMES)
+
+    def answers(r: Retriever) -> list[list[tuple[str, float]]]:
+        # a re-ranker over every feature, and biases wide enough that the best items lie
+        # beyond the searched ones; the engine scores those beyond the 2 held in memory
+        r.model.reranker = Reranker(ones, 0 * ones, ones, stats)
+        r.model.bias = {i: float(b) for i, b in zip(r.model.bias, np.random.default_rng(2).normal(
+            0, r.model.scale, len(r.model.bias)), strict=True)}
+        r.model.index_points()
+        hits = ([r.recommend_history([f"book-{t}"], "movies", 5) for t in range(n)]
+                + [r.recommend_user(f"u{t}-0", "books", 5) for t in range(n)]
+                + [r.search_text(item_text(ds.items[f"movie-{t}"], settings.text_template),
+                                 "movies", 3) for t in range(n)])
+        return [[(h.item_id, h.score) for h in found] for found in hits]
+
+    monkeypatch.setattr("xdretrieve.retriever.MAX_BIAS_SCAN", 2)
+    index_dataset(ds, settings)
+    with Retriever(settings) as r:
+        embedded = answers(r)
+    server = ServerStore(QdrantClient(":memory:"), prefix="t_")
+    try:
+        index_dataset(ds, settings, store=server)
+        with Retriever(settings, store=server) as r:
+            served = answers(r)
+    finally:
+        server.close()
+    for a, b in zip(embedded, served, strict=True):
+        assert [i for i, _ in a] == [i for i, _ in b]
+        np.testing.assert_allclose([s for _, s in a], [s for _, s in b], rtol=1e-5)
+    assert [found[0][0] for found in served[2 * n:]] == [f"movie-{t}" for t in range(n)]
+
+
 def test_a_domain_the_model_was_not_trained_on_is_refused_before_any_work(
         trained, tmp_path: Path) -> None:
     """Items of a domain without an item adapter: a clear error (not a KeyError traceback),
