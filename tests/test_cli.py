@@ -37,6 +37,11 @@ def test_index_query_round_trip(paired_dir: Path, tmp_path: Path, monkeypatch) -
     again = run("index", "--data", str(paired_dir), "--store", store, "-q").output
     assert "0 embedded" in again and "nothing changed" in again
     assert "items/s" not in again  # no rate where nothing was embedded
+    # another store from the same cache: vectors read, not embedded, and said so
+    other = run("index", "--data", str(paired_dir), "--store", str(tmp_path / "other"),
+                "-q").output
+    assert re.search(r"^items +24 +24 embedded", other, re.M)
+    assert "(all 24 from the embedding cache)" in other and "items/s" not in other
 
     table = run("query", "--store", store, "--history", "book-3", "--domain", "movies",
                 "--limit", "3").output

@@ -151,9 +151,12 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
          f"{report.profiles_deleted:,} deleted"),
     ]
     click.echo(format_table(("", "total", "changed"), rows))
-    # a rate only where something was embedded ("0 items/s" on a rerun reads as a fault)
-    rate = (f" ({report.items_embedded / t['embed']:,.0f} items/s)"
-            if report.items_embedded and t["embed"] else "")
+    # a rate of what the encoder ran on only ("0 items/s" on a rerun reads as a fault, and
+    # vectors read from the cache are no measure of the encoder)
+    computed, cached = report.items_embedded - report.items_from_cache, report.items_from_cache
+    parts = [f"{computed / t['embed']:,.0f} items/s"] if computed and t["embed"] else []
+    parts += [f"{'all ' if not computed else ''}{cached:,} from the embedding cache"] if cached else []
+    rate = f" ({', '.join(parts)})" if parts else ""
     click.echo(f"\nload encoder {t.get('load_encoder', 0):.1f} s, embed {t['embed']:.1f} s"
                f"{rate}, upsert {t['upsert_items']:.1f} s,"
                f" users {t.get('users', 0):.1f} s, HNSW build {t['build_index']:.1f} s, "

@@ -179,6 +179,7 @@ class Encoder:
         self.dim = int(self.trained.manifest["dim"]) if self.trained else self.base_dim
         self.cache = (EmbeddingCache(cache_dir / "embeddings", f"{ref.encoder_fingerprint}-"
                                      f"{self.model.max_seq_length}") if cache_dir else None)
+        self.cache_hits = 0  # texts read from the cache instead of embedded, over all calls
 
     @classmethod
     def from_settings(cls, settings: Settings, ref: ModelRef | None = None) -> Encoder:
@@ -210,6 +211,7 @@ class Encoder:
         use_cache = cache and self.cache is not None
         if use_cache:
             cached = self.cache.get(texts)
+            self.cache_hits += len(cached)
             for i, vec in cached.items():
                 out[i] = vec
             todo = [i for i in todo if i not in cached]

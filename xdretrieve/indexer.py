@@ -43,7 +43,8 @@ class IndexReport:
     """What an index run did, with timings in seconds."""
 
     items: int = 0
-    items_embedded: int = 0
+    items_embedded: int = 0  # new or changed items given vectors ...
+    items_from_cache: int = 0  # ... of which read from the embedding cache
     items_deleted: int = 0
     users: int = 0
     user_profiles: int = 0
@@ -190,10 +191,11 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
             encoder = Encoder.from_settings(settings, ref)
             report.timings["load_encoder"] = time.perf_counter() - t
             t = time.perf_counter()
-        dim = encoder.dim
+        dim, hits = encoder.dim, encoder.cache_hits
         embedded = encoder.encode_items([texts[i] for i in todo],
                                         [dataset.items[i].domain for i in todo],
                                         progress=progress, desc="embedding items")
+        report.items_from_cache = encoder.cache_hits - hits
         vectors.update(zip(todo, embedded, strict=True))
     report.items_embedded = len(todo)
     report.timings["embed"] = time.perf_counter() - t
