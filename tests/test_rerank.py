@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -221,3 +222,34 @@ def test_saved_statistics_reload_their_texts_and_token_index(tmp_path: Path,
     assert older.texts == texts
     np.testing.assert_array_equal(
         features(older, ["a0"], texts[0], ["o0", "o1", "o2"], None, zeros, zeros), expected)
+
+
+def test_the_reranker_is_kept_per_target_domain_where_valid_users_gain(tmp_path: Path) -> None:
+    """Kept for the target domains where it lifts valid users' ndcg@10 in every direction
+    into them, saved with them; a re-ranker saved without the list serves every domain."""
+    from xdretrieve.train.adapter import _compare_on_valid
+
+    stats = ItemStats.fit(IDS, HISTORIES)
+    by_cooc = np.eye(len(FEATURES), dtype=np.float32)[FEATURES.index("cooccurrence")]
+    ones = np.ones(len(FEATURES), dtype=np.float32)
+    reranker = Reranker(by_cooc, 0 * ones, ones, stats)
+    # candidates in the tower's order; the re-ranker reverses it (co-occurrence rises)
+    x = np.zeros((12, len(FEATURES)), dtype=np.float32)
+    x[:, FEATURES.index("cooccurrence")] = np.arange(12)
+    helped, hurt = np.zeros(12, np.float32), np.zeros(12, np.float32)
+    helped[11] = 1  # the tower's last: the re-ranker's first
+    hurt[0] = 1  # the tower's first: the re-ranker's last
+    report = _compare_on_valid([("books->movies", x, helped), ("movies->books", x, hurt)],
+                               reranker)
+    assert report["books->movies"]["with"] > report["books->movies"]["without"]
+    assert report["movies->books"]["with"] < report["movies->books"]["without"]
+    assert report["kept"] == ["movies"]
+    reranker.domains = tuple(report["kept"])
+    reranker.save(tmp_path)
+    again = Reranker.load(tmp_path)
+    assert again.domains == ("movies",) and again.serves("movies") and not again.serves("books")
+    spec = json.loads((tmp_path / "reranker.json").read_text())
+    del spec["domains"]  # as saved before the choice was per domain
+    (tmp_path / "reranker.json").write_text(json.dumps(spec))
+    older = Reranker.load(tmp_path)
+    assert older.domains is None and older.serves("books") and older.serves("movies")

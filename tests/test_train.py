@@ -204,6 +204,41 @@ def test_a_trained_model_on_a_qdrant_server_answers_as_on_the_embedded_store(
     assert [found[0][0] for found in served[2 * n:]] == [f"movie-{t}" for t in range(n)]
 
 
+def test_the_reranker_serves_only_the_target_domains_it_was_kept_for(trained,
+                                                                     tmp_path: Path) -> None:
+    """A re-ranker kept for movies re-ranks answers in movies, as one kept for every domain
+    does; answers in books are then the model's own, as with the re-ranker off."""
+    from xdretrieve.config import Settings
+    from xdretrieve.indexer import index_dataset
+    from xdretrieve.rerank import FEATURES, ItemStats, Reranker
+
+    tmp, ds, _, _ = trained
+    settings = Settings(store=tmp_path / "store", model=str(tmp / "model"),
+                        cache_dir=tmp / "cache", candidates=6)
+    index_dataset(ds, settings)
+    ids = list(ds.items)
+    train_users = [u for u, split in ds.splits.items() if split == "train"]
+    stats = ItemStats.fit(ids, {u: dict(ds.histories[u]) for u in train_users},
+                          [ds.items[i].domain for i in ids],
+                          [item_text(ds.items[i], settings.text_template) for i in ids])
+    weights = -np.ones(len(FEATURES), dtype=np.float32)  # far from the model's own order
+
+    def answers(domains: tuple[str, ...] | None, rerank: bool = True) -> dict[str, list]:
+        with Retriever(settings.model_copy(update={"rerank": rerank})) as r:
+            r.model.reranker = Reranker(weights, 0 * weights, 1 - 0 * weights, stats,
+                                        domains=domains)
+            r.model.index_points()
+            return {target: [[h.item_id for h in r.recommend_history([f"{source}-{t}"], target,
+                                                                       4)]
+                             for t in range(len(THEMES))]
+                    for source, target in (("book", "movies"), ("movie", "books"))}
+
+    everywhere, movies_only, off = answers(None), answers(("movies",)), answers(None, False)
+    assert everywhere["movies"] != off["movies"] and everywhere["books"] != off["books"]
+    assert movies_only["movies"] == everywhere["movies"]
+    assert movies_only["books"] == off["books"]
+
+
 def test_a_domain_the_model_was_not_trained_on_is_refused_before_any_work(
         trained, tmp_path: Path) -> None:
     """Items of a domain without an item adapter: a clear error (not a KeyError traceback),

@@ -257,8 +257,8 @@ def demo(store: Path) -> None:
         stage.publish()
     rerank = manifest["reranker"]
     click.echo(f"done in {manifest['train_seconds']:.1f} s; valid users' ndcg@10: " + ", ".join(
-        f"{d} {r['without']:.2f} (user tower)" + (f" -> {r['with']:.2f} (re-ranked)"
-                                                  if rerank["kept"] else "")
+        f"{d} {r['without']:.2f} (user tower)" + (
+            f" -> {r['with']:.2f} (re-ranked)" if d.split("->")[1] in rerank["kept"] else "")
         for d, r in rerank.items() if isinstance(r, dict)))
     settings = make_settings(store=store, model=str(model_dir))
     click.echo(f"indexing the sample with it into {store} ...")

@@ -350,13 +350,19 @@ def row_features(stats: ItemStats, rows: np.ndarray, history: Sequence[str], his
 class Reranker:
     """``w . (x[:, used] - mean) / std``: a linear listwise re-ranker over the columns of
     :data:`FEATURES` it was trained on (``names``; a model saved before a feature was added keeps
-    loading)."""
+    loading), served for the target ``domains`` where it lifted valid users (None: every one,
+    as in a model saved before that choice was made per domain)."""
 
     weights: np.ndarray
     mean: np.ndarray
     std: np.ndarray
     stats: ItemStats
     names: tuple[str, ...] = FEATURES
+    domains: tuple[str, ...] | None = None
+
+    def serves(self, domain: str) -> bool:
+        """Whether answers in target ``domain`` are re-ranked."""
+        return self.domains is None or domain in self.domains
 
     def __post_init__(self) -> None:
         unknown = [n for n in self.names if n not in FEATURES]
@@ -371,7 +377,8 @@ class Reranker:
     def save(self, directory: Path) -> None:
         (directory / "reranker.json").write_text(json.dumps({
             "features": list(self.names), "weights": self.weights.tolist(),
-            "mean": self.mean.tolist(), "std": self.std.tolist()}, indent=2))
+            "mean": self.mean.tolist(), "std": self.std.tolist(),
+            "domains": None if self.domains is None else list(self.domains)}, indent=2))
         self.stats.save(directory / "item_stats.npz")
 
     @classmethod
@@ -384,7 +391,8 @@ class Reranker:
             return cls(np.array(spec["weights"], dtype=np.float32),
                        np.array(spec["mean"], dtype=np.float32),
                        np.array(spec["std"], dtype=np.float32),
-                       ItemStats.load(directory / "item_stats.npz"), tuple(spec["features"]))
+                       ItemStats.load(directory / "item_stats.npz"), tuple(spec["features"]),
+                       None if spec.get("domains") is None else tuple(spec["domains"]))
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from e
 

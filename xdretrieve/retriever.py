@@ -275,7 +275,8 @@ class Retriever:
     def _model_search(self, query: Query, domain: str, limit: int, width: int,
                       exclude: list[int]) -> list[Hit]:
         """:meth:`search` with a trained model."""
-        rerank = self.model.reranker is not None and bool(query.history) and self.settings.rerank
+        rerank = (self.model.reranker is not None and self.model.reranker.serves(domain)
+                  and bool(query.history) and self.settings.rerank)
         # Both answers start from the model's exact best: its top `limit`, or the re-ranker's
         # tower candidates. The re-ranker is fitted on the exact best (training scores every
         # target item), and served anything else it ranks popular items it never saw missing:

@@ -297,7 +297,9 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
                               item_domains, texts)
         reranker = fit_reranker([(x, y) for _, x, y in fit_groups], stats, seed=config.seed)
         rerank_report = _compare_on_valid(candidate_groups(valid, stats), reranker)
-        if not rerank_report["kept"]:
+        # served only where it helps: into a target domain where valid users gain
+        reranker.domains = tuple(rerank_report["kept"])
+        if not reranker.domains:
             reranker = None
         log.info("re-ranker on valid users: %s", rerank_report)
         if progress:
@@ -308,8 +310,10 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
 
 def _compare_on_valid(groups, reranker) -> dict:
     """ndcg@10 among the candidates of valid users who have a relevant one, in the tower's
-    order and in the re-ranker's (the same users and truth for both)."""
+    order and in the re-ranker's (the same users and truth for both), per direction; ``kept``:
+    the target domains where every direction into them gains (the re-ranker is served there)."""
     from xdretrieve.evaluate.metrics import ndcg_at
+    from xdretrieve.evaluate.protocol import Direction
 
     by_direction: dict[str, list[tuple[float, float]]] = {}
     for direction, x, y in groups:
@@ -321,8 +325,11 @@ def _compare_on_valid(groups, reranker) -> dict:
             (ndcg_at(range(len(y)), truth, 10), ndcg_at(order, truth, 10)))
     report = {d: {"without": float(np.mean([b for b, _ in v])),
                   "with": float(np.mean([n for _, n in v]))} for d, v in by_direction.items()}
-    report["kept"] = all(r["with"] > r["without"] for r in report.values()
-                         if isinstance(r, dict))
+    gains: dict[str, bool] = {}
+    for direction, r in report.items():
+        target = Direction.parse(direction).target
+        gains[target] = gains.get(target, True) and r["with"] > r["without"]
+    report["kept"] = sorted(t for t, gain in gains.items() if gain)
     return report
 
 
