@@ -13,8 +13,8 @@ The nearest-neighbour search hands over ``candidates`` (200) items; each gets
 ====================  ==========================================================================
 
 and the re-ranker orders them by ``w . standardised(features)``. It is trained listwise (softmax
-over a user's candidates) on train users the tower did not see, and kept only if it lifts
-ndcg@10 on valid users. Everything is NumPy: about 0.1 ms for 200 candidates.
+over a user's candidates) on train users the tower did not see, and served in the target domains
+where it lifts ndcg@10 on valid users. Everything is NumPy: about 0.1 ms for 200 candidates.
 
 The candidates are the union of the tower's nearest neighbours and the items that co-occur most
 with the history (:meth:`ItemStats.cooccurring`): the tower finds items by content, the

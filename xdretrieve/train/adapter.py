@@ -246,7 +246,8 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
     model.load_state_dict(best_state)
     tower_seconds = time.perf_counter() - t0
 
-    # The re-ranker: fitted on the fold's candidates, kept only if valid users gain.
+    # The re-ranker: fitted on the fold's candidates, kept for the target domains where valid
+    # users gain.
     reranker, rerank_report = None, {}
     if fold:
         from xdretrieve.rerank import ItemStats, candidate_union, fit_reranker
