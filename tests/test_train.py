@@ -239,6 +239,45 @@ def test_the_reranker_serves_only_the_target_domains_it_was_kept_for(trained,
     assert movies_only["books"] == off["books"]
 
 
+def test_the_http_service_serves_a_trained_store(trained, tmp_path: Path) -> None:
+    """The HTTP service over a store built with a trained model: histories through the tower,
+    texts by their nearest items, a new item adapted and found, an item of a domain the model
+    has no adapter for refused with 400 and the store left as it was."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    httpx = pytest.importorskip("httpx")
+    from tests.test_service import LiveServer
+    from xdretrieve.config import Settings
+    from xdretrieve.indexer import index_dataset
+    from xdretrieve.service import create_app
+
+    tmp, ds, _, _ = trained
+    settings = Settings(store=tmp_path / "store", model=str(tmp / "model"),
+                        cache_dir=tmp / "cache")
+    index_dataset(ds, settings)
+    with LiveServer(create_app(settings)) as live, httpx.Client(base_url=live.url,
+                                                                 timeout=60) as c:
+        right = 0
+        for t in range(len(THEMES)):
+            r = c.post("/recommend/history", json={"item_ids": [f"book-{t}"], "domain": "movies",
+                                                   "limit": 3})
+            assert r.status_code == 200, r.text
+            right += r.json()["hits"][0]["item_id"] == f"movie-{t}"
+            text = item_text(ds.items[f"movie-{t}"], settings.text_template)
+            hits = c.post("/search/text", json={"text": text, "domain": "movies"}).json()["hits"]
+            assert hits[0]["item_id"] == f"movie-{t}" and hits[0]["score"] == pytest.approx(1, abs=1e-4)
+        assert right >= len(THEMES) - 1
+        new = {"item_id": "movie-new", "domain": "movies", "title": "Volcanoes again",
+               "text": "a documentary about volcanoes and lava"}
+        assert c.put("/items", json={"items": [new]}).status_code == 200
+        hits = c.post("/search/text", json={"text": "Volcanoes again. a documentary about "
+                                            "volcanoes and lava", "domain": "movies"}).json()
+        assert hits["hits"][0]["item_id"] == "movie-new"
+        song = {"item_id": "song-1", "domain": "music", "title": "A song"}
+        r = c.put("/items", json={"items": [song]})
+        assert r.status_code == 400 and "not music" in r.json()["detail"]
+        assert c.get("/info").json()["domains"] == ["books", "movies"]
+
+
 def test_a_domain_the_model_was_not_trained_on_is_refused_before_any_work(
         trained, tmp_path: Path) -> None:
     """Items of a domain without an item adapter: a clear error (not a KeyError traceback),
