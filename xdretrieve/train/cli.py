@@ -12,7 +12,8 @@ from xdretrieve.errors import XDRetrieveError
 @click.command("finetune", context_settings={"help_option_names": ["-h", "--help"],
                                              "max_content_width": 100})
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Dataset folder with items.*, interactions.* and users.* (the split).")
+              help="Dataset folder with items.*, interactions.* and optionally users.* (the "
+                   "split; without it, the seeded split that `evaluate` draws too).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="The model directory to write: new, empty, or an earlier model, which is "
                    "replaced only once the new one is complete (an interrupted run leaves it "
