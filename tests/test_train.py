@@ -562,3 +562,49 @@ def test_cli_finetune_without_users_csv_trains_on_the_split_evaluate_uses(tiny_m
             for i in items:
                 counted[i] += 1
     assert stats.popularity.tolist() == [counted[i] for i in stats.ids]
+
+
+def test_three_domains_train_index_and_answer_every_direction(tiny_model: str,
+                                                              tmp_path: Path) -> None:
+    """A dataset of three domains (the checked pair may have more than two): the adapter trains
+    every direction, index stores pooled profiles (no single other domain), and a stored user
+    is answered in each domain from their other two, their own items there left out."""
+    import json
+
+    from xdretrieve.config import Settings
+    from xdretrieve.indexer import index_dataset
+
+    data = write_paired_dataset(tmp_path / "data", users_per_theme=5)
+    splits = (data / "users.csv").read_text().replace("-1,train", "-1,valid")
+    (data / "users.csv").write_text(splits)
+    with open(data / "items.jsonl", "a") as f:
+        for t, theme in enumerate(THEMES):
+            f.write(json.dumps({"item_id": f"song-{t}", "domain": "songs",
+                                "title": f"Songs of {theme}", "text": f"an album about {theme}"})
+                    + "\n")
+    rows = [f"u{t}-{k},song-{t},songs,2" for t in range(len(THEMES)) for k in range(5)]
+    with open(data / "interactions.csv", "a") as f:
+        f.write("\n".join(rows) + "\n")
+    ds = Dataset.from_dir(data)
+    assert list(ds.domains) == ["books", "movies", "songs"]
+    settings = Settings(store=tmp_path / "store", model=tiny_model, cache_dir=tmp_path / "cache")
+    ref = resolve_model(tiny_model)
+    base = Encoder.from_settings(settings, ref).encode(
+        [item_text(i, settings.text_template) for i in ds.items.values()])
+    config = AdapterConfig(dim=16, epochs=40, patience=40, batch_size=8, lr=1e-2, seed=0)
+    manifest = train_adapter(ds, base, tmp_path / "model", ref.name, ref.fingerprint, config)
+    assert {k.split("/")[0] for k in manifest["history"][0] if "/" in k} == {
+        f"{s}->{t}" for s in ds.domains for t in ds.domains if s != t}
+    trained_settings = settings.model_copy(update={"model": str(tmp_path / "model")})
+    index_dataset(ds, trained_settings)
+    with Retriever(trained_settings) as r:
+        assert "profile_vectors" not in r.info.extra  # pooled: only tower queries are noted
+        for target, prefix in (("books", "book"), ("movies", "movie"), ("songs", "song")):
+            query = r.user_query("u3-1", target)
+            assert query.source == f"user u3-1 ({'+'.join(d for d in ds.domains if d != target)}"\
+                                   " history)"
+            hits = r.recommend_user("u3-1", target, 3)
+            assert len(hits) == 3 and f"{prefix}-3" not in {h.item_id for h in hits}
+        right = sum(r.recommend_history([f"book-{t}", f"movie-{t}"], "songs", 1)[0].item_id
+                    == f"song-{t}" for t in range(len(THEMES)))
+        assert right >= len(THEMES) - 2
