@@ -608,3 +608,29 @@ def test_three_domains_train_index_and_answer_every_direction(tiny_model: str,
         right = sum(r.recommend_history([f"book-{t}", f"movie-{t}"], "songs", 1)[0].item_id
                     == f"song-{t}" for t in range(len(THEMES)))
         assert right >= len(THEMES) - 2
+
+
+def test_finetune_from_python_writes_what_index_loads(trained, tiny_model: str,
+                                                      tmp_path: Path) -> None:
+    """`xdretrieve.finetune`, what the CLI runs, for a stack that trains its own models: a model
+    directory that index loads; a trained model as the base encoder, or an unknown mode, is
+    refused before any work."""
+    import xdretrieve
+    from xdretrieve.config import Settings
+    from xdretrieve.errors import XDRetrieveError
+    from xdretrieve.model import is_model_dir
+
+    tmp, ds, _, _ = trained
+    settings = Settings(model=tiny_model, cache_dir=tmp / "cache")
+    config = AdapterConfig(dim=8, epochs=2, batch_size=8, lr=1e-2)
+    manifest = xdretrieve.finetune(ds, tmp_path / "m", settings, config)
+    assert manifest["kind"] == "adapter" and manifest["dim"] == 8 and is_model_dir(tmp_path / "m")
+    store = Settings(store=tmp_path / "store", model=str(tmp_path / "m"), cache_dir=tmp / "cache")
+    xdretrieve.index_dataset(ds, store)
+    with Retriever(store) as r:
+        assert r.model is not None and len(r.recommend_history(["book-1"], "movies", 3)) == 3
+    with pytest.raises(XDRetrieveError, match="not a trained model directory"):
+        xdretrieve.finetune(ds, tmp_path / "m2", Settings(model=str(tmp / "model")), config)
+    with pytest.raises(XDRetrieveError, match="unknown mode 'partial'"):
+        xdretrieve.finetune(ds, tmp_path / "m2", settings, config, mode="partial")
+    assert not (tmp_path / "m2").exists()

@@ -27,6 +27,7 @@ _EXPORTS = {
     "Settings": "xdretrieve.config",
     "Encoder": "xdretrieve.encoder",
     "index_dataset": "xdretrieve.indexer",
+    "finetune": "xdretrieve.train.finetune",
     "IndexReport": "xdretrieve.indexer",
     "Retriever": "xdretrieve.retriever",
     "Hit": "xdretrieve.retriever",
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from xdretrieve.indexer import IndexReport, index_dataset
     from xdretrieve.retriever import Hit, Retriever
     from xdretrieve.store import open_store
+    from xdretrieve.train.finetune import finetune
 
 
 def __getattr__(name: str) -> Any:

@@ -238,12 +238,9 @@ def demo(store: Path) -> None:
     Runs on the embedded Qdrant and the packaged encoder: no server, no GPU, no network.
     """
     from xdretrieve.data import Dataset
-    from xdretrieve.encoder import resolve_model
     from xdretrieve.indexer import index_dataset
-    from xdretrieve.model import StagedModelDir
     from xdretrieve.retriever import Retriever
-    from xdretrieve.train.adapter import AdapterConfig
-    from xdretrieve.train.cli import train_adapter_model
+    from xdretrieve.train.finetune import finetune
 
     dataset = Dataset.from_dir(DEMO_DIR)
     model_dir = store.with_name(store.name + ".model")
@@ -251,10 +248,7 @@ def demo(store: Path) -> None:
     n_train = sum(1 for s in (dataset.splits or {}).values() if s == "train")
     click.echo(f"training a model on the demo sample ({len(dataset.items)} items: "
                f"{', '.join(dataset.domains)}; {n_train} train users) into {model_dir} ...")
-    with StagedModelDir(model_dir) as stage:
-        manifest = train_adapter_model(dataset, stage.path, resolve_model(base.model), base,
-                                       AdapterConfig(), quiet=True)
-        stage.publish()
+    manifest = finetune(dataset, model_dir, base)
     rerank = manifest["reranker"]
     click.echo(f"done in {manifest['train_seconds']:.1f} s; valid users' ndcg@10: " + ", ".join(
         f"{d} {r['without']:.2f} (user tower)" + (

@@ -87,10 +87,9 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
     """
     from xdretrieve.cli import make_settings
     from xdretrieve.data import Dataset
-    from xdretrieve.encoder import resolve_model
     from xdretrieve.evaluate.protocol import Protocol
-    from xdretrieve.model import StagedModelDir
     from xdretrieve.train.adapter import AdapterConfig
+    from xdretrieve.train.finetune import finetune
 
     if mode == "adapter":
         given = {"--batch-size": batch_size, "--lr": lr,
@@ -104,30 +103,25 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
         "dim": dim, "epochs": epochs, "pooling": pooling, "coral": coral,
         "time_budget_s": time_budget}.items()
         if v is not None})
+    full = None
+    if mode == "full":
+        from xdretrieve.train.full import FullConfig
+
+        full = FullConfig(seed=seed, time_budget_s=time_budget, **{k: v for k, v in {
+            "batch_size": batch_size, "lr": lr, "epochs": ft_epochs, "max_pairs": max_pairs,
+            "hard_negatives": hard_negatives,
+            "gradient_checkpointing": gradient_checkpointing}.items() if v is not None})
     try:
         settings = make_settings(model=model, device=device)
         dataset = Dataset.from_dir(data)
         split = Protocol(dataset).split
-        if not split.valid:
-            raise XDRetrieveError(f"{data}: no valid users to select the model with (users.* "
-                                  f"names none, or too few users are active in two domains)")
         click.echo(f"users: {len(split.train):,} train, {len(split.valid):,} valid, "
                    f"{len(split.test):,} test (" + ("users.*" if split.from_file else
                    "no users.*: a seeded split, the one `evaluate` uses") + ")", err=True)
-        ref = resolve_model(settings.model)
-        if ref.trained is not None:
-            raise XDRetrieveError("--model must be a base encoder, not a trained model directory")
-        with StagedModelDir(out) as stage:
-            if mode == "full":
-                manifest = _full(dataset, stage.path, ref, settings, config, seed, quiet,
-                                 time_budget, batch_size=batch_size, lr=lr, epochs=ft_epochs,
-                                 max_pairs=max_pairs, hard_negatives=hard_negatives,
-                                 gradient_checkpointing=gradient_checkpointing)
-                if manifest is None:  # another process of a torchrun launch: rank 0 reports
-                    return
-            else:
-                manifest = train_adapter_model(dataset, stage.path, ref, settings, config, quiet)
-            stage.publish()
+        manifest = finetune(dataset, out, settings, config, mode=mode, full_config=full,
+                            progress=not quiet)
+        if manifest is None:  # another process of a torchrun launch: rank 0 reports
+            return
     except XDRetrieveError as e:
         raise click.ClickException(str(e)) from e
     if mode == "full":
@@ -141,24 +135,3 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
     click.echo(f"trained in {manifest['train_seconds']:.0f} s; best epoch {manifest['best_epoch']}"
                f" on valid users: {metrics}")
     click.echo(f"wrote {out}")
-
-
-def train_adapter_model(dataset, out, ref, settings, config, quiet: bool) -> dict:
-    """Adapter mode into the folder ``out``: embed the items with the base encoder ``ref``
-    (cached), train, write; returns the manifest."""
-    from xdretrieve.encoder import Encoder, item_text
-    from xdretrieve.train.adapter import train_adapter
-
-    encoder = Encoder.from_settings(settings, ref)
-    texts = [item_text(it, settings.text_template) for it in dataset.items.values()]
-    base = encoder.encode(texts, progress=not quiet, desc="embedding items")
-    return train_adapter(dataset, base, out, ref.name, ref.fingerprint, config,
-                         progress=not quiet)
-
-
-def _full(dataset, out, ref, settings, config, seed: int, quiet: bool, time_budget, **options):
-    from xdretrieve.train.full import FullConfig, train_full
-
-    full = FullConfig(seed=seed, time_budget_s=time_budget,
-                      **{k: v for k, v in options.items() if v is not None})
-    return train_full(dataset, out, ref, settings, full, config, progress=not quiet)
