@@ -128,6 +128,21 @@ def test_random_split_without_users_csv_is_seeded_and_takes_both_domain_users() 
     assert Protocol(ds).split == Split.of(ds) == Split.of(ds, seed=SPLIT_SEED)
 
 
+def test_a_users_csv_without_valid_users_gets_them_from_its_train_users() -> None:
+    users = {f"u{i:02d}": ("train" if i % 5 else "test", [(f"b{i % 4}", 0), (f"m{i % 5}", 1)])
+             for i in range(60)}
+    users |= {f"s{i}": ("train", [(f"b{i % 4}", 0)]) for i in range(10)}  # books only
+    ds = make_dataset(users)
+    split = Split.of(ds)
+    assert split.from_file and split.valid_drawn
+    assert split.test == tuple(u for u, (s, _) in users.items() if s == "test")  # as listed
+    assert len(split.valid) == 2  # 5% of the 48 train users active in both domains
+    assert all(users[u][0] == "train" and u.startswith("u") for u in split.valid)
+    assert set(split.train) | set(split.valid) == {u for u, (s, _) in users.items()
+                                                   if s == "train"}
+    assert not set(split.train) & set(split.valid) and Split.of(ds) == split
+
+
 # -- leaks ---------------------------------------------------------------------------------------
 
 class Recorder(Method):

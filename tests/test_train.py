@@ -634,3 +634,29 @@ def test_finetune_from_python_writes_what_index_loads(trained, tiny_model: str,
     with pytest.raises(XDRetrieveError, match="unknown mode 'partial'"):
         xdretrieve.finetune(ds, tmp_path / "m2", settings, config, mode="partial")
     assert not (tmp_path / "m2").exists()
+
+
+def test_cli_finetune_draws_valid_users_when_users_csv_names_none(tiny_model: str,
+                                                                 tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """A users.csv of train and test users only (a common shape) trains: valid users are
+    drawn from its train users, said so, and its test users stay out of training."""
+    from click.testing import CliRunner
+
+    from xdretrieve.cli import main
+    from xdretrieve.evaluate.protocol import Protocol
+    from xdretrieve.rerank import ItemStats
+
+    monkeypatch.setenv("XDR_CACHE_DIR", str(tmp_path / "cache"))
+    data = write_paired_dataset(tmp_path / "data", users_per_theme=5)  # train and test only
+    out = tmp_path / "model"
+    result = CliRunner().invoke(main, ["finetune", "--data", str(data), "--out", str(out),
+                                       "--model", tiny_model, "--dim", "8", "--epochs", "2",
+                                       "-q"])
+    assert result.exit_code == 0, result.output
+    assert ("users: 46 train, 2 valid, 12 test (users.*, which names no valid users: drawn "
+            "from its train users") in result.output
+    split = Protocol(Dataset.from_dir(data)).split
+    assert all(u.endswith("-0") for u in split.test)  # as users.csv lists them
+    stats = ItemStats.load(out / "item_stats.npz")
+    assert stats.popularity.sum() == 2 * len(split.train)  # a book and a movie each

@@ -77,13 +77,17 @@ class Split:
     valid: tuple[str, ...]
     test: tuple[str, ...]
     from_file: bool  # True: users.csv; False: the seeded random split
+    valid_drawn: bool = False  # users.csv named no valid users: drawn from its train users
 
     @classmethod
     def of(cls, dataset: Dataset, seed: int = SPLIT_SEED) -> Split:
         """The dataset's split: users.csv when it was given, else a seeded random
         :data:`TEST_FRACTION` of the users active in at least two domains as test, a seeded
-        :data:`VALID_FRACTION` of the other such users as valid, the rest train. Users absent
-        from users.csv are in no split and never used."""
+        :data:`VALID_FRACTION` of the other such users as valid, the rest train. A users.csv
+        without valid users gets them drawn the same way from its train users (model selection
+        needs some; its test users stay as they are). Users absent from users.csv are in no
+        split and never used."""
+        rng = np.random.default_rng(seed)
         if dataset.splits is not None:
             by = {name: tuple(u for u, s in dataset.splits.items() if s == name)
                   for name in ("train", "valid", "test")}
@@ -91,21 +95,37 @@ class Split:
             if unlisted:
                 log.warning("%d user(s) with interactions are not in users.csv; they are not used",
                             unlisted)
-            return cls(by["train"], by["valid"], by["test"], from_file=True)
+            if by["valid"]:
+                return cls(by["train"], by["valid"], by["test"], from_file=True)
+            valid = _draw_valid(sorted(u for u in by["train"] if _active(dataset, u)), rng)
+            return cls(tuple(u for u in by["train"] if u not in valid),
+                       tuple(u for u in by["train"] if u in valid), by["test"],
+                       from_file=True, valid_drawn=bool(valid))
         users = tuple(dataset.histories)  # order of first interaction
-        active = sorted(u for u in users
-                        if sum(1 for ids in dataset.histories[u].values() if ids) >= 2)
+        active = sorted(u for u in users if _active(dataset, u))
         n_test = round(TEST_FRACTION * len(active)) if active else 0
         n_test = max(n_test, 1) if active else 0
-        rng = np.random.default_rng(seed)
         chosen = {active[i] for i in rng.choice(len(active), size=n_test, replace=False)}
-        rest = [u for u in active if u not in chosen]
-        n_valid = min(max(round(VALID_FRACTION * len(active)), 1), len(rest) - 1)
-        valid = ({rest[i] for i in rng.choice(len(rest), size=n_valid, replace=False)}
-                 if n_valid > 0 else set())
+        valid = _draw_valid([u for u in active if u not in chosen], rng,
+                            round(VALID_FRACTION * len(active)))
         return cls(tuple(u for u in users if u not in chosen and u not in valid),
                    tuple(u for u in users if u in valid),
                    tuple(u for u in users if u in chosen), from_file=False)
+
+
+def _active(dataset: Dataset, user: str) -> bool:
+    """Whether the user has interactions in at least two domains."""
+    return sum(1 for ids in dataset.histories.get(user, {}).values() if ids) >= 2
+
+
+def _draw_valid(candidates: list[str], rng: np.random.Generator,
+                n: int | None = None) -> set[str]:
+    """A seeded share of ``candidates`` (``n`` of them, :data:`VALID_FRACTION` by default; at
+    least one, and never all: some must be left to train on)."""
+    n = round(VALID_FRACTION * len(candidates)) if n is None else n
+    n = min(max(n, 1), len(candidates) - 1)
+    return {candidates[i] for i in rng.choice(len(candidates), size=n, replace=False)} if (
+        n > 0) else set()
 
 
 @dataclass(frozen=True, eq=False)

@@ -115,9 +115,11 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
         settings = make_settings(model=model, device=device)
         dataset = Dataset.from_dir(data)
         split = Protocol(dataset).split
+        source = ("users.*, which names no valid users: drawn from its train users, as "
+                  "`evaluate` draws them" if split.valid_drawn else "users.*" if split.from_file
+                  else "no users.*: a seeded split, the one `evaluate` uses")
         click.echo(f"users: {len(split.train):,} train, {len(split.valid):,} valid, "
-                   f"{len(split.test):,} test (" + ("users.*" if split.from_file else
-                   "no users.*: a seeded split, the one `evaluate` uses") + ")", err=True)
+                   f"{len(split.test):,} test ({source})", err=True)
         manifest = finetune(dataset, out, settings, config, mode=mode, full_config=full,
                             progress=not quiet)
         if manifest is None:  # another process of a torchrun launch: rank 0 reports
