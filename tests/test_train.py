@@ -660,3 +660,30 @@ def test_cli_finetune_draws_valid_users_when_users_csv_names_none(tiny_model: st
     assert all(u.endswith("-0") for u in split.test)  # as users.csv lists them
     stats = ItemStats.load(out / "item_stats.npz")
     assert stats.popularity.sum() == 2 * len(split.train)  # a book and a movie each
+
+
+def test_evaluate_refuses_a_model_trained_on_another_split(trained, tmp_path: Path) -> None:
+    """The model records which users it learned from; an evaluation whose split differs (here
+    a train user made a test user, whose target items the model saw) is refused, not scored."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from xdretrieve.evaluate.cli import evaluate
+
+    tmp, _, _, manifest = trained
+    assert manifest["split"]["source"] == "users.*" and manifest["split"]["train"] == 36
+    data = tmp_path / "data"
+    shutil.copytree(tmp / "data", data)
+    users = (data / "users.csv").read_text()
+    assert "u0-2,train" in users
+    (data / "users.csv").write_text(users.replace("u0-2,train", "u0-2,test"))
+    args = ["--direction", "books->movies", "--method", "xdretrieve", "--model",
+            str(tmp / "model"), "--out", str(tmp_path / "out"), "-q"]
+    env = {"XDR_CACHE_DIR": str(tmp / "cache")}
+    refused = CliRunner().invoke(evaluate, ["--data", str(data), *args], env=env)
+    assert refused.exit_code == 1, refused.output
+    assert "was trained on other users (36 train users, split from users.*)" in refused.output
+    assert "than this evaluation's 35 train users" in refused.output
+    same = CliRunner().invoke(evaluate, ["--data", str(tmp / "data"), *args], env=env)
+    assert same.exit_code == 0, same.output

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -111,6 +112,12 @@ class Split:
         return cls(tuple(u for u in users if u not in chosen and u not in valid),
                    tuple(u for u in users if u in valid),
                    tuple(u for u in users if u in chosen), from_file=False)
+
+
+def users_digest(users: Sequence[str]) -> str:
+    """A short fingerprint of a set of users (a model records its train users' so that an
+    evaluation can tell whether it was trained on another split)."""
+    return hashlib.sha256("\n".join(sorted(users)).encode()).hexdigest()[:16]
 
 
 def _active(dataset: Dataset, user: str) -> bool:

@@ -11,12 +11,16 @@ idempotent, so a rerun only checks it.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from xdretrieve.evaluate.methods import Method, RetrieverMethod
+
+log = logging.getLogger(__name__)
 
 RETRIEVER_METHODS = ("zeroshot", "xdretrieve")
 SERVED = 200  # ranks answered by the retriever itself (its candidates); the tail: same score, exact
@@ -76,6 +80,8 @@ def retriever_method(name: str, settings: Settings, work_dir: Path) -> Method:
         from xdretrieve.retriever import Retriever
 
         if "retriever" not in state:
+            if ref.trained is not None:
+                _check_trained_on(ref.trained, view.users)
             index_dataset(Dataset(dict(view.items), []), settings, users=False)
             state["retriever"] = Retriever(settings)
         return _FullRanking(state["retriever"], view.target)
@@ -89,6 +95,28 @@ def retriever_method(name: str, settings: Settings, work_dir: Path) -> Method:
         "rerank": settings.rerank, "candidates": settings.candidates,
         "recency_half_life": settings.recency_half_life,
         "text_template": settings.text_template, "store": str(store_dir)})
+
+
+def _check_trained_on(model_dir: Path, train_users: Sequence[str]) -> None:
+    """Refuse a model that learned from other users than this evaluation's train users: its
+    training may have seen the test users' target items (a model saved before models recorded
+    their split is let through with a warning)."""
+    import json
+
+    from xdretrieve.errors import XDRetrieveError
+    from xdretrieve.evaluate.protocol import users_digest
+    from xdretrieve.model import MANIFEST
+
+    split = json.loads((Path(model_dir) / MANIFEST).read_text()).get("split")
+    if split is None:
+        log.warning("model %s does not record its train users: cannot check that it never saw "
+                    "this evaluation's test users", model_dir)
+    elif split["train_digest"] != users_digest(train_users):
+        raise XDRetrieveError(
+            f"model '{model_dir}' was trained on other users ({split['train']:,} train users, "
+            f"split from {split['source']}) than this evaluation's {len(train_users):,} train "
+            f"users: it may have seen the test users' target items; train it on this data "
+            f"(`xdretrieve finetune --data ...`) and its split")
 
 
 def register_retriever_methods(settings: Settings, work_dir: Path,

@@ -306,7 +306,7 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
         if progress:
             print(f"re-ranker on valid users: {rerank_report}", flush=True)
     return _save(model, out_dir, domains, ids, config, base_model, base_fingerprint,
-                 best_epoch, history, tower_seconds, reranker, rerank_report)
+                 best_epoch, history, tower_seconds, reranker, rerank_report, protocol.split)
 
 
 def _compare_on_valid(groups, reranker) -> dict:
@@ -335,7 +335,9 @@ def _compare_on_valid(groups, reranker) -> dict:
 
 
 def _save(model, out_dir, domains, ids, config, base_model, base_fingerprint, best_epoch,
-          history, seconds, reranker, rerank_report) -> dict:
+          history, seconds, reranker, rerank_report, split) -> dict:
+    from xdretrieve.evaluate.protocol import users_digest
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
@@ -362,6 +364,11 @@ def _save(model, out_dir, domains, ids, config, base_model, base_fingerprint, be
         "max_history": config.max_history, "config": asdict(config), "best_epoch": best_epoch,
         "train_seconds": round(seconds, 1), "history": history, "reranker": rerank_report,
         "created_at": datetime.now(timezone.utc).isoformat(),
+        # which users it learned from: evaluate refuses a model trained on another split
+        "split": {"source": ("users.*, valid drawn from its train users" if split.valid_drawn
+                             else "users.*" if split.from_file else "seeded"),
+                  "train": len(split.train), "valid": len(split.valid), "test": len(split.test),
+                  "train_digest": users_digest(split.train)},
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
