@@ -89,7 +89,7 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
     from xdretrieve.data import Dataset
     from xdretrieve.evaluate.protocol import Protocol
     from xdretrieve.train.adapter import AdapterConfig
-    from xdretrieve.train.finetune import finetune
+    from xdretrieve.train.finetune import finetune as train_model  # (this command's namesake)
 
     if mode == "adapter":
         given = {"--batch-size": batch_size, "--lr": lr,
@@ -120,8 +120,8 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
                   else "no users.*: a seeded split, the one `evaluate` uses")
         click.echo(f"users: {len(split.train):,} train, {len(split.valid):,} valid, "
                    f"{len(split.test):,} test ({source})", err=True)
-        manifest = finetune(dataset, out, settings, config, mode=mode, full_config=full,
-                            progress=not quiet)
+        manifest = train_model(dataset, out, settings, config, mode=mode, full_config=full,
+                               progress=not quiet)
         if manifest is None:  # another process of a torchrun launch: rank 0 reports
             return
     except XDRetrieveError as e:
