@@ -238,6 +238,7 @@ def demo(store: Path) -> None:
     Runs on the embedded Qdrant and the packaged encoder: no server, no GPU, no network.
     """
     from xdretrieve.data import Dataset
+    from xdretrieve.evaluate.protocol import Direction
     from xdretrieve.indexer import index_dataset
     from xdretrieve.retriever import Retriever
     from xdretrieve.train.finetune import finetune
@@ -252,7 +253,8 @@ def demo(store: Path) -> None:
     rerank = manifest["reranker"]
     click.echo(f"done in {manifest['train_seconds']:.1f} s; valid users' ndcg@10: " + ", ".join(
         f"{d} {r['without']:.2f} (user tower)" + (
-            f" -> {r['with']:.2f} (re-ranked)" if d.split("->")[1] in rerank["kept"] else "")
+            f" -> {r['with']:.2f} (re-ranked)" if Direction.parse(d).target in rerank["kept"]
+            else "")
         for d, r in rerank.items() if isinstance(r, dict)))
     settings = make_settings(store=store, model=str(model_dir))
     click.echo(f"indexing the sample with it into {store} ...")

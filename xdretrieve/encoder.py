@@ -62,8 +62,7 @@ def _default_model_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-@functools.lru_cache(maxsize=16)
-def _fingerprint(path: Path) -> str:
+def _files_digest(path: Path) -> str:
     """sha256 over every file's name and bytes: the same weights give the same fingerprint
     wherever the directory lies."""
     h = hashlib.sha256()
@@ -78,10 +77,13 @@ def _fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+_fingerprint = functools.lru_cache(maxsize=16)(_files_digest)  # a directory's, once a process
+
+
 def trained_fingerprint(trained: Path, base_fingerprint: str, *, cached: bool = True) -> str:
     """A trained model directory's fingerprint: its files' and its base encoder's
     (``cached=False``: of the files as they are now, not as this process first read them)."""
-    files = _fingerprint(trained) if cached else _fingerprint.__wrapped__(trained)
+    files = _fingerprint(trained) if cached else _files_digest(trained)
     return hashlib.sha256((base_fingerprint + files).encode()).hexdigest()[:16]
 
 
@@ -91,13 +93,11 @@ def resolve_model(name: str) -> ModelRef:
     Raises:
         XDRetrieveError: the name is neither the default nor a model directory.
     """
-    from xdretrieve.model import MANIFEST, is_model_dir
+    from xdretrieve.model import is_model_dir, read_manifest
 
     if is_model_dir(name):
-        import json
-
         trained = Path(name).expanduser().resolve()
-        manifest = json.loads((trained / MANIFEST).read_text())
+        manifest = read_manifest(trained)
         # a relative base lies inside the model directory (full mode's fine-tuned encoder), so
         # that the directory can move
         inside = trained / manifest["base_model"]

@@ -8,7 +8,6 @@ longer in the input are deleted. A run cut short is finished by running it again
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -21,7 +20,7 @@ import numpy as np
 from xdretrieve.config import Settings
 from xdretrieve.data import Dataset, Item
 from xdretrieve.encoder import Encoder, ModelRef, item_text, resolve_model
-from xdretrieve.model import MANIFEST, TrainedModel, check_domains
+from xdretrieve.model import TrainedModel, check_domains, read_manifest
 from xdretrieve.store import (
     ITEMS,
     USERS,
@@ -160,8 +159,7 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
     t0 = time.perf_counter()
     ref: ModelRef = encoder.ref if encoder is not None else resolve_model(settings.model)
     if ref.trained is not None:  # before any work: the model adapts items of its domains only
-        manifest = json.loads((ref.trained / MANIFEST).read_text())
-        check_domains(ref.trained, manifest["domains"], dataset.domains)
+        check_domains(ref.trained, read_manifest(ref.trained)["domains"], dataset.domains)
     info = store.read_info()
     if recreate:
         for collection in (ITEMS, USERS):

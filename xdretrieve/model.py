@@ -35,6 +35,11 @@ def is_model_dir(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of the model directory at ``path``."""
+    return json.loads((Path(path) / MANIFEST).read_text())
+
+
 def check_domains(path: str | Path, known: Sequence[str], wanted: Sequence[str]) -> None:
     """Raise :class:`XDRetrieveError` unless the model at ``path``, trained on the domains
     ``known``, knows every domain in ``wanted`` (it has an item adapter for those only)."""
@@ -113,7 +118,7 @@ class TrainedModel:
     @classmethod
     def load(cls, path: str | Path) -> TrainedModel:
         path = Path(path)
-        manifest = json.loads((path / MANIFEST).read_text())
+        manifest = read_manifest(path)
         with np.load(path / WEIGHTS, allow_pickle=False) as npz:
             weights = {k: npz[k].astype(np.float32) if npz[k].dtype.kind == "f" else npz[k]
                        for k in npz.files}

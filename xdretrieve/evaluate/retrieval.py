@@ -101,13 +101,11 @@ def _check_trained_on(model_dir: Path, train_users: Sequence[str]) -> None:
     """Refuse a model that learned from other users than this evaluation's train users: its
     training may have seen the test users' target items (a model saved before models recorded
     their split is let through with a warning)."""
-    import json
-
     from xdretrieve.errors import XDRetrieveError
     from xdretrieve.evaluate.protocol import users_digest
-    from xdretrieve.model import MANIFEST
+    from xdretrieve.model import read_manifest
 
-    split = json.loads((Path(model_dir) / MANIFEST).read_text()).get("split")
+    split = read_manifest(model_dir).get("split")
     if split is None:
         log.warning("model %s does not record its train users: cannot check that it never saw "
                     "this evaluation's test users", model_dir)
