@@ -255,15 +255,17 @@ def test_cli_full_mode_with_a_time_budget(tiny_model: str, tmp_path: Path, monke
     out = tmp_path / "model"
     args = ["finetune", "--data", str(tmp_path / "data"), "--out", str(out), "--model", tiny_model,
             "--dim", "8", "--time-budget", "0", "-q"]
-    result = CliRunner().invoke(main, [*args, "--batch-size", "8"], catch_exceptions=False)
-    assert result.exit_code == 2 and "only with --mode full" in result.output
+    result = CliRunner().invoke(main, [*args, "--batch-size", "8", "--workers", "1"],
+                                catch_exceptions=False)
+    assert result.exit_code == 2 and "--batch-size, --workers: only with --mode full" in result.output
     result = CliRunner().invoke(main, [*args, "--mode", "full", "--device", "cpu",
-                                       "--batch-size", "8", "--lr", "1e-3"],
+                                       "--batch-size", "8", "--lr", "1e-3", "--workers", "1"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "pairs/s on 1 x cpu (fp32)" in result.output and f"wrote {out}" in result.output
     manifest = json.loads((out / "xdretrieve_model.json").read_text())
     assert manifest["kind"] == "full" and manifest["finetune"]["steps"] == 1  # the budget: 1 step
+    assert manifest["finetune"]["config"]["num_workers"] == 1  # a tokenizing process fed the step
     assert (out / ENCODER_DIR / "modules.json").is_file()
 
 
