@@ -26,6 +26,7 @@ from xdretrieve.train.full import (
     _preprocess_fn,
     finetune_encoder,
     info_nce,
+    loader_workers,
 )
 from xdretrieve.train.pairs import build_pairs, global_batches, query_text, shard
 
@@ -243,6 +244,16 @@ def test_full_model_through_index_and_query(trained, tmp_path: Path) -> None:
     settings = Settings(store=tmp_path / "store", model=str(tmp / "model"),
                         cache_dir=tmp / "cache", device="cpu")
     check_trained_model_store(tmp / "model", ds, settings)
+
+
+def test_tokenizing_workers_scale_with_the_cores_of_each_training_process(monkeypatch) -> None:
+    assert loader_workers(16, 1) == 12  # one H200 beside 16 cores
+    assert loader_workers(64, 8) == 4  # 8 GPUs share 64 cores
+    assert loader_workers(2, 1) == 2 and loader_workers(64, 1) == 12  # the bounds
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun says how many share the machine
+    assert loader_workers(32) == 4
+    assert FullConfig().on(torch.device("cpu")).num_workers == 0  # the CPU tokenizes in-process
+    assert FullConfig(num_workers=3).on(torch.device("cuda")).num_workers == 3  # as given
 
 
 def test_cli_full_mode_with_a_time_budget(tiny_model: str, tmp_path: Path, monkeypatch) -> None:

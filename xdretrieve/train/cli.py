@@ -56,7 +56,8 @@ from xdretrieve.errors import XDRetrieveError
                    "[default: 1]")
 @click.option("--workers", type=int, default=None,
               help="Full mode: processes that tokenize the next steps' texts beside each training "
-                   "process (a fast GPU can outrun 2). [default: 2 on CUDA, 0 on the CPU]")
+                   "process (a fast GPU waits on them). [default: on CUDA the CPU cores per training "
+                   "process less 4, from 2 to 12; on the CPU 0]")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
               help="Full mode: recompute activations in the backward pass (one more forward "
                    "pass, a fraction of the memory). [default: on the CPU, off on CUDA]")
