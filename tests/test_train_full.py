@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,11 @@ def test_mined_negatives_rank_high_and_are_not_the_users(tiny_model: str, tmp_pa
     used = np.arange(0, len(pairs), 2)  # this epoch's pairs
     draws = np.random.default_rng(0).random((len(pairs), 2))
     negs = _mine(model, pairs, used, texts, rows_by_domain, config, draws, ctx, {})
+    # texts tokenized by worker processes: the same batches in the same order, the same result
+    assert torch.equal(_embed(model, texts, ctx.device, 4, workers=2),
+                       _embed(model, texts, ctx.device, 4))
+    assert (_mine(model, pairs, used, texts, rows_by_domain, replace(config, num_workers=2),
+                  draws, ctx, {}) == negs).all()
     # given the target items' vectors (as validation leaves them), mining embeds only queries
     held = {t: _embed(model, [texts[r] for r in rows], ctx.device, 64)
             for t, rows in enumerate(rows_by_domain)}

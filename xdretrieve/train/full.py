@@ -200,27 +200,46 @@ def _freeze_unused(model, device: torch.device) -> list[str]:
     return frozen
 
 
+class _TextBatches:
+    """Map-style dataset for the DataLoader: batch k -> (the texts' positions, their tokenized
+    features); the texts go longest first, so that a batch pads little."""
+
+    def __init__(self, texts: Sequence[str], batch_size: int, preprocess):
+        self.texts, self.batch_size, self.preprocess = texts, batch_size, preprocess
+        self.order = np.argsort([-len(t) for t in texts], kind="stable")
+
+    def __len__(self) -> int:
+        return -(-len(self.texts) // self.batch_size)
+
+    def __getitem__(self, k: int):
+        idx = self.order[k * self.batch_size:(k + 1) * self.batch_size]
+        return torch.from_numpy(idx), dict(self.preprocess([self.texts[i] for i in idx]))
+
+
 @torch.no_grad()
 def _embed(model, texts: Sequence[str], device: torch.device, batch_size: int,
-           desc: str | None = None) -> torch.Tensor:
-    """(len(texts), dim) float32 unit vectors on ``device``, longest texts first in batches;
-    with ``desc``, a progress bar (a catalogue takes minutes on a CPU)."""
+           desc: str | None = None, workers: int = 0) -> torch.Tensor:
+    """(len(texts), dim) float32 unit vectors on ``device``; with ``desc``, a progress bar (a
+    catalogue takes minutes on a CPU). ``workers`` processes tokenize the next batches: in the
+    training process alone, tokenizing an epoch's queries for mining leaves a GPU idle for most
+    of a minute."""
     from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()
-    preprocess = _preprocess_fn(model)
-    order = np.argsort([-len(t) for t in texts], kind="stable")
+    batches = _TextBatches(texts, batch_size, _preprocess_fn(model))
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False,
+                                         num_workers=workers if len(batches) > 1 else 0,
+                                         pin_memory=device.type == "cuda")
     out = None
     with _autocast(device):
-        for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch",
-                          disable=desc is None, leave=False):
-            idx = order[start:start + batch_size]
-            emb = model(_to(preprocess([texts[i] for i in idx]), device))["sentence_embedding"]
+        for idx, features in tqdm(loader, desc=desc, unit="batch", disable=desc is None,
+                                  leave=False):
+            emb = model(_to(features, device))["sentence_embedding"]
             emb = F.normalize(emb.float(), dim=-1)
             if out is None:
                 out = torch.empty(len(texts), emb.shape[1], device=device)
-            out[torch.from_numpy(idx).to(device)] = emb
+            out[idx.to(device)] = emb
     model.train(was_training)
     return out if out is not None else torch.empty(0, 0, device=device)
 
@@ -270,13 +289,15 @@ def _mine(model, pairs: Pairs, used: np.ndarray, doc_texts: list[str], rows_by_d
         items = item_vecs.get(t)
         if items is None:
             items = _embed(model, [doc_texts[r] for r in rows], ctx.device,
-                           config.eval_batch_size, _desc(progress, "mining: target items"))
+                           config.eval_batch_size, _desc(progress, "mining: target items"),
+                           config.num_workers)
         width = min(hi, len(rows))
+        Q_all = _embed(model, [pairs.query_texts[q] for q in qs], ctx.device,
+                       config.eval_batch_size, _desc(progress, "mining: queries"),
+                       config.num_workers)
         for start in range(0, len(qs), 4096):
             chunk = qs[start:start + 4096]
-            Q = _embed(model, [pairs.query_texts[q] for q in chunk], ctx.device,
-                       config.eval_batch_size, _desc(progress, "mining: queries"))
-            S = Q @ items.T  # (chunk, n_t)
+            S = Q_all[start:start + 4096] @ items.T  # (chunk, n_t)
             r_idx, c_idx, n_known = [], [], np.zeros(len(chunk), dtype=np.int64)
             for r, q in enumerate(chunk):
                 cols = col_of[pairs.known[pairs.query_user[q]]]
@@ -321,8 +342,9 @@ def _validate(model, valid, doc_texts, rows_by_domain, config: FullConfig,
         if t not in item_vecs:
             item_vecs[t] = _embed(model, [doc_texts[r] for r in rows_by_domain[t]], device,
                                   config.eval_batch_size,
-                                  _desc(progress, f"validation {name}: target items"))
-        Q = _embed(model, texts, device, config.eval_batch_size)
+                                  _desc(progress, f"validation {name}: target items"),
+                                  config.num_workers)
+        Q = _embed(model, texts, device, config.eval_batch_size, workers=config.num_workers)
         cos = (Q @ item_vecs[t].T).cpu().numpy()  # (n_valid, n_t)
         for key, S in ((f"{name}/ndcg@10", config.scale * cos + prior),
                        (f"{name}/ndcg@10_cosine", cos)):
