@@ -446,14 +446,18 @@ def test_evaluate_runs_ablation_rows_side_by_side(trained, tmp_path: Path,
     tmp, _, _, _ = trained
     result = CliRunner().invoke(evaluate, [
         "--data", str(tmp / "data"), "--direction", "books->movies", "--method", "xdretrieve",
+        "--method", "zeroshot",
         "--model", str(tmp / "model"), "--no-rerank-row", "--compare", f"base={tiny_model}",
         "--out", str(tmp_path / "out"), "-q"], env={"XDR_CACHE_DIR": str(tmp / "cache")})
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "out" / "results.json").read_text())
     text = json.dumps(rows)
-    for name in ("xdretrieve", "xdretrieve-no-rerank", "xdretrieve-base"):
+    for name in ("xdretrieve", "xdretrieve-no-rerank", "xdretrieve-base", "zeroshot"):
         assert f"books->movies  {name} " in result.output
     assert '"rerank": false' in text and str((tmp / "model").resolve()) in text
+    # the no-fine-tuning row is the encoder this model was trained over, not the packaged one
+    zeroshot = next(m for m in rows["directions"][0]["methods"] if m["method"] == "zeroshot")
+    assert zeroshot["config"]["model"] == resolve_model(tiny_model).name
     bad = CliRunner().invoke(evaluate, ["--data", str(tmp / "data"), "--compare", "nothing"])
     assert bad.exit_code == 2 and "is not NAME=DIR" in bad.output
 

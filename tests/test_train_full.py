@@ -203,7 +203,7 @@ def test_fine_tuning_improves_valid_ndcg_over_the_encoder_as_given(trained) -> N
 
 def test_model_dir_manifest_and_relocation(trained, tmp_path: Path) -> None:
     from xdretrieve.encoder import resolve_model
-    from xdretrieve.model import MANIFEST, TrainedModel
+    from xdretrieve.model import MANIFEST, TrainedModel, pretrained_base
 
     tmp, ds, manifest = trained
     model_dir = tmp / "model"
@@ -213,6 +213,8 @@ def test_model_dir_manifest_and_relocation(trained, tmp_path: Path) -> None:
     assert ref.trained == model_dir.resolve() and ref.path == (model_dir / ENCODER_DIR).resolve()
     assert ref.base_fingerprint == manifest["base_fingerprint"]
     assert TrainedModel.load(model_dir).manifest["dim"] == 16
+    # evaluate's no-fine-tuning row: the encoder fine-tuned from, not the one inside
+    assert pretrained_base(str(model_dir)) == manifest["finetune"]["base_model"] != ENCODER_DIR
     moved = shutil.copytree(model_dir, tmp_path / "elsewhere")  # the encoder travels with it
     assert resolve_model(str(moved)).path == (moved / ENCODER_DIR).resolve()
     assert resolve_model(str(moved)).base_fingerprint == ref.base_fingerprint

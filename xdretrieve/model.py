@@ -40,6 +40,16 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return json.loads((Path(path) / MANIFEST).read_text())
 
 
+def pretrained_base(model: str) -> str:
+    """The encoder that ``model`` started from before any training: ``model`` itself for an
+    encoder; for a trained model directory, the encoder its manifest names (for full mode, the
+    one its encoder was fine-tuned from, not the fine-tuned one inside the directory)."""
+    if not is_model_dir(model):
+        return model
+    manifest = read_manifest(model)
+    return manifest.get("finetune", {}).get("base_model") or manifest["base_model"]
+
+
 def check_domains(path: str | Path, known: Sequence[str], wanted: Sequence[str]) -> None:
     """Raise :class:`XDRetrieveError` unless the model at ``path``, trained on the domains
     ``known``, knows every domain in ``wanted`` (it has an item adapter for those only)."""

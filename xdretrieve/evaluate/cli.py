@@ -27,7 +27,8 @@ from xdretrieve.errors import XDRetrieveError
                    "[default: every ordered pair of domains]")
 @click.option("--method", "methods", multiple=True, metavar="NAME",
               help="Method to evaluate; repeatable. Baselines: popularity, itemknn, userknn, "
-                   "emcdr; retriever-backed: zeroshot (pretrained encoder, mean pooling), "
+                   "emcdr; retriever-backed: zeroshot (the pretrained encoder that --model "
+                   "starts from, mean pooling), "
                    "xdretrieve (the configured pipeline, as `xdretrieve query` runs it). "
                    "[default: all of them]")
 @click.option("--max-users", type=click.IntRange(min=1), default=None,

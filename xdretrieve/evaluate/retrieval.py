@@ -2,8 +2,10 @@
 
 Both index the catalog (item text is not user data) into a Qdrant store and answer each test
 query through :meth:`Retriever.recommend_history`, the same call ``xdretrieve query --history``
-makes. ``zeroshot`` is the packaged pretrained encoder with mean pooling; ``xdretrieve`` is
-whatever the given settings configure (encoder or trained model, pooling).
+makes. ``zeroshot`` is the pretrained encoder that the evaluated pipeline starts from (the
+trained model's base; the packaged one by default), with mean pooling: the pipeline without
+fine-tuning. ``xdretrieve`` is whatever the given settings configure (encoder or trained model,
+pooling).
 
 The store is kept under ``work_dir/stores/`` and named by the encoder's fingerprint: indexing is
 idempotent, so a rerun only checks it.
@@ -121,10 +123,11 @@ def register_retriever_methods(settings: Settings, work_dir: Path,
                                variants: dict[str, Settings] | None = None) -> None:
     """Register ``zeroshot`` and ``xdretrieve`` for this run's settings, and each of
     ``variants`` (name -> settings, e.g. an ablation's model) under its name."""
-    from xdretrieve.config import DEFAULT_MODEL
     from xdretrieve.evaluate.registry import register_method
+    from xdretrieve.model import pretrained_base
 
-    zeroshot = settings.model_copy(update={"model": DEFAULT_MODEL, "pooling": "mean"})
+    zeroshot = settings.model_copy(update={"model": pretrained_base(settings.model),
+                                           "pooling": "mean"})
     register_method("zeroshot", lambda seed=0: retriever_method("zeroshot", zeroshot, work_dir),
                     replace=True)
     register_method("xdretrieve",
