@@ -218,18 +218,18 @@ class _TextBatches:
 
 @torch.no_grad()
 def _embed(model, texts: Sequence[str], device: torch.device, batch_size: int,
-           desc: str | None = None, workers: int = 0) -> torch.Tensor:
+           desc: str | None = None, workers: int | None = 0) -> torch.Tensor:
     """(len(texts), dim) float32 unit vectors on ``device``; with ``desc``, a progress bar (a
-    catalogue takes minutes on a CPU). ``workers`` processes tokenize the next batches: in the
-    training process alone, tokenizing an epoch's queries for mining leaves a GPU idle for most
-    of a minute."""
+    catalogue takes minutes on a CPU). Up to ``workers`` processes tokenize the next batches (no
+    more than there are batches beyond the first): in the training process alone, tokenizing an
+    epoch's queries for mining leaves a GPU idle for most of a minute."""
     from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()
     batches = _TextBatches(texts, batch_size, _preprocess_fn(model))
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False,
-                                         num_workers=workers if len(batches) > 1 else 0,
+                                         num_workers=max(0, min(workers or 0, len(batches) - 1)),
                                          pin_memory=device.type == "cuda")
     out = None
     with _autocast(device):
