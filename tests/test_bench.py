@@ -276,3 +276,39 @@ def test_rerank_cost_reports_both_figures(tiny_trained: Path, paired_dir: Path, 
     assert "20 queries, 5 candidates" in out
     for line in ("re-ranker features + scores: p50", "co-occurrence candidates:    p50"):
         assert line in out and "p99" in out.split(line)[1].splitlines()[0]
+
+
+def test_rerank_ceiling_captures_the_served_candidates_and_bounds_them(
+        tmp_path: Path, paired_dir: Path, tiny_trained: Path) -> None:
+    """benchmarks/rerank_ceiling.py: on the paired data, where co-occurrence names every test
+    user's movie, the captured candidates are the served answer in order, the ideal order and a
+    linear re-ranker fitted on the test users find every movie, and the random re-ranker does
+    not."""
+    from benchmarks import rerank_ceiling
+    from xdretrieve.evaluate.protocol import Direction, Protocol
+    from xdretrieve.retriever import Retriever
+
+    dataset = Dataset.from_dir(paired_dir)
+    settings = Settings(store=tmp_path / "store", cache_dir=tmp_path / "cache",
+                        model=str(tiny_trained))
+    index_dataset(Dataset(dict(dataset.items), []), settings, users=False)
+    protocol = Protocol(dataset)
+    task = protocol.task(Direction("books", "movies"))
+    with Retriever(settings) as retriever:
+        items, x = rerank_ceiling._capture(retriever, task.queries[0], "movies", 200)
+        assert items == [h.item_id for h in
+                         retriever.recommend_history(list(task.queries[0]), "movies", 200)]
+        assert len(items) == 12 and x.shape == (12, 7)  # every movie is a candidate
+        served = retriever.model.reranker.score(x)
+        assert np.all(np.diff(served) <= 0)  # the features are aligned with the served order
+        found = rerank_ceiling.analyse(task, protocol.train_view(task.direction), retriever, 200)
+    rows = found["rows"]
+    assert found["users"] == 12 and found["truth among candidates"] == 1.0
+    assert found["itemknn"] == {"ndcg@10": 1.0, "recall@10": 1.0}  # co-occurrence is the truth
+    assert rows["ideal order"]["ndcg@10"] == 1.0
+    assert rows["linear, fitted on all test"]["ndcg@10"] > 0.99
+    assert rows["linear, fitted on all test + knn scores"]["ndcg@10"] > 0.99
+    assert rows["served"]["ndcg@10"] < 0.9  # random weights
+    assert rows["served"]["ndcg@10 / itemknn"] == rows["served"]["ndcg@10"]
+    for row in rows.values():
+        assert row["ndcg@10"] <= rows["ideal order"]["ndcg@10"] + 1e-9
