@@ -20,12 +20,16 @@ for the same test users and the same candidates, what the best possible use of t
   candidates; bounded by how many of the truth items are among them).
 
 Test users are used for fitting here, which the protocol forbids for a method: these rows
-measure the room left, and choose nothing. itemknn (the protocol's strongest baseline on
-amazon-arts-office) is ranked in the same run, as ``evaluate`` ranks it, for the ratios.
+measure the room left, and choose nothing. ``--group valid`` runs the same on valid users, where
+a choice may be made; ``--more-features`` adds rows for candidate features the re-ranker does
+not have (:class:`MoreFeatures`), each added alone and all together. itemknn (the protocol's
+strongest baseline on amazon-arts-office) is ranked in the same run, as ``evaluate`` ranks it,
+for the ratios.
 
 Usage:
     python benchmarks/rerank_ceiling.py --data ../shared/data/amazon-arts-office \\
-        --model arts-office.model [--store DIR] [--out ceiling.json]
+        --model arts-office.model [--store DIR] [--group valid] [--more-features] \\
+        [--out ceiling.json]
 
 ``--store``: a store the model built (e.g. ``results/stores/xdretrieve-<fingerprint>`` of an
 ``evaluate --out results/`` run); without it one is built in a temporary folder from the
@@ -42,6 +46,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 from xdretrieve.evaluate.metrics import ndcg_at, recall_at
 
@@ -124,23 +129,91 @@ def _ranked(cands, xs, score_fns) -> list[np.ndarray]:
             for c, x, fn in zip(cands, xs, score_fns, strict=True)]
 
 
-def analyse(task, view, retriever, n: int) -> dict:
-    """Every row of the module's docstring for one direction's ``task`` (test users), with
-    the baselines fitted on ``view`` (its train users; valid users choose their settings)."""
+def _cosine_cooccurrence(a: sp.csr_matrix, b: sp.csr_matrix, same: bool) -> sp.csr_matrix:
+    """(n_a, n_b) train users having both items, over sqrt(pop_a * pop_b); ``same``: the
+    two are one domain, and an item's pair with itself is dropped."""
+    pa = np.asarray(a.sum(axis=0)).ravel()
+    pb = np.asarray(b.sum(axis=0)).ravel()
+    c = (a.T @ b).tocsr()
+    if same:
+        c.setdiag(0)
+        c.eliminate_zeros()
+    inv = lambda p: sp.diags((1.0 / np.sqrt(np.maximum(p, 1))).astype(np.float32))  # noqa: E731
+    return (inv(pa) @ c @ inv(pb)).tocsr()
+
+
+MORE_FEATURES = ("closest_history_cosine", "mean_history_cosine", "recent_history_cosine",
+                 "two_hop_target", "two_hop_source", "recent_cooccurrence")
+RECENT = 5  # the history's last items, for the recent_* features
+
+
+class MoreFeatures:
+    """Candidate features the re-ranker does not have, to measure whether they would help
+    (``--more-features``): in the model's shared space, the cosine to the closest history item
+    (one of the issue's examples), to the history's items on average and to its last
+    :data:`RECENT`; from train users, two-hop co-occurrence (history -> target items -> the
+    candidate; history -> source items -> the candidate) and co-occurrence with the last
+    :data:`RECENT` history items alone (each pair cosine-normalised)."""
+
+    def __init__(self, view, vectors: dict[str, np.ndarray]):
+        self.view, self.vectors = view, vectors
+        source = view.matrix(view.source).astype(bool).astype(np.float32)
+        target = view.matrix(view.target).astype(bool).astype(np.float32)
+        self.cross = _cosine_cooccurrence(source, target, False)  # (n_s, n_t)
+        self.target_target = _cosine_cooccurrence(target, target, True)
+        self.source_source = _cosine_cooccurrence(source, source, True)
+        self.target_index = view.item_index(view.target)
+
+    def __call__(self, history: tuple[str, ...], candidates: list[str]) -> np.ndarray:
+        """(len(candidates), len(MORE_FEATURES))."""
+        view = self.view
+        h = view.history_matrix([history], view.source)  # (1, n_s)
+        recent = view.history_matrix([history[-RECENT:]], view.source)
+        cols = np.array([self.target_index[c] for c in candidates])
+        cross = h @ self.cross  # (1, n_t)
+        two_hop_target = (cross @ self.target_target).toarray().ravel()[cols]
+        two_hop_source = ((h @ self.source_source) @ self.cross).toarray().ravel()[cols]
+        recent_co = (recent @ self.cross).toarray().ravel()[cols]
+        cand = np.stack([self.vectors[c] for c in candidates])
+        known = [i for i in dict.fromkeys(history) if i in self.vectors]
+        sims = cand @ np.stack([self.vectors[i] for i in known]).T  # (n_c, n_h)
+        last = [i for i in history[-RECENT:] if i in self.vectors]
+        recent_sims = cand @ np.stack([self.vectors[i] for i in last]).T
+        return np.column_stack([sims.max(1), sims.mean(1), recent_sims.max(1),
+                                np.log1p(two_hop_target), np.log1p(two_hop_source),
+                                np.log1p(recent_co)])
+
+
+def _two_fold(groups, fit, half) -> list:
+    """Per user, the scorer fitted on the other fold's users."""
+    fns = [None] * len(groups)
+    for fold in (0, 1):
+        fn = fit([g for g, h in zip(groups, half, strict=True) if h != fold])
+        for u in np.flatnonzero(half == fold):
+            fns[u] = fn
+    return fns
+
+
+def analyse(task, view, retriever, n: int, more: MoreFeatures | None = None) -> dict:
+    """Every row of the module's docstring for one direction's ``task`` (test or valid users),
+    with the baselines fitted on ``view`` (its train users; valid users choose their settings);
+    ``more``: also the rows of the features it adds."""
     from xdretrieve.evaluate.itemknn import ItemKNN
     from xdretrieve.evaluate.metrics import score_rankings
     from xdretrieve.evaluate.userknn import UserKNN
     from xdretrieve.rerank import FEATURES
 
     stats = retriever.model.reranker.stats
-    domain = task.direction.target
+    domain, on = task.direction.target, task.group
     index = {item: k for k, item in enumerate(task.target_items)}
     truths = list(task.truth)
-    cands, xs = [], []
+    cands, xs, extra = [], [], []
     for history in task.queries:
         c, x = _capture(retriever, history, domain, n)
         cands.append(np.array([index[i] for i in c], dtype=np.int64))
         xs.append(x)
+        if more is not None:
+            extra.append(more(history, c))
     labels = [np.isin(c, t).astype(np.float32) for c, t in zip(cands, truths, strict=True)]
 
     knn_scores = []
@@ -159,29 +232,44 @@ def analyse(task, view, retriever, n: int) -> dict:
     rows["tower order"] = _metrics([c[np.argsort(-x[:, score_col], kind="stable")]
                                     for c, x in zip(cands, xs, strict=True)], truths)
     half = np.arange(len(xs)) % 2  # two folds, alternating users
+    linear = lambda g: _fit_linear(g, stats)  # noqa: E731
     for features, suffix in ((xs, ""), (with_knn, " + knn scores")):
         groups = list(zip(features, labels, strict=True))
-        for name, fit in (("linear", lambda g: _fit_linear(g, stats)), ("mlp", _fit_mlp)):
-            fns = [None] * len(xs)
-            for fold in (0, 1):
-                fn = fit([g for g, h in zip(groups, half, strict=True) if h != fold])
-                for u in np.flatnonzero(half == fold):
-                    fns[u] = fn
-            rows[f"{name}, 2-fold on test{suffix}"] = _metrics(
-                _ranked(cands, features, fns), truths)
-        for name, fit in (("linear", lambda g: _fit_linear(g, stats)), ("mlp", _fit_mlp)):
-            fn = fit(groups)
-            rows[f"{name}, fitted on all test{suffix}"] = _metrics(
-                _ranked(cands, features, [fn] * len(xs)), truths)
+        for name, fit in (("linear", linear), ("mlp", _fit_mlp)):
+            rows[f"{name}, 2-fold on {on}{suffix}"] = _metrics(
+                _ranked(cands, features, _two_fold(groups, fit, half)), truths)
+        for name, fit in (("linear", linear), ("mlp", _fit_mlp)):
+            rows[f"{name}, fitted on all {on}{suffix}"] = _metrics(
+                _ranked(cands, features, [fit(groups)] * len(xs)), truths)
+    if more is not None:
+        for k, name in [*enumerate(MORE_FEATURES), (None, "all of them")]:
+            features = [np.column_stack([x, e if k is None else e[:, k]])
+                        for x, e in zip(xs, extra, strict=True)]
+            groups = list(zip(features, labels, strict=True))
+            rows[f"linear + {name}, 2-fold on {on}"] = _metrics(
+                _ranked(cands, features, _two_fold(groups, linear, half)), truths)
+            rows[f"linear + {name}, fitted on all {on}"] = _metrics(
+                _ranked(cands, features, [linear(groups)] * len(xs)), truths)
     rows["ideal order"] = _metrics([c[np.argsort(-y, kind="stable")]
                                     for c, y in zip(cands, labels, strict=True)], truths)
     covered = [y.sum() / len(t) for y, t in zip(labels, truths, strict=True)]
     for row in rows.values():
         row["ndcg@10 / itemknn"] = row["ndcg@10"] / itemknn["ndcg@10"]
         row["recall@10 / itemknn"] = row["recall@10"] / itemknn["recall@10"]
-    return {"users": len(task), "candidates": n, "itemknn": itemknn, "rows": rows,
+    return {"users": len(task), "group": on, "candidates": n, "itemknn": itemknn, "rows": rows,
             "truth among candidates": float(np.mean(covered)),
             "users with a relevant candidate": float(np.mean([y.any() for y in labels]))}
+
+
+def _store_vectors(retriever) -> dict[str, np.ndarray]:
+    """Every stored item's vector (the model's shared space), by item id."""
+    from xdretrieve.store import ITEMS
+
+    out = {}
+    for p in retriever.store.scroll(ITEMS, with_vectors=True, fields=["item_id"]):
+        v = np.asarray(p.vector, dtype=np.float32)
+        out[p.payload["item_id"]] = v / max(float(np.linalg.norm(v)), 1e-12)
+    return out
 
 
 def main() -> None:
@@ -190,6 +278,10 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--store", help="a store the model built (default: build one)")
     parser.add_argument("--candidates", type=int, default=200)
+    parser.add_argument("--group", choices=("test", "valid"), default="test",
+                        help="the users analysed (valid: what a feature may be chosen on)")
+    parser.add_argument("--more-features", action="store_true",
+                        help="also measure candidate features the re-ranker does not have")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
 
@@ -214,16 +306,18 @@ def main() -> None:
             raise SystemExit(f"{args.model}: a trained model with a re-ranker is needed")
         for direction in protocol.directions():
             name = str(direction)
+            view = protocol.train_view(direction)
+            more = MoreFeatures(view, _store_vectors(retriever)) if args.more_features else None
             report["directions"][name] = found = analyse(
-                protocol.task(direction), protocol.train_view(direction), retriever,
-                args.candidates)
+                protocol.task(direction, args.group), view, retriever, args.candidates, more)
             ref = found["itemknn"]
-            print(f"\n{name}: {found['users']} test users; truth among the {args.candidates} "
-                  f"candidates {found['truth among candidates']:.3f}, users with a relevant "
+            print(f"\n{name}: {found['users']} {args.group} users; truth among the "
+                  f"{args.candidates} candidates {found['truth among candidates']:.3f}, "
+                  f"users with a relevant "
                   f"candidate {found['users with a relevant candidate']:.3f}; itemknn ndcg@10 "
                   f"{ref['ndcg@10']:.4f}, recall@10 {ref['recall@10']:.4f}")
             for row, m in found["rows"].items():
-                print(f"  {row:28s} ndcg@10 {m['ndcg@10']:.4f} ({m['ndcg@10 / itemknn']:.2f}x)  "
+                print(f"  {row:44s} ndcg@10 {m['ndcg@10']:.4f} ({m['ndcg@10 / itemknn']:.2f}x)  "
                       f"recall@10 {m['recall@10']:.4f} ({m['recall@10 / itemknn']:.2f}x)")
     report["seconds"] = round(time.perf_counter() - t0, 1)
     if args.out:

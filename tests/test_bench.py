@@ -301,8 +301,22 @@ def test_rerank_ceiling_captures_the_served_candidates_and_bounds_them(
         assert len(items) == 12 and x.shape == (12, 7)  # every movie is a candidate
         served = retriever.model.reranker.score(x)
         assert np.all(np.diff(served) <= 0)  # the features are aligned with the served order
-        found = rerank_ceiling.analyse(task, protocol.train_view(task.direction), retriever, 200)
+        view = protocol.train_view(task.direction)
+        vectors = rerank_ceiling._store_vectors(retriever)
+        more = rerank_ceiling.MoreFeatures(view, vectors)
+        movies = [f"movie-{t}" for t in range(12)]
+        extra = more(("book-3",), movies)
+        assert extra.shape == (12, len(rerank_ceiling.MORE_FEATURES))
+        cosines = np.array([vectors[m] @ vectors["book-3"] for m in movies])
+        assert np.allclose(extra[:, 0], cosines, atol=1e-5)  # closest history item: the only one
+        assert np.allclose(extra[:, 1], cosines, atol=1e-5) and np.allclose(extra[:, 2], cosines,
+                                                                             atol=1e-5)
+        # the two train users who read book-3 watched movie-3 and nothing else: cosine 1
+        assert np.allclose(extra[:, 5], np.log1p(np.eye(12)[3]))
+        assert not extra[:, 3:5].any()  # nobody has two books or two movies: no second hop
+        found = rerank_ceiling.analyse(task, view, retriever, 200, more)
     rows = found["rows"]
+    assert "linear + closest_history_cosine, 2-fold on test" in rows
     assert found["users"] == 12 and found["truth among candidates"] == 1.0
     assert found["itemknn"] == {"ndcg@10": 1.0, "recall@10": 1.0}  # co-occurrence is the truth
     assert rows["ideal order"]["ndcg@10"] == 1.0
