@@ -89,17 +89,10 @@ def _fit_mlp(groups, seed=0, epochs=300, hidden=32):
     """A listwise MLP over standardised features (the same loss as the linear re-ranker)."""
     import torch
 
+    from xdretrieve.rerank import listwise_batch
+
     torch.manual_seed(seed)
-    groups = [(x, y) for x, y in groups if y.any()]
-    allx = np.concatenate([x for x, _ in groups])
-    mean, std = allx.mean(0), allx.std(0) + 1e-6
-    width = max(len(x) for x, _ in groups)
-    X = np.zeros((len(groups), width, allx.shape[1]), dtype=np.float32)
-    Y = np.zeros((len(groups), width), dtype=np.float32)
-    pad = np.ones((len(groups), width), dtype=bool)
-    for g, (x, y) in enumerate(groups):
-        X[g, :len(x)], Y[g, :len(y)], pad[g, :len(x)] = (x - mean) / std, y / y.sum(), False
-    X, Y, pad = torch.from_numpy(X), torch.from_numpy(Y), torch.from_numpy(pad)
+    X, Y, pad, mean, std = listwise_batch(groups)
     net = torch.nn.Sequential(torch.nn.Linear(X.shape[-1], hidden), torch.nn.GELU(),
                               torch.nn.Linear(hidden, 1))
     opt = torch.optim.Adam(net.parameters(), lr=0.01, weight_decay=1e-4)

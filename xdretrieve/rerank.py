@@ -397,13 +397,13 @@ class Reranker:
             raise ValueError(f"{path}: {e}") from e
 
 
-def fit_reranker(groups: list[tuple[np.ndarray, np.ndarray]], stats: ItemStats,
-                 epochs: int = 200, lr: float = 0.05, seed: int = 0) -> Reranker:
-    """Fit listwise: ``groups`` holds per user (features (n_cand, F), labels (n_cand,) 0/1);
-    users without a relevant candidate teach nothing and are dropped."""
+def listwise_batch(groups: list[tuple[np.ndarray, np.ndarray]]):
+    """``groups`` (per user: features (n_cand, F), labels (n_cand,) 0/1) as one padded batch
+    for a listwise loss: (X (users, width, F) standardised, Y (users, width) each user's labels
+    summing to 1, pad (users, width) True where padding) as torch tensors, and the features'
+    mean and std. Users without a relevant candidate teach nothing and are dropped."""
     import torch
 
-    torch.manual_seed(seed)
     groups = [(x, y) for x, y in groups if y.any()]
     if not groups:
         raise ValueError("no user has a relevant candidate: nothing to fit the re-ranker on")
@@ -418,7 +418,17 @@ def fit_reranker(groups: list[tuple[np.ndarray, np.ndarray]], stats: ItemStats,
         X[g, :len(x)] = (x - mean) / std
         Y[g, :len(y)] = y / y.sum()
         pad[g, :len(x)] = False
-    X, Y, pad = torch.from_numpy(X), torch.from_numpy(Y), torch.from_numpy(pad)
+    return torch.from_numpy(X), torch.from_numpy(Y), torch.from_numpy(pad), mean, std
+
+
+def fit_reranker(groups: list[tuple[np.ndarray, np.ndarray]], stats: ItemStats,
+                 epochs: int = 200, lr: float = 0.05, seed: int = 0) -> Reranker:
+    """Fit listwise: ``groups`` holds per user (features (n_cand, F), labels (n_cand,) 0/1);
+    users without a relevant candidate teach nothing and are dropped."""
+    import torch
+
+    torch.manual_seed(seed)
+    X, Y, pad, mean, std = listwise_batch(groups)
     w = torch.zeros(X.shape[-1], requires_grad=True)
     opt = torch.optim.Adam([w], lr=lr)
     for _ in range(epochs):
