@@ -10,9 +10,11 @@ for the same test users and the same candidates, what the best possible use of t
 - ``linear, 2-fold on test``: the re-ranker's linear model refitted on half of the *test* users
   and scored on the other half (and the other way round): the best these features do with
   weights tuned on users of the test distribution;
-- ``linear, fitted on all test``: refitted on every test user and scored on the same users (an
-  in-sample upper bound of any linear re-ranker over these features);
-- ``mlp, 2-fold on test``: a small MLP over the same features, listwise, 2-fold on test;
+- ``linear, fitted on all test``: refitted on every test user and scored on the same users
+  (in-sample: about the best any linear re-ranker over these features can do on these users);
+- ``mlp, 2-fold on test`` and ``mlp, fitted on all test``: a small MLP (32 hidden units) over
+  the same features, listwise; fitted on all test users it can memorise them, so that row is
+  no bound;
 - ``... + knn scores``: the same two models with two more features per candidate, the itemknn
   and userknn baselines' scores (fitted on train users, chosen on valid users as ``evaluate``
   does): whether the baselines' signals, added to the re-ranker's, would carry it further;
