@@ -30,6 +30,34 @@ def test_item_stats_count_popularity_and_cross_domain_pairs() -> None:
     assert np.trace(cooc) == 0
 
 
+def test_item_stats_count_every_cross_domain_pair_of_three_domains_once_per_user() -> None:
+    """Against the definition, pair by pair: entry (h, c) is the number of users who have h and
+    c in different domains (an item a user has twice counts once); popularity counts every
+    interaction."""
+    rng = np.random.default_rng(1)
+    ids = [f"i{k}" for k in range(30)]
+    histories = {f"u{u}": {d: tuple(ids[3 * c + k] for c in rng.integers(0, 10, size=4))
+                           for k, d in enumerate(("x", "y", "z")) if rng.random() < 0.8}
+                 for u in range(40)}
+    expected = np.zeros((30, 30))
+    popularity = np.zeros(30)
+    for per_domain in histories.values():
+        sets = {d: {ids.index(i) for i in h} for d, h in per_domain.items()}
+        for d, items in sets.items():
+            for other, others in sets.items():
+                if other != d:
+                    for a in items:
+                        for b in others:
+                            expected[a, b] += 1
+        for h in per_domain.values():
+            for i in h:
+                popularity[ids.index(i)] += 1
+    stats = ItemStats.fit(ids, histories)
+    np.testing.assert_array_equal(stats.cooc.toarray(), expected)
+    np.testing.assert_array_equal(stats.popularity, popularity)
+    assert stats.cooc.dtype == np.float32 and expected.max() > 1 and (expected == 0).any()
+
+
 def test_features_by_hand() -> None:
     stats = ItemStats.fit(IDS, HISTORIES)
     x = features(stats, history=["a1"], history_text="red pencil case",

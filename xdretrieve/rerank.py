@@ -256,22 +256,32 @@ class ItemStats:
         """Count ``histories`` (user -> domain -> item ids); ``domains`` and ``texts`` give each
         item's domain and text, in ``ids`` order."""
         row = {iid: r for r, iid in enumerate(ids)}
-        rows, cols = [], []
-        for per_domain in histories.values():
-            sets = {d: sorted({row[i] for i in h}) for d, h in per_domain.items() if h}
-            for d, members in sets.items():  # every cross-domain pair of this user's items
-                others = [r for other, rs in sets.items() if other != d for r in rs]
-                for h in members:
-                    rows.extend([h] * len(others))
-                    cols.extend(others)
-        data = np.ones(len(rows), dtype=np.float32)
-        cooc = sp.csr_matrix((data, (rows, cols)), shape=(len(ids), len(ids)), dtype=np.float32)
-        cooc.sum_duplicates()
-        popularity = np.zeros(len(ids), dtype=np.float32)
-        for per_domain in histories.values():
-            for h in per_domain.values():
-                for i in h:
-                    popularity[row[i]] += 1
+        n = len(ids)
+        # per domain of the histories, a binary (users, items) matrix; the co-occurrence is the
+        # sum of their products over ordered pairs of different domains (a user's item pairs
+        # listed one by one cost memory in proportion to the heaviest users' history squared)
+        entries: dict[str, tuple[list[int], list[int]]] = {}
+        popularity = np.zeros(n, dtype=np.float32)
+        for user, per_domain in enumerate(histories.values()):
+            for d, h in per_domain.items():
+                users, items = entries.setdefault(d, ([], []))
+                rows = [row[i] for i in h]
+                users.extend([user] * len(rows))
+                items.extend(rows)
+                np.add.at(popularity, rows, 1)
+        shape = (len(histories), n)
+        by_domain = []
+        for users, items in entries.values():
+            m = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=shape)
+            m.data[:] = 1.0  # a user's repeated item counts once
+            by_domain.append(m)
+        cooc = sp.csr_matrix((n, n), dtype=np.float32)
+        for a, left in enumerate(by_domain):
+            for b, right in enumerate(by_domain):
+                if a != b:
+                    cooc = cooc + (left.T @ right).tocsr()
+        cooc = cooc.astype(np.float32).tocsr()
+        cooc.eliminate_zeros()
         return cls(list(ids), popularity, cooc,
                    None if domains is None else np.asarray(domains, dtype=str),
                    None if texts is None else list(texts))
