@@ -13,7 +13,7 @@ from xdretrieve.errors import XDRetrieveError
 from xdretrieve.evaluate.emcdr import EMCDR, EMCDRConfig
 from xdretrieve.evaluate.itemknn import ItemKNN
 from xdretrieve.evaluate.leakcheck import check_no_leak
-from xdretrieve.evaluate.methods import RetrieverMethod, stable_rank
+from xdretrieve.evaluate.methods import RetrieverMethod, stable_rank, stable_top
 from xdretrieve.evaluate.popularity import Popularity
 from xdretrieve.evaluate.protocol import Direction, Protocol, TrainView
 from xdretrieve.evaluate.registry import (
@@ -137,6 +137,22 @@ def test_stable_rank_matches_a_sort_by_key_on_many_ties() -> None:
         by_both = sorted(range(500), key=lambda i: (-scores[row, i], -tiebreak[i]))
         assert stable_rank(scores)[row].tolist() == by_index
         assert stable_rank(scores, tiebreak)[row].tolist() == by_both
+
+
+def test_stable_top_is_the_head_of_the_stable_sort_also_with_ties_at_the_cut() -> None:
+    rng = np.random.default_rng(2)
+    for n_items, k in ((1000, 50), (1000, 10), (300, 200), (30, 50), (500, 1)):
+        # few distinct values: many ties, also across the k-th place
+        scores = rng.integers(0, 40, size=(60, n_items)).astype(np.float32)
+        scores[0] = 1.0  # a row of one value
+        expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        got = stable_top(scores, k)
+        assert got.dtype == np.int64 and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+    real = rng.standard_normal((20, 5000))
+    np.testing.assert_array_equal(stable_top(real, 50),
+                                  np.argsort(-real, axis=1, kind="stable")[:, :50])
+    assert stable_top(np.zeros((0, 10)), 5).shape == (0, 5)
 
 
 # -- one contract for every baseline ---------------------------------------------------------------

@@ -76,6 +76,28 @@ def stable_rank(scores: np.ndarray, tiebreak: np.ndarray | None = None) -> np.nd
     return order[ranked]
 
 
+def stable_top(scores: np.ndarray, k: int) -> np.ndarray:
+    """(n_queries, min(k, n_items)) int64: the first ``k`` columns of
+    ``np.argsort(-scores, axis=1, kind="stable")`` (descending score, ties by index), found by a
+    partition instead of a full sort: a fraction of the time where k is far below n_items
+    (validation's top 50 of 19,757 office items for 577 users: ~0.2 s instead of 0.7 s)."""
+    scores = np.asarray(scores)
+    n_rows, n_items = scores.shape
+    k = min(k, n_items)
+    if k == 0 or n_rows == 0:
+        return np.zeros((n_rows, k), dtype=np.int64)
+    if 4 * k >= n_items:
+        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    # every entry at least the row's k-th largest: k or more per row (more when tied there)
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1]
+    rows, cols = np.nonzero(scores >= kth[:, None])
+    order = np.lexsort((cols, -scores[rows, cols], rows))  # by row, score down, index up
+    rows, cols = rows[order], cols[order]
+    first = np.searchsorted(rows, np.arange(n_rows))
+    keep = np.arange(len(rows)) - first[rows] < k
+    return cols[keep].reshape(n_rows, k).astype(np.int64)
+
+
 class ScoringMethod(Method):
     """A method that scores every target item; ranking is a stable sort of the scores.
 

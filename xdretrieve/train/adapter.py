@@ -33,6 +33,9 @@ from xdretrieve.train.catalog import Catalog
 log = logging.getLogger(__name__)
 
 
+SCORE_CHUNK = 1024  # users whose scores over every target item are held at once
+
+
 @dataclass
 class AdapterConfig:
     """Hyper-parameters; the defaults were chosen on valid users of amazon-arts-office."""
@@ -95,6 +98,7 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
     from torch import nn
     from tqdm.auto import tqdm
 
+    from xdretrieve.evaluate.methods import stable_top
     from xdretrieve.evaluate.metrics import score_rankings
     from xdretrieve.evaluate.protocol import Protocol
 
@@ -193,9 +197,13 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
             for (s, t, hs, truth), d in zip(valid, directions, strict=False):
                 if not hs:
                     continue
-                S = model.scores(*pad(hs), s, t).numpy()
-                top = np.argsort(-S, axis=1, kind="stable")[:, :50]
-                m = score_rankings(top, truth, S.shape[1], ks=(10,))
+                U = model.users(*pad(hs), s, t)
+                V, bias = model.items(rows_t[t], t), model.bias[rows_t[t]]
+                top = np.concatenate([  # a chunk of users at a time (memory: see SCORE_CHUNK)
+                    stable_top((model.logit_scale.exp() * (U[lo:lo + SCORE_CHUNK] @ V.T)
+                                + bias).numpy(), 50)
+                    for lo in range(0, len(hs), SCORE_CHUNK)])
+                m = score_rankings(top, truth, len(rows_t[t]), ks=(10,))
                 out[f"{d}/ndcg@10"] = float(m["ndcg@10"].mean())
                 out[f"{d}/recall@10"] = float(m["recall@10"].mean())
         model.train()
@@ -271,20 +279,26 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
                     X, M = pad(hs)
                     U = model.users(X, M, s, t).numpy()
                     V = model.items(rows_t[t], t).numpy()
-                    cos = U @ V.T  # (n_users, n_target)
-                    score = float(model.logit_scale.exp()) * cos + \
+                    scale, bias = float(model.logit_scale.exp()), \
                         model.bias[rows_t[t]].detach().numpy()
-                    top = np.argsort(-score, axis=1, kind="stable")
-                    for r, h in enumerate(hs):
-                        history = [ids[i] for i in h]
-                        co = [local_of[i] for i in stats.cooccurring(history, domains[t], n)]
-                        cand = np.array(candidate_union(top[r].tolist(), co, n))
-                        cand = cand[np.argsort(-score[r, cand], kind="stable")]
-                        x = rerank_features(stats, history, " ".join(texts[i] for i in h),
-                                            [ids[rows_by_domain[t][c]] for c in cand],
-                                            [texts[rows_by_domain[t][c]] for c in cand],
-                                            cos[r, cand], score[r, cand])
-                        groups.append((d_of[(s, t)], x, np.isin(cand, truths[r]).astype(np.float32)))
+                    # users a chunk at a time: (users, target items) scores of a large catalog
+                    # would not fit in memory all at once
+                    for lo in range(0, len(hs), SCORE_CHUNK):
+                        cos = U[lo:lo + SCORE_CHUNK] @ V.T  # (chunk, n_target)
+                        score = scale * cos + bias
+                        top = stable_top(score, n)  # what candidate_union reads of it
+                        for r, h in enumerate(hs[lo:lo + SCORE_CHUNK]):
+                            history = [ids[i] for i in h]
+                            co = [local_of[i]
+                                  for i in stats.cooccurring(history, domains[t], n)]
+                            cand = np.array(candidate_union(top[r].tolist(), co, n))
+                            cand = cand[np.argsort(-score[r, cand], kind="stable")]
+                            x = rerank_features(stats, history, " ".join(texts[i] for i in h),
+                                                [ids[rows_by_domain[t][c]] for c in cand],
+                                                [texts[rows_by_domain[t][c]] for c in cand],
+                                                cos[r, cand], score[r, cand])
+                            groups.append((d_of[(s, t)], x,
+                                           np.isin(cand, truths[lo + r]).astype(np.float32)))
             return groups
 
         d_of = {(domains.index(d.source), domains.index(d.target)): str(d) for d in directions}

@@ -334,6 +334,7 @@ def _validate(model, valid, doc_texts, rows_by_domain, config: FullConfig,
     """ndcg@10 of valid users' cross-domain queries over every target item: with the
     log-popularity prior (``scale * cos + log(1 + popularity)``: what selects) and by cosine;
     and the target items' vectors it embedded (the next epoch's mining reuses them)."""
+    from xdretrieve.evaluate.methods import stable_top
     from xdretrieve.evaluate.metrics import score_rankings
 
     out: dict[str, float] = {}
@@ -348,7 +349,7 @@ def _validate(model, valid, doc_texts, rows_by_domain, config: FullConfig,
         cos = (Q @ item_vecs[t].T).cpu().numpy()  # (n_valid, n_t)
         for key, S in ((f"{name}/ndcg@10", config.scale * cos + prior),
                        (f"{name}/ndcg@10_cosine", cos)):
-            top = np.argsort(-S, axis=1, kind="stable")[:, :10]
+            top = stable_top(S, 10)
             out[key] = float(score_rankings(top, truth, S.shape[1], ks=(10,))["ndcg@10"].mean())
     return out, item_vecs
 
