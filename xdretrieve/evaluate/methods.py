@@ -179,11 +179,12 @@ class RetrieverMethod(Method):
 
     def _complete(self, ids: Sequence[str], n: int) -> np.ndarray:
         """(n,) the ranking the ids give, then every missing target item in items.jsonl order."""
-        unknown = [i for i in ids if i not in self._index]
-        if unknown:
+        index = self._index
+        ranked = np.fromiter((index.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+        if (ranked < 0).any():
+            unknown = [i for i, r in zip(ids, ranked.tolist(), strict=True) if r < 0]
             raise XDRetrieveError(f"method '{self.name}' returned {len(unknown)} item(s) that are "
                                   f"not '{self._target}' items, e.g. {unknown[:3]}")
-        ranked = np.fromiter((self._index[i] for i in ids), dtype=np.int64, count=len(ids))
         _, first = np.unique(ranked, return_index=True)
         ranked = ranked[np.sort(first)]  # drop repeats, keep first occurrence
         if len(ranked) < n:

@@ -46,6 +46,13 @@ class _FullRanking:
                   if p.payload["domain"] == target]
         self.ids = [p.payload["item_id"] for p in points]
         self.matrix = np.stack([p.vector for p in points])  # (n_target, dim)
+        # what every query's tail reads, computed once: ids as an array, their positions, and
+        # the model's bias of each (its score is scale * cosine + that bias)
+        self._ids = np.array(self.ids, dtype=object)
+        self._position = {iid: k for k, iid in enumerate(self.ids)}
+        model = retriever.model
+        self._bias = None if model is None else model.rescore(
+            self.ids, np.zeros(len(self.ids), dtype=np.float32))
 
     def __call__(self, history, domain, limit):
         served = [h.item_id for h in self.retriever.recommend_history(history, domain,
@@ -54,12 +61,14 @@ class _FullRanking:
             return served
         query = self.retriever.history_query(history, domain)
         scores = self.matrix @ query.vector
-        if self.retriever.model is not None:
-            scores = self.retriever.model.rescore(self.ids, scores)
-        seen = set(served) | set(query.exclude)
-        tail = [self.ids[k] for k in np.argsort(-scores, kind="stable")
-                if self.ids[k] not in seen]
-        return served + tail[:limit - len(served)]
+        if self._bias is not None:
+            scores = self.retriever.model.scale * scores + self._bias  # = model.rescore
+        left_out = np.zeros(len(self.ids), dtype=bool)
+        left_out[[self._position[i] for i in {*served, *query.exclude}
+                  if i in self._position]] = True
+        order = np.argsort(-scores, kind="stable")
+        tail = self._ids[order[~left_out[order]][:limit - len(served)]].tolist()
+        return served + tail
 
 if TYPE_CHECKING:
     from xdretrieve.config import Settings
