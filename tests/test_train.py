@@ -691,3 +691,31 @@ def test_evaluate_refuses_a_model_trained_on_another_split(trained, tmp_path: Pa
     assert "than this evaluation's 35 train users" in refused.output
     same = CliRunner().invoke(evaluate, ["--data", str(tmp / "data"), *args], env=env)
     assert same.exit_code == 0, same.output
+
+
+def test_evaluate_full_ranking_serves_the_head_and_ranks_the_rest_by_the_model(
+        trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retriever-backed row ranks every target item: the first SERVED as the retriever answers,
+    then every other item by the model's exact score (scale x cosine + bias), ties in store order,
+    the served and the history's own items left out."""
+    from xdretrieve.config import Settings
+    from xdretrieve.evaluate import retrieval
+    from xdretrieve.indexer import index_dataset
+
+    tmp, ds, _, _ = trained
+    monkeypatch.setattr(retrieval, "SERVED", 3)  # 12 movies: a head of 3 and a tail of 9
+    settings = Settings(model=str(tmp / "model"), store=tmp_path / "store",
+                        cache_dir=tmp / "cache")
+    index_dataset(Dataset(dict(ds.items), []), settings, users=False)
+    with Retriever(settings) as r:
+        ranking = retrieval._FullRanking(r, "movies")
+        history = ("book-2", "movie-5")  # an item of the target domain is held out
+        got = ranking(history, "movies", 12)
+        head = [h.item_id for h in r.recommend_history(list(history), "movies", 3)]
+        query = r.history_query(list(history), "movies")
+        scores = r.model.rescore(ranking.ids, ranking.matrix @ query.vector)
+        rest = [ranking.ids[k] for k in np.argsort(-scores, kind="stable")
+                if ranking.ids[k] not in {*head, "movie-5"}]
+        assert ranking(history, "movies", 2) == head[:2]
+    assert got[:3] == head and got[3:] == rest
+    assert len(got) == 11 and len(set(got)) == 11 and "movie-5" not in got
