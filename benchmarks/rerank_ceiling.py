@@ -299,10 +299,11 @@ def main() -> None:
     with Retriever(settings) as retriever:
         if retriever.model is None or retriever.model.reranker is None:
             raise SystemExit(f"{args.model}: a trained model with a re-ranker is needed")
+        vectors = _store_vectors(retriever) if args.more_features else {}
         for direction in protocol.directions():
             name = str(direction)
             view = protocol.train_view(direction)
-            more = MoreFeatures(view, _store_vectors(retriever)) if args.more_features else None
+            more = MoreFeatures(view, vectors) if args.more_features else None
             report["directions"][name] = found = analyse(
                 protocol.task(direction, args.group), view, retriever, args.candidates, more)
             ref = found["itemknn"]

@@ -261,14 +261,13 @@ class ItemStats:
         # sum of their products over ordered pairs of different domains (a user's item pairs
         # listed one by one cost memory in proportion to the heaviest users' history squared)
         entries: dict[str, tuple[list[int], list[int]]] = {}
-        popularity = np.zeros(n, dtype=np.float32)
         for user, per_domain in enumerate(histories.values()):
             for d, h in per_domain.items():
                 users, items = entries.setdefault(d, ([], []))
-                rows = [row[i] for i in h]
-                users.extend([user] * len(rows))
-                items.extend(rows)
-                np.add.at(popularity, rows, 1)
+                users.extend([user] * len(h))
+                items.extend(row[i] for i in h)
+        popularity = sum((np.bincount(items, minlength=n) for _, items in entries.values()),
+                         np.zeros(n)).astype(np.float32)  # every interaction
         shape = (len(histories), n)
         by_domain = []
         for users, items in entries.values():

@@ -44,11 +44,10 @@ class _FullRanking:
         points = [p for p in retriever.store.scroll(ITEMS, with_vectors=True,
                                                     fields=["item_id", "domain"])
                   if p.payload["domain"] == target]
-        self.ids = [p.payload["item_id"] for p in points]
+        self.ids = np.array([p.payload["item_id"] for p in points], dtype=object)
         self.matrix = np.stack([p.vector for p in points])  # (n_target, dim)
-        # what every query's tail reads, computed once: ids as an array, their positions, and
-        # the model's bias of each (its score is scale * cosine + that bias)
-        self._ids = np.array(self.ids, dtype=object)
+        # what every query's tail reads, computed once: the ids' positions, and the model's
+        # bias of each (its score is scale * cosine + that bias)
         self._position = {iid: k for k, iid in enumerate(self.ids)}
         model = retriever.model
         self._bias = None if model is None else model.rescore(
@@ -67,7 +66,7 @@ class _FullRanking:
         left_out[[self._position[i] for i in {*served, *query.exclude}
                   if i in self._position]] = True
         order = np.argsort(-scores, kind="stable")
-        tail = self._ids[order[~left_out[order]][:limit - len(served)]].tolist()
+        tail = self.ids[order[~left_out[order]][:limit - len(served)]].tolist()
         return served + tail
 
 if TYPE_CHECKING:

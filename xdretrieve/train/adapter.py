@@ -158,9 +158,15 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
 
         def scores(self, X, M, s, t) -> torch.Tensor:
             """(B, n_target_items) logits over every target item (full softmax)."""
-            U = self.users(X, M, s, t)  # (B, D)
+            return self.user_scores(self.users(X, M, s, t), t)
+
+        def user_scores(self, U: torch.Tensor, t: int, V: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+            """(B, n_target_items) logits of user vectors ``U`` (B, D) over every item of
+            domain t (``V``: those items' vectors, if the caller has them)."""
             cand = rows_t[t]
-            return self.logit_scale.exp() * (U @ self.items(cand, t).T) + self.bias[cand]
+            V = self.items(cand, t) if V is None else V
+            return self.logit_scale.exp() * (U @ V.T) + self.bias[cand]
 
     def pad(hs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(h) for h in hs)
@@ -197,11 +203,9 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
             for (s, t, hs, truth), d in zip(valid, directions, strict=False):
                 if not hs:
                     continue
-                U = model.users(*pad(hs), s, t)
-                V, bias = model.items(rows_t[t], t), model.bias[rows_t[t]]
+                U, V = model.users(*pad(hs), s, t), model.items(rows_t[t], t)
                 top = np.concatenate([  # a chunk of users at a time (memory: see SCORE_CHUNK)
-                    stable_top((model.logit_scale.exp() * (U[lo:lo + SCORE_CHUNK] @ V.T)
-                                + bias).numpy(), 50)
+                    stable_top(model.user_scores(U[lo:lo + SCORE_CHUNK], t, V).numpy(), 50)
                     for lo in range(0, len(hs), SCORE_CHUNK)])
                 m = score_rankings(top, truth, len(rows_t[t]), ks=(10,))
                 out[f"{d}/ndcg@10"] = float(m["ndcg@10"].mean())

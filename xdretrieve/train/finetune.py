@@ -33,7 +33,7 @@ def finetune(dataset: Dataset, out_dir: str | Path, settings: Settings | None = 
         The manifest written; None on the other processes of a torchrun launch.
 
     Raises:
-        XDRetrieveError: no valid users, ``settings.model`` is a trained model, ``out_dir`` is
+        XDRetrieveError: no valid users (none can be drawn), ``settings.model`` is a trained model, ``out_dir`` is
             a folder that is not a model directory.
 
     Example:
@@ -53,8 +53,8 @@ def finetune(dataset: Dataset, out_dir: str | Path, settings: Settings | None = 
     config = config or AdapterConfig()
     if not Protocol(dataset).split.valid:
         raise XDRetrieveError(f"{dataset.name or 'the dataset'}: no valid users to select the "
-                              f"model with (users.* names none, or too few users are active in "
-                              f"two domains)")
+                              f"model with (too few train users are active in two domains to "
+                              f"draw any)")
     ref = resolve_model(settings.model)
     if ref.trained is not None:
         raise XDRetrieveError("the base encoder (--model) must be an encoder, not a trained "
