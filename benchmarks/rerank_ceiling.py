@@ -138,8 +138,9 @@ def _cosine_cooccurrence(a: sp.csr_matrix, b: sp.csr_matrix, same: bool) -> sp.c
 
 
 MORE_FEATURES = ("closest_history_cosine", "mean_history_cosine", "recent_history_cosine",
-                 "two_hop_target", "two_hop_source", "recent_cooccurrence")
+                 "two_hop_target", "two_hop_source", "recent_cooccurrence", "tower_neighbours")
 RECENT = 5  # the history's last items, for the recent_* features
+NEIGHBOURS = 400  # train users, for tower_neighbours (userknn's choice on amazon-arts-office)
 
 
 class MoreFeatures:
@@ -148,16 +149,29 @@ class MoreFeatures:
     (one of the issue's examples), to the history's items on average and to its last
     :data:`RECENT`; from train users, two-hop co-occurrence (history -> target items -> the
     candidate; history -> source items -> the candidate) and co-occurrence with the last
-    :data:`RECENT` history items alone (each pair cosine-normalised)."""
+    :data:`RECENT` history items alone (each pair cosine-normalised); and user-based
+    co-occurrence in the learned space: the :data:`NEIGHBOURS` train users whose tower query
+    (from their source history) is closest to the user's, each counting the candidate with the
+    two queries' cosine (userknn, with the tower's space in place of shared items)."""
 
-    def __init__(self, view, vectors: dict[str, np.ndarray]):
-        self.view, self.vectors = view, vectors
+    def __init__(self, view, vectors: dict[str, np.ndarray], model):
+        self.view, self.vectors, self.model = view, vectors, model
         source = view.matrix(view.source).astype(bool).astype(np.float32)
         target = view.matrix(view.target).astype(bool).astype(np.float32)
         self.cross = _cosine_cooccurrence(source, target, False)  # (n_s, n_t)
         self.target_target = _cosine_cooccurrence(target, target, True)
         self.source_source = _cosine_cooccurrence(source, source, True)
         self.target_index = view.item_index(view.target)
+        self.neighbour_targets = target.tocsr()  # (n_train_users, n_t)
+        self.queries = np.stack([self._tower_query(view.histories[u].get(view.source, ()))
+                                 for u in view.users])  # (n_train_users, dim)
+
+    def _tower_query(self, history: tuple[str, ...]) -> np.ndarray:
+        """The user tower's query for a source history (zeros for none: no neighbour)."""
+        known = [self.vectors[i] for i in history if i in self.vectors]
+        if not known:
+            return np.zeros(len(next(iter(self.vectors.values()))), dtype=np.float32)
+        return self.model.user_vector(np.stack(known), self.view.target)
 
     def __call__(self, history: tuple[str, ...], candidates: list[str]) -> np.ndarray:
         """(len(candidates), len(MORE_FEATURES))."""
@@ -174,9 +188,13 @@ class MoreFeatures:
         sims = cand @ np.stack([self.vectors[i] for i in known]).T  # (n_c, n_h)
         last = [i for i in history[-RECENT:] if i in self.vectors]
         recent_sims = cand @ np.stack([self.vectors[i] for i in last]).T
+        near = self.queries @ self._tower_query(history)  # (n_train_users,)
+        k = min(NEIGHBOURS, len(near))
+        top = np.argpartition(-near, k - 1)[:k]
+        neighbours = near[top] @ self.neighbour_targets[top][:, cols].toarray()  # (n_c,)
         return np.column_stack([sims.max(1), sims.mean(1), recent_sims.max(1),
                                 np.log1p(two_hop_target), np.log1p(two_hop_source),
-                                np.log1p(recent_co)])
+                                np.log1p(recent_co), np.log1p(np.maximum(neighbours, 0))])
 
 
 def _two_fold(groups, fit, half) -> list:
@@ -303,7 +321,7 @@ def main() -> None:
         for direction in protocol.directions():
             name = str(direction)
             view = protocol.train_view(direction)
-            more = MoreFeatures(view, vectors) if args.more_features else None
+            more = MoreFeatures(view, vectors, retriever.model) if args.more_features else None
             report["directions"][name] = found = analyse(
                 protocol.task(direction, args.group), view, retriever, args.candidates, more)
             ref = found["itemknn"]

@@ -303,7 +303,7 @@ def test_rerank_ceiling_captures_the_served_candidates_and_bounds_them(
         assert np.all(np.diff(served) <= 0)  # the features are aligned with the served order
         view = protocol.train_view(task.direction)
         vectors = rerank_ceiling._store_vectors(retriever)
-        more = rerank_ceiling.MoreFeatures(view, vectors)
+        more = rerank_ceiling.MoreFeatures(view, vectors, retriever.model)
         movies = [f"movie-{t}" for t in range(12)]
         extra = more(("book-3",), movies)
         assert extra.shape == (12, len(rerank_ceiling.MORE_FEATURES))
@@ -314,6 +314,16 @@ def test_rerank_ceiling_captures_the_served_candidates_and_bounds_them(
         # the two train users who read book-3 watched movie-3 and nothing else: cosine 1
         assert np.allclose(extra[:, 5], np.log1p(np.eye(12)[3]))
         assert not extra[:, 3:5].any()  # nobody has two books or two movies: no second hop
+        # tower neighbours: every train user here (fewer than 400), each counting their movies
+        # with the cosine of their tower query (from their books) to book-3's
+        query = lambda h: retriever.model.user_vector(  # noqa: E731
+            np.stack([vectors[i] for i in h]), "movies")
+        near = {u: float(query(view.histories[u]["books"]) @ query(("book-3",)))
+                for u in view.users}
+        by_hand = [sum(c for u, c in near.items() if m in view.histories[u]["movies"])
+                   for m in movies]
+        assert np.allclose(extra[:, 6], np.log1p(np.maximum(by_hand, 0)), atol=1e-5)
+        assert extra[3, 6] >= np.log1p(2 - 1e-5)  # book-3's two readers: cosine 1 each
         found = rerank_ceiling.analyse(task, view, retriever, 200, more)
     rows = found["rows"]
     assert "linear + closest_history_cosine, 2-fold on test" in rows
