@@ -184,6 +184,22 @@ def test_edge_store_open_twice_is_a_clear_error(tmp_path: Path, points) -> None:
     second.close()
 
 
+def test_a_closed_edge_store_refuses_use_and_holds_no_lock(tmp_path: Path, points) -> None:
+    from xdretrieve.errors import StoreError
+
+    first = EdgeStore(tmp_path / "edge")
+    load(first, points)
+    first.close()
+    # before: the search reopened the shards and took the lock again, held until collected
+    with pytest.raises(StoreError, match="was closed"):
+        first.search(ITEMS, points[1][0], 5)
+    with pytest.raises(StoreError, match="was closed"):
+        first.write_info(first.read_info())
+    second = EdgeStore(tmp_path / "edge")  # the lock is free
+    assert second.count(ITEMS) == len(points[0])
+    second.close()
+
+
 def test_point_ids_are_deterministic_integers_and_hits_return_them(store: VectorStore,
                                                                    points) -> None:
     from xdretrieve.store import user_point_id

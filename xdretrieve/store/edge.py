@@ -108,6 +108,7 @@ class EdgeStore(VectorStore):
         self.hnsw_per_domain, self.quantization = hnsw_per_domain, quantization
         self._sets: dict[str, ShardSet] = {}
         self._lock_file: Any = None
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"EdgeStore({str(self.path)!r})"
@@ -118,6 +119,9 @@ class EdgeStore(VectorStore):
     def _lock(self) -> None:
         """Hold the store's lock file while any shard is open: one writer at a time (the
         engine's own lock sits in the WAL, which these collections do not have)."""
+        if self._closed:  # reopening would take the lock again and hold it with nobody to free it
+            raise StoreError(f"the store {self.path} was closed; open it again "
+                             f"(xdretrieve.open_store, or a new Retriever)")
         if self._lock_file is not None or fcntl is None:
             return
         self.path.mkdir(parents=True, exist_ok=True)
@@ -339,6 +343,7 @@ class EdgeStore(VectorStore):
         return StoreInfo.from_dict(json.loads(path.read_text()))
 
     def write_info(self, info: StoreInfo) -> None:
+        self._lock()  # a writer; and not through a closed store
         # flush the shards first: the info file claims what they hold
         for sset in self._sets.values():
             sset.flush()
@@ -351,6 +356,7 @@ class EdgeStore(VectorStore):
         for sset in self._sets.values():
             sset.close()
         self._sets.clear()
+        self._closed = True
         if self._lock_file is not None:
             self._lock_file.close()  # releases the lock
             self._lock_file = None
