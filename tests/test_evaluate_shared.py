@@ -65,3 +65,21 @@ def test_a_derived_pair_reads_and_keeps_the_split(tmp_path) -> None:
     assert list(pair.history(user, "paint")) == [
         i for i in original.history(user, "arts") if i in pair.items
         and pair.items[i].domain == "paint"]
+
+
+@pytest.mark.shared_data
+def test_a_derived_set_of_three_domains_keeps_office(tmp_path) -> None:
+    """``--with-office``: office stays as a third domain, whole, and every user kept is active
+    in at least two of the three."""
+    from benchmarks.derive_pair import derive
+
+    data = require_shared_data()
+    counts = derive(data, tmp_path, with_office=True)
+    three = Dataset.from_dir(tmp_path)
+    original = Dataset.from_dir(data)
+    assert sorted({item.domain for item in three.items.values()}) == ["office", "paint", "sewing"]
+    assert counts["items_office"] == sum(i.domain == "office" for i in original.items.values())
+    assert all(sum(bool(h.get(d)) for d in ("office", "paint", "sewing")) >= 2
+               for h in three.histories.values())
+    assert len(three.histories) == counts["users"] > 5000
+    assert all(three.splits[u] == original.splits[u] for u in three.histories)
