@@ -139,3 +139,16 @@ def test_unknown_extension_and_missing_file(tmp_path: Path) -> None:
         read_items(tmp_path / "items.xml")
     with pytest.raises(DataError, match="no such file"):
         read_items(tmp_path / "items.jsonl")
+
+
+def test_a_folder_with_two_files_of_one_kind_is_a_clear_error(tmp_path: Path) -> None:
+    # before: the first by extension was read and the other ignored without a word (a
+    # Parquet export beside an old CSV: training on the stale file)
+    write_jsonl(tmp_path / "items.jsonl", ITEMS)
+    (tmp_path / "interactions.csv").write_text("user_id,item_id,position\nu1,m1,0\n")
+    (tmp_path / "interactions.parquet").write_bytes(b"")
+    with pytest.raises(DataError, match=r"more than one interactions file: "
+                                        r"interactions\.csv, interactions\.parquet"):
+        Dataset.from_dir(tmp_path)
+    (tmp_path / "interactions.parquet").unlink()
+    assert Dataset.from_dir(tmp_path).history("u1", "movies") == ("m1",)

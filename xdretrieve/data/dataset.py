@@ -65,10 +65,13 @@ class Dataset:
         directory = Path(directory)
 
         def find(stem: str, required: bool) -> Path | None:
-            for ext in FORMATS:
-                p = directory / f"{stem}{ext}"
-                if p.is_file():
-                    return p
+            found = [p for p in (directory / f"{stem}{ext}" for ext in FORMATS) if p.is_file()]
+            if len(found) > 1:  # which one is meant is not ours to guess
+                raise DataError(str(directory), None, None,
+                                f"more than one {stem} file: {', '.join(p.name for p in found)}; "
+                                f"keep one")
+            if found:
+                return found[0]
             if required:
                 raise DataError(str(directory), None, None,
                                 f"no {stem} file ({', '.join(stem + e for e in FORMATS)})")
