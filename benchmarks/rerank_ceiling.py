@@ -56,26 +56,12 @@ K = 10
 
 
 def _capture(retriever, history: tuple[str, ...], domain: str, n: int):
-    """The served candidates of one query as (item ids, features), in the re-ranker's order."""
-    reranker = retriever.model.reranker
-    seen: list[np.ndarray] = []
-    score = reranker.score
-
-    def recording(x: np.ndarray) -> np.ndarray:
-        seen.append(x)
-        return score(x)
-
-    reranker.score = recording
-    try:
-        hits = retriever.recommend_history(list(history), domain, n)
-    finally:
-        del reranker.score  # back to the class's method
-    if len(seen) != 1:
-        raise RuntimeError(f"expected one re-ranked candidate set, saw {len(seen)}")
-    x = seen[0]
-    # the hits are the candidates in the re-ranker's order (stable argsort, as served)
-    order = np.argsort(-score(x), kind="stable")
-    return [h.item_id for h in hits], x[order]
+    """The served candidates of one query as (item ids, features), in the re-ranker's order:
+    asked for all ``n`` of them, the served answer is every candidate, each with its features."""
+    hits = retriever.recommend_history(list(history), domain, n)
+    if any(h.features is None for h in hits):
+        raise RuntimeError(f"no re-ranker ordered the answer in {domain}")
+    return [h.item_id for h in hits], np.stack([h.features for h in hits])
 
 
 def _fit_linear(groups, stats, seed=0):

@@ -239,6 +239,73 @@ def test_the_reranker_serves_only_the_target_domains_it_was_kept_for(trained,
     assert movies_only["books"] == off["books"]
 
 
+def test_a_reranked_answer_says_why(trained, tmp_path: Path) -> None:
+    """Each re-ranked hit carries what the re-ranker saw of it (``why``: the features, by hand
+    here, and each one's part of the score, which sum to it); a text query's answer, which no
+    re-ranker orders, has none. ``query --explain`` and the service's ``explain`` say the same."""
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from xdretrieve.cli import main
+    from xdretrieve.config import Settings
+    from xdretrieve.indexer import index_dataset
+    from xdretrieve.rerank import FEATURES, ItemStats, Reranker
+
+    tmp, ds, _, _ = trained
+    model = tmp_path / "model"  # the trained model with a re-ranker of known weights
+    shutil.copytree(tmp / "model", model)
+    ids = list(ds.items)
+    train = [u for u, split in ds.splits.items() if split == "train"]
+    texts = [item_text(ds.items[i], Settings().text_template) for i in ids]
+    stats = ItemStats.fit(ids, {u: dict(ds.histories[u]) for u in train},
+                          [ds.items[i].domain for i in ids], texts)
+    weights = np.arange(1, len(FEATURES) + 1, dtype=np.float32)
+    Reranker(weights, np.full_like(weights, 0.5), np.full_like(weights, 2.0), stats).save(model)
+    settings = Settings(store=tmp_path / "store", model=str(model), cache_dir=tmp / "cache")
+    index_dataset(ds, settings)
+    with Retriever(settings) as r:
+        hits = r.recommend_history(["book-3"], "movies", 4)
+        for h in hits:
+            f, parts = h.why["features"], h.why["contributions"]
+            both = sum("book-3" in ds.histories[u].get("books", ())
+                       and h.item_id in ds.histories[u].get("movies", ()) for u in train)
+            pop = sum(ds.histories[u].get("movies", ()).count(h.item_id) for u in train)
+            assert f["cooccurrence"] == pytest.approx(np.log1p(both), abs=1e-5)
+            assert f["log_popularity"] == pytest.approx(np.log1p(pop), abs=1e-5)
+            assert parts == pytest.approx({n: (f[n] - 0.5) / 2 * w
+                                           for n, w in zip(FEATURES, weights, strict=True)},
+                                          abs=1e-4)
+            assert sum(parts.values()) == pytest.approx(h.score, abs=1e-4)
+        assert hits[0].item_id == "movie-3" and hits[0].why["features"]["cooccurrence"] > 0
+        assert all(h.why is None for h in r.search_text("volcanoes", "movies", 3))
+    runner = CliRunner()
+    ask = ["query", "--store", str(settings.store), "--domain", "movies", "--limit", "3"]
+    out = runner.invoke(main, [*ask, "--history", "book-3", "--explain"])
+    assert out.exit_code == 0, out.output
+    assert "co-bought" in out.output and "counted most" in out.output
+    out = runner.invoke(main, [*ask, "--history", "book-3", "--explain", "--json"])
+    for hit in json.loads(out.output)["hits"]:
+        assert set(hit["why"]["features"]) == set(FEATURES)
+        assert sum(hit["why"]["contributions"].values()) == pytest.approx(hit["score"], abs=1e-4)
+    out = runner.invoke(main, [*ask, "--text", "volcanoes", "--explain"])
+    assert out.exit_code == 0 and "no re-ranker ordered this answer" in out.output
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from fastapi.testclient import TestClient
+
+    from xdretrieve.service import create_app
+
+    with TestClient(create_app(settings)) as c:
+        body = {"item_ids": ["book-3"], "domain": "movies", "limit": 3}
+        plain = c.post("/recommend/history", json=body).json()["hits"]
+        told = c.post("/recommend/history", json={**body, "explain": True}).json()["hits"]
+    assert [h["why"] for h in plain] == [None] * 3
+    assert [h["item_id"] for h in told] == [h["item_id"] for h in plain]
+    assert all(sum(h["why"]["contributions"].values()) == pytest.approx(h["score"], abs=1e-4)
+               for h in told)
+
+
 def test_the_http_service_serves_a_trained_store(trained, tmp_path: Path) -> None:
     """The HTTP service over a store built with a trained model: histories through the tower,
     texts by their nearest items, a new item adapted and found, an item of a domain the model

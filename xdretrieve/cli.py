@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -172,10 +173,16 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
 @click.option("--domain", required=True, help="The target domain to recommend from.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=10, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--explain", is_flag=True,
+              help="Also show why the re-ranker put each item there: the model's score, how "
+                   "many train users had it together with the history's items, its "
+                   "popularity, its text overlap with the history, and the feature that "
+                   "counted most (in JSON: every feature and its part of the score).")
 @store_options
 @_fail_cleanly
 def query(user_id: str | None, history: str | None, text: str | None, domain: str, limit: int,
-          as_json: bool, store: Path | None, url: str | None, model: str | None) -> None:
+          as_json: bool, explain: bool, store: Path | None, url: str | None,
+          model: str | None) -> None:
     """Recommend items of --domain for a user, a history or a text.
 
     \b
@@ -200,13 +207,41 @@ def query(user_id: str | None, history: str | None, text: str | None, domain: st
         hits = retriever.search(q, domain, limit)
     if as_json:
         click.echo(json.dumps({"query": q.source, "domain": domain, "hits": [
-            {"rank": r, "item_id": h.item_id, "title": h.title, "score": round(h.score, 6)}
+            {"rank": r, "item_id": h.item_id, "title": h.title, "score": round(h.score, 6),
+             **({"why": h.why} if explain else {})}
             for r, h in enumerate(hits, start=1)]}, indent=2))
         return
     click.echo(f"{q.source} -> {domain}")
+    if explain and hits and hits[0].why is not None:
+        click.echo(format_table(
+            ("rank", "item_id", "score", *EXPLAINED, "counted most", "title"),
+            [(r, h.item_id, f"{h.score:.4f}", *_explained(h), h.title[:50])
+             for r, h in enumerate(hits, start=1)]))
+        return
+    if explain:
+        click.echo("(no re-ranker ordered this answer: it is the model's score or the nearest "
+                   "neighbours, nothing more to explain)")
     click.echo(format_table(("rank", "item_id", "score", "title"),
                             [(r, h.item_id, f"{h.score:.4f}", h.title[:70])
                              for r, h in enumerate(hits, start=1)]))
+
+
+EXPLAINED = ("model", "co-bought", "popularity", "overlap")
+REASONS = {"score": "model score", "cosine": "similarity", "log_popularity": "popularity",
+           "cooccurrence": "co-bought", "cooccurrence_norm": "co-bought (normalised)",
+           "cooccurrence_cond": "co-bought (conditional)", "text_overlap": "text overlap"}
+
+
+def _explained(hit) -> tuple[str, ...]:
+    """The --explain columns of a re-ranked hit: the model's score, the train users' pairs of a
+    history item and this one, train interactions with it, the share of its text tokens in
+    the history's text, and the feature with the largest part of the re-ranker's score."""
+    why = hit.why
+    f, parts = why["features"], why["contributions"]
+    top = max(parts, key=parts.get)
+    return (f"{f['score']:.2f}", f"{round(math.expm1(f['cooccurrence'])):,}",
+            f"{round(math.expm1(f['log_popularity'])):,}", f"{f['text_overlap']:.0%}",
+            f"{REASONS.get(top, top)} ({parts[top]:+.2f})")
 
 
 @main.command()

@@ -383,6 +383,14 @@ class Reranker:
         """(n,) scores of candidates from :func:`features`' (n, len(FEATURES)) matrix."""
         return ((x[:, self.columns] - self.mean) / self.std) @ self.weights
 
+    def explain(self, row: np.ndarray) -> dict[str, dict[str, float]]:
+        """One candidate's row of :func:`features`: the features by name, and each used one's
+        part of :meth:`score` (they sum to it)."""
+        parts = (row[self.columns] - self.mean) / self.std * self.weights
+        return {"features": {n: round(float(v), 6) for n, v in zip(FEATURES, row, strict=True)},
+                "contributions": {n: round(float(v), 6)
+                                  for n, v in zip(self.names, parts, strict=True)}}
+
     def save(self, directory: Path) -> None:
         (directory / "reranker.json").write_text(json.dumps({
             "features": list(self.names), "weights": self.weights.tolist(),

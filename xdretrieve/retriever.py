@@ -45,10 +45,25 @@ class Hit:
     title: str
     score: float
     payload: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # what the re-ranker saw of this item (its row of rerank.FEATURES), when one ordered the
+    # answer; kept as is and explained on demand (``why``), so answering costs nothing more
+    features: np.ndarray | None = field(default=None, compare=False, repr=False)
+    reranker: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def why(self) -> dict[str, dict[str, float]] | None:
+        """Why the re-ranker put the item here: its features by name (``features``; see
+        :mod:`xdretrieve.rerank`) and each one's part of the score (``contributions``: weight x
+        standardised value); None where no re-ranker ordered the answer."""
+        if self.features is None or self.reranker is None:
+            return None
+        return self.reranker.explain(self.features)
 
 
-def _hit(payload: Mapping[str, Any], score: float) -> Hit:
-    return Hit(payload["item_id"], payload["domain"], payload.get("title", ""), score, payload)
+def _hit(payload: Mapping[str, Any], score: float, features: np.ndarray | None = None,
+         reranker: Any = None) -> Hit:
+    return Hit(payload["item_id"], payload["domain"], payload.get("title", ""), score, payload,
+               features, reranker)
 
 
 def _text(points: Iterable[StoredPoint]) -> str:
@@ -290,12 +305,17 @@ class Retriever:
                                 cosines[order], scores[order], set(exclude))
         return self._hits([pids[k] for k in order[:limit]], scores[order[:limit]].tolist())
 
-    def _hits(self, pids: Sequence[int], scores: Sequence[float]) -> list[Hit]:
+    def _hits(self, pids: Sequence[int], scores: Sequence[float],
+              features: np.ndarray | None = None, reranker: Any = None) -> list[Hit]:
         """Hits of points given by id, in order, with their payloads read from the store; a
-        point deleted since it was found is left out."""
+        point deleted since it was found is left out. ``features``: the re-ranker's rows of
+        them, in the same order."""
         payloads = {p.id: p.payload for p in self.store.retrieve(ITEMS, pids)}
-        return [_hit(payloads[p], float(s)) for p, s in zip(pids, scores, strict=True)
-                if p in payloads]
+        if features is None:
+            return [_hit(payloads[p], float(s)) for p, s in zip(pids, scores, strict=True)
+                    if p in payloads]
+        return [_hit(payloads[p], float(s), x, reranker)
+                for p, s, x in zip(pids, scores, features, strict=True) if p in payloads]
 
     def _nearest_hits(self, vector: np.ndarray, domain: str, limit: int, width: int,
                       exclude: Sequence[int]) -> list[Hit]:
@@ -438,12 +458,12 @@ class Retriever:
                          np.fromiter((score[p] for p in chosen), np.float32, len(chosen)),
                          together)
         reranked = reranker.score(x)
-        best = [chosen[k] for k in np.argsort(-reranked, kind="stable")]
-        value = dict(zip(chosen, reranked.tolist(), strict=True))
+        order = np.argsort(-reranked, kind="stable")
         out: list[Hit] = []
-        while best and len(out) < limit:  # read the answer's payloads (a point may be gone)
-            batch, best = best[:limit - len(out)], best[limit - len(out):]
-            out += self._hits(batch, [value[p] for p in batch])
+        while len(order) and len(out) < limit:  # read the answer's payloads (a point may be gone)
+            batch, order = order[:limit - len(out)], order[limit - len(out):]
+            out += self._hits([chosen[k] for k in batch], reranked[batch].tolist(), x[batch],
+                              reranker)
         return out
 
     def popular(self, domain: str, limit: int = 10, exclude: Sequence[str] = ()) -> list[Hit]:

@@ -271,10 +271,11 @@ class Service:
         return self._encoder
 
     # -- what the endpoints call --------------------------------------------------------------
-    def search(self, query: Query, domain: str, limit: int) -> HitsResponse:
+    def search(self, query: Query, domain: str, limit: int, explain: bool = False) -> HitsResponse:
         hits: list[Hit] = self.retriever().search(query, domain, limit)
         return HitsResponse(query=query.source, domain=domain, hits=[
-            HitOut(rank=rank, item_id=h.item_id, title=h.title, score=h.score)
+            HitOut(rank=rank, item_id=h.item_id, title=h.title, score=h.score,
+                   why=h.why if explain else None)
             for rank, h in enumerate(hits, start=1)])
 
     def text_query(self, text: str, domain: str) -> Query:
@@ -373,14 +374,14 @@ def create_app(settings: Settings | None = None, *, store: VectorStore | None = 
     def recommend_user(body: UserRequest) -> HitsResponse:
         """Items of `domain` for a stored user, from their history in the other domains."""
         query = service.retriever().user_query(body.user_id, body.domain)
-        return service.search(query, body.domain, body.limit)
+        return service.search(query, body.domain, body.limit, body.explain)
 
     @app.post("/recommend/history", response_model=HitsResponse, responses=_ERRORS,
               tags=["recommend"])
     def recommend_history(body: HistoryRequest) -> HitsResponse:
         """Items of `domain` for a cold-start user given by item ids, oldest first."""
         query = service.retriever().history_query(body.item_ids, body.domain)
-        return service.search(query, body.domain, body.limit)
+        return service.search(query, body.domain, body.limit, body.explain)
 
     @app.post("/search/text", response_model=HitsResponse, responses=_ERRORS,
               tags=["recommend"])

@@ -25,6 +25,7 @@ Title = _text(1, 1000)
 Body = _text(0, 20_000)
 QueryText = _text(1, 10_000)
 Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description="How many hits, best first.")]
+Explain = Annotated[bool, Field(description="Also say why each hit is there (`why`).")]
 # payload values: flat JSON scalars that every Qdrant backend stores as given
 Scalar = (str | bool | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
           | Annotated[float, Field(allow_inf_nan=False)] | None)
@@ -40,6 +41,7 @@ class UserRequest(_Body):
     user_id: Id
     domain: Id = Field(description="The target domain to recommend from.")
     limit: Limit = 10
+    explain: Explain = False
 
     model_config = ConfigDict(json_schema_extra={
         "examples": [{"user_id": "u3-0", "domain": "movies", "limit": 10}]})
@@ -52,6 +54,7 @@ class HistoryRequest(_Body):
     item_ids: list[Id] = Field(max_length=MAX_BATCH)
     domain: Id = Field(description="The target domain to recommend from.")
     limit: Limit = 10
+    explain: Explain = False
 
     model_config = ConfigDict(json_schema_extra={
         "examples": [{"item_ids": ["book-3"], "domain": "movies", "limit": 10}]})
@@ -68,11 +71,21 @@ class TextRequest(_Body):
         "examples": [{"text": "space adventure", "domain": "movies", "limit": 10}]})
 
 
+class Why(BaseModel):
+    features: dict[str, float] = Field(description="What the re-ranker saw of the item: the "
+                                       "model's score and cosine, log popularity, co-occurrence "
+                                       "with the history in train users, text overlap.")
+    contributions: dict[str, float] = Field(description="Each feature's part of the score "
+                                            "(they sum to it).")
+
+
 class HitOut(BaseModel):
     rank: int = Field(ge=1)
     item_id: str
     title: str
     score: float
+    why: Why | None = Field(default=None, description="With `explain`: why the re-ranker put "
+                            "the item here; null where none ordered the answer.")
 
 
 class HitsResponse(BaseModel):
