@@ -24,6 +24,26 @@ def test_resolve_default_and_local_dirs(tiny_model: str, tmp_path: Path) -> None
         resolve_model("bert-base-uncased")
 
 
+def test_a_model_changed_in_this_process_gets_its_new_fingerprint(tiny_model: str,
+                                                                  tmp_path: Path) -> None:
+    """Read once a process, the fingerprint still follows the files: before, a model retrained
+    in place by the same process (``xdretrieve demo`` twice, a notebook) kept the first
+    fingerprint, and ``index`` recorded it for the new model."""
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model, copy)
+    before = resolve_model(str(copy)).fingerprint
+    assert resolve_model(str(copy)).fingerprint == before
+    config = copy / "config.json"
+    config.write_text(config.read_text().replace("{", '{"comment": "retrained",', 1))
+    after = resolve_model(str(copy)).fingerprint
+    assert after != before
+    shutil.rmtree(copy)
+    shutil.copytree(tiny_model, copy)  # the same content again: the same fingerprint
+    assert resolve_model(str(copy)).fingerprint == before
+
+
 def test_item_text_template() -> None:
     item = Item("b1", "books", "Dune", "a desert planet")
     assert item_text(item, "{title}. {text}") == "Dune. a desert planet"

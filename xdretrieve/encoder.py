@@ -77,7 +77,18 @@ def _files_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-_fingerprint = functools.lru_cache(maxsize=16)(_files_digest)  # a directory's, once a process
+@functools.lru_cache(maxsize=16)
+def _digest_as_of(path: Path, files: tuple[tuple[str, int, int], ...]) -> str:
+    return _files_digest(path)
+
+
+def _fingerprint(path: Path) -> str:
+    """:func:`_files_digest`, read once a process for as long as no file of the directory
+    changes (name, size, modification time): a model retrained in place by this process (a
+    notebook, ``xdretrieve demo`` run twice) gets the new fingerprint, not the one first read."""
+    files = tuple((str(f.relative_to(path)), st.st_size, st.st_mtime_ns)
+                  for f in sorted(path.rglob("*")) if f.is_file() and (st := f.stat()))
+    return _digest_as_of(path, files)
 
 
 def trained_fingerprint(trained: Path, base_fingerprint: str, *, cached: bool = True) -> str:
