@@ -128,3 +128,11 @@ def test_demo_trains_indexes_and_answers(tmp_path: Path, monkeypatch, minilm_mod
         with open_store(Settings(store=store)) as s:
             assert s.read_info().extra["trained"] == str((tmp_path / "demo.model").resolve())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "demo", "demo.model"]
+    # the commands it suggests work as printed; the demo model's re-ranker explains its order
+    import shlex
+
+    tries = [shlex.split(line.split("Try:")[-1])[1:] for line in out.splitlines()
+             if line.lstrip().startswith(("Try: xdretrieve", "xdretrieve query"))]
+    assert len(tries) == 3
+    answers = [run(*args).output for args in tries]
+    assert "counted most" in answers[1] and "co-bought" in answers[1]

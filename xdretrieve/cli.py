@@ -315,6 +315,8 @@ def demo(store: Path) -> None:
             verb = "is" if found == 1 else "are"
             click.echo(f"   ({found} of these 5 {verb} in the user's held-out {target} history)\n")
     click.echo(f"Try: xdretrieve query --store {store} --history book-01,book-05 --domain movies\n"
+               f"     xdretrieve query --store {store} --history book-01,book-05 --domain movies "
+               f"--explain\n"
                f"     xdretrieve query --store {store} --text 'space adventure' --domain movies")
 
 
