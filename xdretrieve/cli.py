@@ -175,9 +175,10 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--explain", is_flag=True,
               help="Also show why the re-ranker put each item there: the model's score, how "
-                   "many train users had it together with the history's items, its "
-                   "popularity, its text overlap with the history, and the feature that "
-                   "counted most (in JSON: every feature and its part of the score).")
+                   "often a train user had it together with one of the history's items "
+                   "(co-bought), its popularity, its text overlap with the history, and the "
+                   "feature that counted most (in JSON: every feature and its part of the "
+                   "score).")
 @store_options
 @_fail_cleanly
 def query(user_id: str | None, history: str | None, text: str | None, domain: str, limit: int,
