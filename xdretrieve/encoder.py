@@ -84,18 +84,19 @@ def _digest_as_of(path: Path, files: tuple[tuple[str, int, int], ...]) -> str:
 
 def _fingerprint(path: Path) -> str:
     """:func:`_files_digest`, read once a process for as long as no file of the directory
-    changes (name, size, modification time): a model retrained in place by this process (a
-    notebook, ``xdretrieve demo`` run twice) gets the new fingerprint, not the one first read."""
-    files = tuple((str(f.relative_to(path)), st.st_size, st.st_mtime_ns)
-                  for f in sorted(path.rglob("*")) if f.is_file() and (st := f.stat()))
-    return _digest_as_of(path, files)
+    changes (name, size, modification time): a model retrained in place, by this process (a
+    notebook, ``xdretrieve demo`` run twice) or another, gets the new fingerprint."""
+    files = []
+    for f in sorted(path.rglob("*")):
+        if f.is_file():
+            st = f.stat()
+            files.append((f.relative_to(path).as_posix(), st.st_size, st.st_mtime_ns))
+    return _digest_as_of(path, tuple(files))
 
 
-def trained_fingerprint(trained: Path, base_fingerprint: str, *, cached: bool = True) -> str:
-    """A trained model directory's fingerprint: its files' and its base encoder's
-    (``cached=False``: of the files as they are now, not as this process first read them)."""
-    files = _fingerprint(trained) if cached else _files_digest(trained)
-    return hashlib.sha256((base_fingerprint + files).encode()).hexdigest()[:16]
+def trained_fingerprint(trained: Path, base_fingerprint: str) -> str:
+    """A trained model directory's fingerprint: its files' and its base encoder's."""
+    return hashlib.sha256((base_fingerprint + _fingerprint(trained)).encode()).hexdigest()[:16]
 
 
 def resolve_model(name: str) -> ModelRef:

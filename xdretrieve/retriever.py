@@ -160,7 +160,7 @@ class Retriever:
                 f"{self.info.fingerprint}), or re-index with `xdretrieve index --model DIR`")
         model = TrainedModel.load(path)
         if given is None:
-            found = trained_fingerprint(path, model.manifest["base_fingerprint"], cached=False)
+            found = trained_fingerprint(path, model.manifest["base_fingerprint"])
             if found != self.info.fingerprint:
                 raise EncoderMismatchError(
                     f"the trained model at '{path}' is not the one that built this store "
@@ -311,11 +311,9 @@ class Retriever:
         point deleted since it was found is left out. ``features``: the re-ranker's rows of
         them, in the same order."""
         payloads = {p.id: p.payload for p in self.store.retrieve(ITEMS, pids)}
-        if features is None:
-            return [_hit(payloads[p], float(s)) for p, s in zip(pids, scores, strict=True)
-                    if p in payloads]
+        rows = [None] * len(pids) if features is None else features
         return [_hit(payloads[p], float(s), x, reranker)
-                for p, s, x in zip(pids, scores, features, strict=True) if p in payloads]
+                for p, s, x in zip(pids, scores, rows, strict=True) if p in payloads]
 
     def _nearest_hits(self, vector: np.ndarray, domain: str, limit: int, width: int,
                       exclude: Sequence[int]) -> list[Hit]:
