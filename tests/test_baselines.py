@@ -104,6 +104,23 @@ def test_itemknn_similarity_by_hand(view: TrainView) -> None:
     assert scores[1:3].tolist() == pytest.approx([0.6, 0.0], rel=1e-5)
 
 
+def test_itemknn_counts_each_train_users_most_recent_items_only() -> None:
+    """A train user's source items older than their last ``max_history`` distinct ones do not
+    pair with their target items."""
+    items = {i: Item(i, d, i) for i, d in (("b0", "books"), ("b1", "books"), ("m0", "movies"))}
+    events = [Interaction("t", "b0", "books", 0.0), Interaction("t", "b1", "books", 1.0),
+              Interaction("t", "m0", "movies", 2.0), Interaction("v", "b0", "books", 0.0),
+              Interaction("v", "m0", "movies", 1.0)]
+    view = Protocol(Dataset(items, events, {"t": "train", "v": "valid"})).train_view(B2M)
+    capped, full = ItemKNN(alphas=(1.0,), shrinks=(0.0,), max_history=1), ItemKNN(
+        alphas=(1.0,), shrinks=(0.0,))
+    capped.fit(view)
+    full.fit(view)
+    assert capped.score([("b0",), ("b1",)])[:, 0].tolist() == [0.0, 1.0]
+    assert full.score([("b0",), ("b1",)])[:, 0].tolist() == [1.0, 1.0]
+    assert capped.config()["max_history"] == 1
+
+
 def test_userknn_with_one_neighbour_recommends_that_neighbours_items(view: TrainView) -> None:
     method = UserKNN(neighbours=(1,))
     method.fit(view)

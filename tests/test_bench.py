@@ -336,3 +336,29 @@ def test_rerank_ceiling_captures_the_served_candidates_and_bounds_them(
     assert rows["served"]["ndcg@10 / itemknn"] == rows["served"]["ndcg@10"]
     for row in rows.values():
         assert row["ndcg@10"] <= rows["ideal order"]["ndcg@10"] + 1e-9
+
+
+def test_stress_variants_read_as_datasets(tmp_path: Path, paired_dir: Path) -> None:
+    """benchmarks/stress_pair.py: the heavy users are train users with that many items of every
+    domain, added to the original; copies repeat everything with disjoint ids and equal texts."""
+    from benchmarks.stress_pair import copies, with_heavy_users
+
+    original = Dataset.from_dir(paired_dir)
+    with_heavy_users(paired_dir, tmp_path / "heavy", users=2, items=3)
+    heavy = Dataset.from_dir(tmp_path / "heavy")
+    assert set(heavy.histories) == set(original.histories) | {"heavy-0", "heavy-1"}
+    for user in ("heavy-0", "heavy-1"):
+        assert heavy.splits[user] == "train"
+        assert {d: len(set(h)) for d, h in heavy.histories[user].items()} == {"books": 3, "movies": 3}
+    assert all(heavy.histories[u] == h for u, h in original.histories.items())
+
+    copies(paired_dir, tmp_path / "x3", 3)
+    tripled = Dataset.from_dir(tmp_path / "x3")
+    assert len(tripled.items) == 3 * len(original.items)
+    assert len(tripled.histories) == 3 * len(original.histories)
+    for user, h in original.histories.items():
+        assert tripled.splits[f"{user}~2"] == original.splits[user]
+        assert tripled.histories[f"{user}~2"] == {d: tuple(f"{i}~2" for i in ids)
+                                                   for d, ids in h.items()}
+    item = next(iter(original.items.values()))
+    assert tripled.items[f"{item.item_id}~1"].text == item.text

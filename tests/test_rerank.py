@@ -8,7 +8,16 @@ from pathlib import Path
 import numpy as np
 
 from xdretrieve import rerank
-from xdretrieve.rerank import FEATURES, ItemStats, Reranker, candidate_union, features, fit_reranker, tokens
+from xdretrieve.rerank import (
+    FEATURES,
+    ItemStats,
+    Reranker,
+    candidate_union,
+    features,
+    fit_reranker,
+    recent_distinct,
+    tokens,
+)
 
 IDS = ["a1", "a2", "o1", "o2", "o3"]
 DOMAINS = ["arts", "arts", "office", "office", "office"]
@@ -56,6 +65,29 @@ def test_item_stats_count_every_cross_domain_pair_of_three_domains_once_per_user
     np.testing.assert_array_equal(stats.cooc.toarray(), expected)
     np.testing.assert_array_equal(stats.popularity, popularity)
     assert stats.cooc.dtype == np.float32 and expected.max() > 1 and (expected == 0).any()
+
+
+def test_recent_distinct_keeps_the_latest_distinct_items_oldest_first() -> None:
+    assert recent_distinct(("a", "b", "a", "c", "c"), 2) == ("a", "c")
+    assert recent_distinct(("a", "b", "a", "c"), 3) == ("b", "a", "c")
+    assert recent_distinct(("a", "a"), 5) == ("a",)
+    assert recent_distinct((), 5) == ()
+
+
+def test_cooccurrence_counts_each_users_most_recent_items_only() -> None:
+    """A heavy user's old items do not pair (memory grows with a history's square);
+    popularity still counts every interaction."""
+    histories = {"u1": {"arts": ("a1", "a2", "a1"), "office": ("o1", "o2", "o3")},
+                 "u2": {"arts": ("a2",), "office": ("o1",)}}
+    stats = ItemStats.fit(IDS, histories, max_history=2)
+    cooc = stats.cooc.toarray()
+    # u1 counts a2, a1 (its last two distinct arts items) with o2, o3; u2 counts a2 with o1
+    assert cooc[0, 3] == 1 and cooc[0, 4] == 1 and cooc[1, 3] == 1 and cooc[1, 4] == 1
+    assert cooc[0, 2] == 0  # o1 is older than u1's last two office items
+    assert cooc[1, 2] == 1  # a2-o1: u2 only
+    np.testing.assert_array_equal(stats.popularity, [2, 2, 2, 1, 1])
+    uncapped = ItemStats.fit(IDS, histories).cooc.toarray()
+    assert uncapped[0, 2] == 1 and uncapped[1, 2] == 2
 
 
 def test_features_by_hand() -> None:

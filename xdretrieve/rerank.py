@@ -36,11 +36,30 @@ import scipy.sparse as sp
 FEATURES = ("score", "cosine", "log_popularity", "cooccurrence", "cooccurrence_norm",
             "cooccurrence_cond", "text_overlap")
 COND_SHRINK = 50.0  # damps P(item | h) for history items few train users have
+# A train user's pairs grow with the square of their history: counted over every item, a few
+# users with thousands of items fill memory (100 such users with 3,000 items per domain took
+# 17 GB in `finetune`) and drown everybody else's pairs. Co-occurrence counts each user's most
+# recent distinct items per domain, up to this many (no amazon-arts-office user has more than
+# 57 in a domain: nothing there changes).
+COOCCURRENCE_HISTORY = 100
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 
 def tokens(text: str) -> set[str]:
     return set(_TOKEN.findall(text.lower()))
+
+
+def recent_distinct(history: Sequence[str], n: int) -> tuple[str, ...]:
+    """The last ``n`` distinct items of ``history`` (oldest first, each at its latest place)."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for item in reversed(history):
+        if item not in seen:
+            seen.add(item)
+            out.append(item)
+            if len(out) == n:
+                break
+    return tuple(reversed(out))
 
 
 def pack_strings(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -251,29 +270,29 @@ class ItemStats:
 
     @classmethod
     def fit(cls, ids: list[str], histories: dict[str, dict[str, tuple[str, ...]]],
-            domains: Sequence[str] | None = None,
-            texts: Sequence[str] | None = None) -> ItemStats:
+            domains: Sequence[str] | None = None, texts: Sequence[str] | None = None,
+            max_history: int = COOCCURRENCE_HISTORY) -> ItemStats:
         """Count ``histories`` (user -> domain -> item ids); ``domains`` and ``texts`` give each
-        item's domain and text, in ``ids`` order."""
+        item's domain and text, in ``ids`` order. Popularity counts every interaction; the
+        co-occurrence each user's ``max_history`` most recent distinct items per domain."""
         row = {iid: r for r, iid in enumerate(ids)}
         n = len(ids)
+        every: list[int] = []  # every interaction, for popularity
         # per domain of the histories, a binary (users, items) matrix; the co-occurrence is the
         # sum of their products over ordered pairs of different domains (a user's item pairs
         # listed one by one cost memory in proportion to the heaviest users' history squared)
         entries: dict[str, tuple[list[int], list[int]]] = {}
         for user, per_domain in enumerate(histories.values()):
             for d, h in per_domain.items():
+                every.extend(row[i] for i in h)
+                counted = recent_distinct(h, max_history)  # a repeated item counts once
                 users, items = entries.setdefault(d, ([], []))
-                users.extend([user] * len(h))
-                items.extend(row[i] for i in h)
-        popularity = sum((np.bincount(items, minlength=n) for _, items in entries.values()),
-                         np.zeros(n)).astype(np.float32)  # every interaction
+                users.extend([user] * len(counted))
+                items.extend(row[i] for i in counted)
+        popularity = np.bincount(every, minlength=n).astype(np.float32)
         shape = (len(histories), n)
-        by_domain = []
-        for users, items in entries.values():
-            m = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=shape)
-            m.data[:] = 1.0  # a user's repeated item counts once
-            by_domain.append(m)
+        by_domain = [sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)),
+                                   shape=shape) for users, items in entries.values()]
         cooc = sp.csr_matrix((n, n), dtype=np.float32)
         for a, left in enumerate(by_domain):
             for b, right in enumerate(by_domain):

@@ -8,7 +8,9 @@ of train users with i / j: the asymmetric cosine of Aiolli (RecSys 2013; ``alpha
 cosine, ``alpha = 1`` the conditional probability P(j | i)) with the shrink term of the ItemKNN
 baseline of Ferrari Dacrema et al. (RecSys 2019), which damps pairs seen by few users. ``alpha``
 and ``shrink`` are chosen on valid users. Items no query item co-occurs with fall back to train
-popularity.
+popularity. Each train user counts with their most recent distinct items per domain, up to
+``COOCCURRENCE_HISTORY`` (as the re-ranker's statistics: a user's pairs grow with the square of
+their history).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import scipy.sparse as sp
 from xdretrieve.evaluate.methods import ScoringMethod, stable_rank
 from xdretrieve.evaluate.protocol import TrainView
 from xdretrieve.evaluate.selection import choose
+from xdretrieve.rerank import COOCCURRENCE_HISTORY, recent_distinct
 
 ALPHAS = (0.5, 0.75, 1.0)
 SHRINKS = (0.0, 10.0, 50.0, 200.0, 1000.0)
@@ -38,8 +41,10 @@ class ItemKNN(ScoringMethod):
 
     name = "itemknn"
 
-    def __init__(self, alphas: Sequence[float] = ALPHAS, shrinks: Sequence[float] = SHRINKS):
+    def __init__(self, alphas: Sequence[float] = ALPHAS, shrinks: Sequence[float] = SHRINKS,
+                 max_history: int = COOCCURRENCE_HISTORY):
         self.alphas, self.shrinks = tuple(alphas), tuple(shrinks)
+        self.max_history = max_history
         self.alpha, self.shrink = self.alphas[0], self.shrinks[0]
         self.valid_table: list[tuple[dict[str, Any], float]] = []
         self._view: TrainView | None = None
@@ -47,8 +52,9 @@ class ItemKNN(ScoringMethod):
 
     def fit(self, view: TrainView) -> None:
         self._view = view
-        source = view.matrix(view.source).astype(bool).astype(np.float32)  # (n_users, n_s)
-        target = view.matrix(view.target).astype(bool).astype(np.float32)  # (n_users, n_t)
+        source, target = (view.history_matrix(  # binary (n_users, n_s) and (n_users, n_t)
+            [recent_distinct(view.histories[u].get(d, ()), self.max_history) for u in view.users],
+            d) for d in (view.source, view.target))
         self._cooc = (source.T @ target).tocsr()  # (n_s, n_t) co-occurring users
         self._n_source = np.asarray(source.sum(axis=0)).ravel()  # (n_s,) users per item
         self._n_target = np.asarray(target.sum(axis=0)).ravel()  # (n_t,)
@@ -88,5 +94,6 @@ class ItemKNN(ScoringMethod):
     def config(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "shrink": self.shrink, "alphas": list(self.alphas),
                 "shrinks": list(self.shrinks),
+                "max_history": self.max_history,
                 "valid_ndcg@10": {f"alpha={p['alpha']},shrink={p['shrink']}": round(v, 4)
                                   for p, v in self.valid_table}}
