@@ -129,6 +129,9 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
                       list(task.truth)))
     E = torch.from_numpy(np.ascontiguousarray(base, dtype=np.float32))
     rows_t = [torch.from_numpy(r) for r in rows_by_domain]
+    # each domain's vectors gathered once: every step projects the whole target domain (full
+    # softmax), and gathering it anew each time copied the domain's vectors at every step
+    E_domain = [E[r] for r in rows_t]
     L, D = config.max_history, config.dim
 
     class Model(nn.Module):
@@ -148,6 +151,10 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
             """(..., D) unit vectors of items (global rows) of domain d."""
             return F.normalize(self.proj[d](E[rows]), dim=-1)
 
+        def domain_items(self, d: int) -> torch.Tensor:
+            """(n_items of d, D) unit vectors of every item of domain d, in ``rows_t[d]`` order."""
+            return F.normalize(self.proj[d](E_domain[d]), dim=-1)
+
         def users(self, X: torch.Tensor, M: torch.Tensor, s: int, t: int) -> torch.Tensor:
             x = self.items(X, s) + self.pos[L - X.shape[1]:]  # (B, l, D); right-aligned
             a = self.att(x).squeeze(-1) if config.pooling == "attention" else \
@@ -164,9 +171,8 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
                         ) -> torch.Tensor:
             """(B, n_target_items) logits of user vectors ``U`` (B, D) over every item of
             domain t (``V``: those items' vectors, if the caller has them)."""
-            cand = rows_t[t]
-            V = self.items(cand, t) if V is None else V
-            return self.logit_scale.exp() * (U @ V.T) + self.bias[cand]
+            V = self.domain_items(t) if V is None else V
+            return self.logit_scale.exp() * (U @ V.T) + self.bias[rows_t[t]]
 
     def pad(hs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(h) for h in hs)
@@ -203,7 +209,7 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
             for (s, t, hs, truth), d in zip(valid, directions, strict=False):
                 if not hs:
                     continue
-                U, V = model.users(*pad(hs), s, t), model.items(rows_t[t], t)
+                U, V = model.users(*pad(hs), s, t), model.domain_items(t)
                 top = np.concatenate([  # a chunk of users at a time (memory: see SCORE_CHUNK)
                     stable_top(model.user_scores(U[lo:lo + SCORE_CHUNK], t, V).numpy(), 50)
                     for lo in range(0, len(hs), SCORE_CHUNK)])
@@ -282,7 +288,7 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
                         continue
                     X, M = pad(hs)
                     U = model.users(X, M, s, t).numpy()
-                    V = model.items(rows_t[t], t).numpy()
+                    V = model.domain_items(t).numpy()
                     scale, bias = float(model.logit_scale.exp()), \
                         model.bias[rows_t[t]].detach().numpy()
                     # users a chunk at a time: (users, target items) scores of a large catalog
