@@ -239,6 +239,47 @@ def test_the_reranker_serves_only_the_target_domains_it_was_kept_for(trained,
     assert movies_only["books"] == off["books"]
 
 
+def test_the_reranker_reads_a_long_history_as_it_was_fitted(trained, tmp_path: Path) -> None:
+    """Training fits the re-ranker on the tower's window of a history (its last ``max_history``
+    items); a longer history at query time is read the same way: items before the window
+    change neither the candidates nor their features (counted over the whole history, the old
+    items' co-occurrence would put their counterparts among them)."""
+    import json
+    import shutil
+
+    from xdretrieve.config import Settings
+    from xdretrieve.indexer import index_dataset
+    from xdretrieve.model import MANIFEST, WEIGHTS
+    from xdretrieve.rerank import FEATURES, ItemStats, Reranker
+
+    tmp, ds, _, _ = trained
+    model = tmp_path / "model"  # the trained model with a window of 2 items
+    shutil.copytree(tmp / "model", model)
+    manifest = json.loads((model / MANIFEST).read_text())
+    manifest["max_history"] = 2
+    (model / MANIFEST).write_text(json.dumps(manifest))
+    weights = dict(np.load(model / WEIGHTS))
+    weights["pos"] = weights["pos"][-2:]  # the positions of a history's last two items
+    np.savez(model / WEIGHTS, **weights)
+    ids = list(ds.items)
+    train = [u for u, split in ds.splits.items() if split == "train"]
+    stats = ItemStats.fit(ids, {u: dict(ds.histories[u]) for u in train},
+                          [ds.items[i].domain for i in ids],
+                          [item_text(ds.items[i], Settings().text_template) for i in ids])
+    weights = np.arange(1, len(FEATURES) + 1, dtype=np.float32)  # co-occurrence counts
+    Reranker(weights, np.zeros_like(weights), np.ones_like(weights), stats).save(model)
+    settings = Settings(store=tmp_path / "store", model=str(model), cache_dir=tmp / "cache")
+    index_dataset(ds, settings)
+    with Retriever(settings) as r:
+        window = r.recommend_history(["book-2", "book-3"], "movies", 6)
+        longer = r.recommend_history(["book-1", "book-7", "book-2", "book-3"], "movies", 6)
+    assert [h.item_id for h in longer] == [h.item_id for h in window]
+    for a, b in zip(longer, window, strict=True):
+        assert a.why["features"] == pytest.approx(b.why["features"], abs=1e-6)
+    # the older items do co-occur with items of the answer's domain: counted, they would matter
+    assert stats.cooc[ids.index("book-1"), ids.index("movie-1")] > 0
+
+
 def test_a_reranked_answer_says_why(trained, tmp_path: Path) -> None:
     """Each re-ranked hit carries what the re-ranker saw of it (``why``: the features, by hand
     here, and each one's part of the score, which sum to it); a text query's answer, which no

@@ -433,11 +433,15 @@ class Retriever:
         popularity), so only the co-occurring items beyond the search and the items by bias
         (scored by the engine) and the answer (for its payloads) are read from the store."""
         model, reranker = self.model, self.model.reranker
-        together = reranker.stats.history_cooccurrence(query.history)
-        text = query.history_text  # needed for history items the statistics do not know
+        # the history as the re-ranker was fitted on it: the tower's window of the latest items
+        # (counted over a long history, co-occurrence would be far outside what it learned)
+        history = query.history[-model.max_history:]
+        together = reranker.stats.history_cooccurrence(history)
+        # the text is needed for history items the statistics do not know
+        text = query.history_text if len(history) == len(query.history) else ""
         if not text and not reranker.stats.knows_texts(together):
-            text = self._history_text(query.history)
-        co_rows = reranker.stats.cooccurring_rows(query.history, domain, n, together)
+            text = self._history_text(history)
+        co_rows = reranker.stats.cooccurring_rows(history, domain, n, together)
         co = [p for p in model.row_points(co_rows).tolist() if p not in exclude]
         chosen = candidate_union(pids, co, n)
         known = {p: k for k, p in enumerate(pids)}
@@ -451,7 +455,7 @@ class Retriever:
         chosen = [p for p in chosen if p in cos]  # deleted since: left out
         # an item added after training is unknown to the statistics (row -1): no popularity,
         # co-occurrence or text for it
-        x = row_features(reranker.stats, model.stats_rows(chosen), query.history, text, None,
+        x = row_features(reranker.stats, model.stats_rows(chosen), history, text, None,
                          np.fromiter((cos[p] for p in chosen), np.float32, len(chosen)),
                          np.fromiter((score[p] for p in chosen), np.float32, len(chosen)),
                          together)
