@@ -248,6 +248,7 @@ def test_the_reranker_reads_a_long_history_as_it_was_fitted(trained, tmp_path: P
     import shutil
 
     from xdretrieve.config import Settings
+    from xdretrieve.errors import NotFoundError
     from xdretrieve.indexer import index_dataset
     from xdretrieve.model import MANIFEST, WEIGHTS
     from xdretrieve.rerank import FEATURES, ItemStats, Reranker
@@ -273,6 +274,8 @@ def test_the_reranker_reads_a_long_history_as_it_was_fitted(trained, tmp_path: P
     with Retriever(settings) as r:
         window = r.recommend_history(["book-2", "book-3"], "movies", 6)
         longer = r.recommend_history(["book-1", "book-7", "book-2", "book-3"], "movies", 6)
+        with pytest.raises(NotFoundError, match="nope"):  # items before the window are checked
+            r.recommend_history(["nope", "book-1", "book-2", "book-3"], "movies", 6)
     assert [h.item_id for h in longer] == [h.item_id for h in window]
     for a, b in zip(longer, window, strict=True):
         assert a.why["features"] == pytest.approx(b.why["features"], abs=1e-6)

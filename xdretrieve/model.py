@@ -145,6 +145,11 @@ class TrainedModel:
     def max_history(self) -> int:
         return int(self.manifest["max_history"])
 
+    def window(self, history: Sequence[Any]) -> Sequence[Any]:
+        """The part of a history (oldest first) the model reads: its last ``max_history`` items,
+        which the user tower and the re-ranker were fitted on."""
+        return history[-self.max_history:]
+
     @property
     def scale(self) -> float:
         return float(np.exp(self.weights["logit_scale"]))
@@ -170,7 +175,7 @@ class TrainedModel:
         """(L, dim) stored vectors of a history, oldest first -> (dim,) unit query vector for
         ``target`` (attention pooling with recency positions, then a residual MLP)."""
         w = self.weights
-        x = history[-self.max_history:]  # (L, dim)
+        x = self.window(history)  # (L, dim)
         x = x + w["pos"][self.max_history - len(x):]
         if self.manifest.get("config", {}).get("pooling", "attention") == "attention":
             a = np.tanh(x @ w["att_w1"] + w["att_b1"]) @ w["att_w2"] + w["att_b2"]  # (L,)

@@ -78,7 +78,8 @@ class Query:
     vector: np.ndarray  # (dim,) unit
     exclude: tuple[str, ...] = ()  # item ids
     source: str = ""  # what the vector came from, for people
-    history: tuple[str, ...] = ()  # item ids the vector was made from (re-ranker features)
+    history: tuple[str, ...] = ()  # item ids the vector was made from (re-ranker features);
+    # with a trained model, its window of the user's history
     history_text: str = ""  # their titles and texts (re-ranker features)
     popular: bool = False  # no history at all: answered with the domain's most popular items
     # a text query to a trained model: its vector is item-like, so the answer is the items
@@ -192,8 +193,8 @@ class Retriever:
         have = next((p.payload["history"] for p in profiles if p.payload["domain"] == domain), [])
         names = "+".join(p.payload["domain"] for p in source)
         source_text = f"user {user_id} ({names} history)"
-        if self.model is not None:
-            history = tuple(i for p in source for i in p.payload["history"])
+        if self.model is not None:  # the model's window of the history, as for a given one
+            history = tuple(self.model.window([i for p in source for i in p.payload["history"]]))
             if (self._tower_profiles and len(source) == 1
                     and self.model.profile_target(source[0].payload["domain"]) == domain):
                 # the tower's query for this history, computed by `index`: a lookup (the
@@ -208,15 +209,20 @@ class Retriever:
         vector /= np.linalg.norm(vector) or 1.0
         return Query(vector, tuple(have), source_text)
 
-    def _items(self, item_ids: Sequence[str]) -> tuple[np.ndarray, str]:
-        """(len(item_ids), dim) stored vectors in order, and the items' text; unknown ids are
-        an error."""
+    def _points(self, item_ids: Sequence[str], with_vectors: bool) -> dict[str, StoredPoint]:
+        """The stored items by id; unknown ids are an error."""
         points = self.store.retrieve(ITEMS, [self._point_of(i) for i in item_ids],
-                                     with_vectors=True)
+                                     with_vectors=with_vectors) if item_ids else []
         by_id = {p.payload["item_id"]: p for p in points}
         missing = [i for i in item_ids if i not in by_id]
         if missing:
             raise NotFoundError(f"unknown item(s): {', '.join(missing[:10])}")
+        return by_id
+
+    def _items(self, item_ids: Sequence[str]) -> tuple[np.ndarray, str]:
+        """(len(item_ids), dim) stored vectors in order, and the items' text; unknown ids are
+        an error."""
+        by_id = self._points(item_ids, with_vectors=True)
         return np.stack([by_id[i].vector for i in item_ids]), _text(by_id.values())
 
     def _history_text(self, item_ids: Sequence[str]) -> str:
@@ -235,15 +241,20 @@ class Retriever:
         if not item_ids:
             return Query(np.zeros(0, dtype=np.float32), (), "no history: the most popular items",
                          popular=True)
-        matrix, text = self._items(item_ids)  # (len(history), dim)
-        if self.model is not None and domain is not None:
+        tower = self.model is not None and domain is not None
+        if tower:
             self._check_domain(domain)
+        # a trained model reads its window of the history (tower and re-ranker); older items
+        # are only checked and left out of the answer
+        read = tuple(self.model.window(item_ids) if tower else item_ids)
+        self._points(item_ids[:len(item_ids) - len(read)], with_vectors=False)
+        matrix, text = self._items(read)  # (len(read), dim)
+        if tower:
             with one_blas_thread():
                 vector = self.model.user_vector(matrix, domain)
         else:
             vector = pool(matrix, self.settings.pooling, self.settings.recency_half_life)
-        return Query(vector, tuple(item_ids), f"history of {len(item_ids)} item(s)",
-                     tuple(item_ids), text)
+        return Query(vector, tuple(item_ids), f"history of {len(item_ids)} item(s)", read, text)
 
     def text_query(self, text: str, domain: str | None = None) -> Query:
         """A free-text query embedded by the store's encoder (with a trained model, mapped by
@@ -433,15 +444,13 @@ class Retriever:
         popularity), so only the co-occurring items beyond the search and the items by bias
         (scored by the engine) and the answer (for its payloads) are read from the store."""
         model, reranker = self.model, self.model.reranker
-        # the history as the re-ranker was fitted on it: the tower's window of the latest items
+        # query.history is the model's window of the history, as the re-ranker was fitted on it
         # (counted over a long history, co-occurrence would be far outside what it learned)
-        history = query.history[-model.max_history:]
-        together = reranker.stats.history_cooccurrence(history)
-        # the text is needed for history items the statistics do not know
-        text = query.history_text if len(history) == len(query.history) else ""
+        together = reranker.stats.history_cooccurrence(query.history)
+        text = query.history_text  # needed for history items the statistics do not know
         if not text and not reranker.stats.knows_texts(together):
-            text = self._history_text(history)
-        co_rows = reranker.stats.cooccurring_rows(history, domain, n, together)
+            text = self._history_text(query.history)
+        co_rows = reranker.stats.cooccurring_rows(query.history, domain, n, together)
         co = [p for p in model.row_points(co_rows).tolist() if p not in exclude]
         chosen = candidate_union(pids, co, n)
         known = {p: k for k, p in enumerate(pids)}
@@ -455,7 +464,7 @@ class Retriever:
         chosen = [p for p in chosen if p in cos]  # deleted since: left out
         # an item added after training is unknown to the statistics (row -1): no popularity,
         # co-occurrence or text for it
-        x = row_features(reranker.stats, model.stats_rows(chosen), history, text, None,
+        x = row_features(reranker.stats, model.stats_rows(chosen), query.history, text, None,
                          np.fromiter((cos[p] for p in chosen), np.float32, len(chosen)),
                          np.fromiter((score[p] for p in chosen), np.float32, len(chosen)),
                          together)
