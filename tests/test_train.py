@@ -45,6 +45,65 @@ def test_training_improves_its_validation_metric(trained) -> None:
     assert manifest["best_epoch"] == int(np.argmax(scores)) + 1
 
 
+def test_the_blocked_softmax_gives_the_whole_softmax_loss_and_gradients(monkeypatch) -> None:
+    """A large target domain's logits are computed in blocks of items: the same loss and
+    gradients as the whole softmax (and as the formula, computed here in numpy), and blocks are
+    what the default chooses once a batch's logits pass ``LOGITS_BYTES``."""
+    import torch
+
+    from xdretrieve.train import adapter
+
+    gen = torch.Generator().manual_seed(0)
+    users0 = torch.nn.functional.normalize(torch.randn(5, 4, generator=gen), dim=1)
+    items0 = torch.nn.functional.normalize(torch.randn(11, 4, generator=gen), dim=1)
+    bias0, scale0 = torch.randn(11, generator=gen), torch.tensor(7.0)
+    targets = [np.array([0]), np.array([3, 10]), np.array([1, 2, 5]), np.array([10]),
+               np.array([4, 6])]
+    logits = scale0.item() * users0.numpy() @ items0.numpy().T + bias0.numpy()
+    lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+    expected = np.mean([lse[r] - logits[r, t].mean() for r, t in enumerate(targets)])
+
+    def run(block=None):
+        leaves = [x.clone().requires_grad_() for x in (users0, items0, bias0, scale0)]
+        u, v, b, s = leaves
+        calls = []
+        loss = adapter.softmax_loss(u, lambda index: calls.append(index) or v[index], b, s,
+                                    targets, block)
+        loss.backward()
+        return loss.item(), [x.grad.numpy() for x in leaves], calls
+
+    whole, whole_grads, calls = run()
+    assert len(calls) == 1  # 5 x 11 logits: one block
+    assert whole == pytest.approx(expected, rel=1e-6)
+    for block in (1, 3, 10):
+        loss, grads, _ = run(block)
+        assert loss == pytest.approx(whole, rel=1e-6)
+        for g, w in zip(grads, whole_grads, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(adapter, "LOGITS_BYTES", 4 * 5 * 8)  # room for 5 x 8 logits
+    loss, grads, calls = run()
+    assert [c for c in calls if isinstance(c, slice)] == [slice(0, 4), slice(4, 8), slice(8, 12)]
+    assert loss == pytest.approx(whole, rel=1e-6)
+    np.testing.assert_allclose(grads[1], whole_grads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_training_over_blocks_of_a_large_domain_learns_as_well(monkeypatch, tmp_path: Path,
+                                                               trained) -> None:
+    """Every step through the blocked softmax (a catalog too large for one block of logits):
+    the model learns as the whole softmax's does."""
+    from xdretrieve.train import adapter
+
+    _, ds, base, reference = trained
+    monkeypatch.setattr(adapter, "LOGITS_BYTES", 64)  # 16 logits: a few items per block
+    config = AdapterConfig(dim=16, epochs=40, patience=40, batch_size=8, lr=1e-2, seed=0)
+    manifest = train_adapter(ds, base, tmp_path / "model", "m", "f", config)
+    scores = [np.mean([v for k, v in h.items() if k.endswith("ndcg@10")])
+              for h in manifest["history"]]
+    assert max(scores) > scores[0] + 0.2 and max(scores) > 0.8
+    assert manifest["history"][0]["loss"] == pytest.approx(reference["history"][0]["loss"],
+                                                           rel=1e-4)
+
+
 def test_saved_model_reloads_and_gives_identical_vectors(trained) -> None:
     tmp, ds, base, _ = trained
     a, b = TrainedModel.load(tmp / "model"), TrainedModel.load(tmp / "model")
