@@ -15,9 +15,10 @@ for the same test users and the same candidates, what the best possible use of t
 - ``mlp, 2-fold on test`` and ``mlp, fitted on all test``: a small MLP (32 hidden units) over
   the same features, listwise; fitted on all test users it can memorise them, so that row is
   no bound;
-- ``... + knn scores``: the same two models with two more features per candidate, the itemknn
-  and userknn baselines' scores (fitted on train users, chosen on valid users as ``evaluate``
-  does): whether the baselines' signals, added to the re-ranker's, would carry it further;
+- ``... + baseline scores``: the same two models with three more features per candidate, the
+  itemknn, userknn and emcdr baselines' scores (fitted on train users, chosen on valid users as
+  ``evaluate`` does): whether the baselines' signals (co-occurrence, nearest users, matrix
+  factorisation), added to the re-ranker's, would carry it further;
 - ``ideal order``: every relevant candidate first (the ceiling of any re-ranker of these
   candidates; bounded by how many of the truth items are among them).
 
@@ -197,6 +198,7 @@ def analyse(task, view, retriever, n: int, more: MoreFeatures | None = None) -> 
     """Every row of the module's docstring for one direction's ``task`` (test or valid users),
     with the baselines fitted on ``view`` (its train users; valid users choose their settings);
     ``more``: also the rows of the features it adds."""
+    from xdretrieve.evaluate.emcdr import EMCDR
     from xdretrieve.evaluate.itemknn import ItemKNN
     from xdretrieve.evaluate.metrics import score_rankings
     from xdretrieve.evaluate.userknn import UserKNN
@@ -215,15 +217,16 @@ def analyse(task, view, retriever, n: int, more: MoreFeatures | None = None) -> 
             extra.append(more(history, c))
     labels = [np.isin(c, t).astype(np.float32) for c, t in zip(cands, truths, strict=True)]
 
-    knn_scores = []
-    for method in (ItemKNN(), UserKNN()):
+    baseline_scores = []
+    for method in (ItemKNN(), UserKNN(), EMCDR()):
         method.fit(view)
-        knn_scores.append(method.score(task.queries))  # (n_users, n_target)
+        baseline_scores.append(method.score(task.queries))  # (n_users, n_target)
         if method.name == "itemknn":
             found = score_rankings(method.rank(task.queries), truths, len(task.target_items))
             itemknn = {m: float(np.mean(found[m])) for m in ("ndcg@10", "recall@10")}
-    with_knn = [np.column_stack([x, np.log1p(knn_scores[0][u, c]), knn_scores[1][u, c]])
-                for u, (x, c) in enumerate(zip(xs, cands, strict=True))]
+    item, user, mf = baseline_scores
+    with_baselines = [np.column_stack([x, np.log1p(item[u, c]), user[u, c], mf[u, c]])
+                      for u, (x, c) in enumerate(zip(xs, cands, strict=True))]
 
     rows: dict[str, dict[str, float]] = {}
     rows["served"] = _metrics(cands, truths)
@@ -232,7 +235,7 @@ def analyse(task, view, retriever, n: int, more: MoreFeatures | None = None) -> 
                                     for c, x in zip(cands, xs, strict=True)], truths)
     half = np.arange(len(xs)) % 2  # two folds, alternating users
     linear = lambda g: _fit_linear(g, stats)  # noqa: E731
-    for features, suffix in ((xs, ""), (with_knn, " + knn scores")):
+    for features, suffix in ((xs, ""), (with_baselines, " + baseline scores")):
         groups = list(zip(features, labels, strict=True))
         for name, fit in (("linear", linear), ("mlp", _fit_mlp)):
             rows[f"{name}, 2-fold on {on}{suffix}"] = _metrics(

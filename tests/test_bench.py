@@ -331,7 +331,7 @@ def test_rerank_ceiling_captures_the_served_candidates_and_bounds_them(
     assert found["itemknn"] == {"ndcg@10": 1.0, "recall@10": 1.0}  # co-occurrence is the truth
     assert rows["ideal order"]["ndcg@10"] == 1.0
     assert rows["linear, fitted on all test"]["ndcg@10"] > 0.99
-    assert rows["linear, fitted on all test + knn scores"]["ndcg@10"] > 0.99
+    assert rows["linear, fitted on all test + baseline scores"]["ndcg@10"] > 0.99
     assert rows["served"]["ndcg@10"] < 0.9  # random weights
     assert rows["served"]["ndcg@10 / itemknn"] == rows["served"]["ndcg@10"]
     for row in rows.values():
