@@ -36,9 +36,10 @@ log = logging.getLogger(__name__)
 SCORE_CHUNK = 1024  # users whose scores over every target item are held at once
 # A batch's logits over a large target domain are computed in blocks of columns. One (batch,
 # items) tensor above about 32 MB is mapped afresh from the OS at every step (glibc's
-# allocator keeps blocks up to that size for reuse), and the page faults of the logits, the
-# softmax and their gradients took most of a step at 79k items (445 -> 300 ms per step on a
-# 2-core Xeon with blocks of 16 MB). Up to this size the whole softmax is one tensor.
+# allocator keeps blocks up to that size for reuse), and zeroing the fresh pages of the logits,
+# the softmax and their gradients took half of a step at 79k items (blocks of 16 MB: epochs of
+# 60 s instead of 107 s on a 2-core Xeon, benchmarks/RESULTS.md). Up to this size the whole
+# softmax is one tensor.
 LOGITS_BYTES = 32 << 20
 
 
