@@ -43,40 +43,41 @@ SCORE_CHUNK = 1024  # users whose scores over every target item are held at once
 LOGITS_BYTES = 32 << 20
 
 
-def softmax_loss(users, items, bias, scale, targets, block: int | None = None):
+def softmax_loss(logits, n: int, targets, block: int | None = None):
     """Mean over the batch of the full softmax cross-entropy over every item of a domain, each
     user's label spread evenly over its target items.
 
     Args:
-        users: (B, D) unit user vectors.
-        items: ``items(index)`` -> the unit vectors of the domain's items at ``index`` (a slice
-            or a tensor of local positions).
-        bias: (n_items,) item biases; scale: the logit scale (a scalar tensor).
+        logits: ``logits(index)`` -> the batch's (B, k) logits over the domain's items at
+            ``index`` (a slice of local positions).
+        n: the domain's number of items.
         targets: per user, its target items' unique local positions.
         block: items per block of logits (default: the whole domain while the batch's logits
             fit in ``LOGITS_BYTES``, else blocks of half that size). The blocked form gives the
-            same loss up to floating point: logsumexp over the blocks minus the targets' logits.
+            same loss up to floating point: logsumexp over the blocks minus the targets' logits,
+            each read from its block.
     """
     import torch
 
-    n, b = len(bias), len(users)
+    b = len(targets)
     if block is None:
         block = n if 4 * b * n <= LOGITS_BYTES else max(1, LOGITS_BYTES // (8 * b))
     if block >= n:
         y = torch.zeros(b, n)
         for r, t in enumerate(targets):
             y[r, t] = 1.0 / len(t)
-        logits = scale * (users @ items(slice(0, n)).T) + bias
-        return -(y * torch.log_softmax(logits, dim=1)).sum(1).mean()
-    lse = torch.logsumexp(torch.stack([
-        torch.logsumexp(scale * (users @ items(slice(lo, lo + block)).T) + bias[lo:lo + block], 1)
-        for lo in range(0, n, block)], 1), 1)
+        return -(y * torch.log_softmax(logits(slice(0, n)), dim=1)).sum(1).mean()
     sizes = [len(t) for t in targets]
     row = torch.from_numpy(np.repeat(np.arange(b), sizes))
     col = torch.from_numpy(np.concatenate(targets).astype(np.int64))
     weight = torch.from_numpy(np.repeat(1.0 / np.asarray(sizes, dtype=np.float32), sizes))
-    positive = scale * (users[row] * items(col)).sum(1) + bias[col]
-    return (lse.sum() - (weight * positive).sum()) / b
+    lse, positive = [], 0.0
+    for lo in range(0, n, block):
+        z = logits(slice(lo, lo + block))
+        lse.append(torch.logsumexp(z, 1))
+        here = (col >= lo) & (col < lo + block)
+        positive = positive + (weight[here] * z[row[here], col[here] - lo]).sum()
+    return (torch.logsumexp(torch.stack(lse, 1), 1).sum() - positive) / b
 
 
 @dataclass
@@ -207,12 +208,13 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
             pooled = self.drop((torch.softmax(a, dim=1).unsqueeze(-1) * x).sum(1))
             return F.normalize(pooled + self.mlp(pooled + self.tgt[t]), dim=-1)
 
-        def user_scores(self, U: torch.Tensor, t: int, V: torch.Tensor | None = None
-                        ) -> torch.Tensor:
+        def user_scores(self, U: torch.Tensor, t: int, V: torch.Tensor | None = None,
+                        index=slice(None)) -> torch.Tensor:
             """(B, n_target_items) logits of user vectors ``U`` (B, D) over every item of
-            domain t (``V``: those items' vectors, if the caller has them)."""
-            V = self.domain_items(t) if V is None else V
-            return self.logit_scale.exp() * (U @ V.T) + self.bias[rows_t[t]]
+            domain t (``index``: only those at these positions; ``V``: those items' vectors,
+            if the caller has them)."""
+            V = self.domain_items(t, index) if V is None else V
+            return self.logit_scale.exp() * (U @ V.T) + self.bias[rows_t[t][index]]
 
     def pad(hs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(h) for h in hs)
@@ -275,11 +277,9 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
         for ex, idx in tqdm(batches, desc=f"epoch {epoch + 1}", disable=not progress,
                             leave=False):
             X, M = pad([ex.histories[i] for i in idx])
-            t = ex.target
-            loss = softmax_loss(model.users(X, M, ex.source, t),
-                                lambda index, t=t: model.domain_items(t, index),
-                                model.bias[rows_t[t]], model.logit_scale.exp(),
-                                [ex.targets[i] for i in idx])
+            U, t = model.users(X, M, ex.source, ex.target), ex.target
+            loss = softmax_loss(lambda index, U=U, t=t: model.user_scores(U, t, index=index),
+                                len(rows_t[t]), [ex.targets[i] for i in idx])
             if config.coral:
                 loss = loss + config.coral * coral()
             opt.zero_grad()
