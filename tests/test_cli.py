@@ -52,7 +52,7 @@ def test_index_query_round_trip(paired_dir: Path, tmp_path: Path, monkeypatch) -
     user = run("query", "--store", store, "--user", "u3-0", "--domain", "movies").output
     assert user.startswith("user u3-0 (books history) -> movies") and "movie-3" not in user
     data = json.loads(run("query", "--store", store, "--history", "book-5,book-6",
-                          "--domain", "movies", "--limit", "5", "--json").output)
+                          "--domain", "movies", "-k", "5", "--json").output)
     assert [h["rank"] for h in data["hits"]] == [1, 2, 3, 4, 5]
     assert {h["item_id"] for h in data["hits"][:2]} == {"movie-5", "movie-6"}
     text = json.loads(run("query", "--store", store, "--text", "chess", "--domain", "movies",

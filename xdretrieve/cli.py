@@ -171,7 +171,8 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
 @click.option("--history", help="Comma-separated item ids: a user the store has never seen.")
 @click.option("--text", help="A free-text query.")
 @click.option("--domain", required=True, help="The target domain to recommend from.")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=10, show_default=True)
+@click.option("--limit", "-k", type=click.IntRange(1, 10_000), default=10, show_default=True,
+              help="How many items to return (the k of top-k).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--explain", is_flag=True,
               help="Also show why the re-ranker put each item there: the model's score, how "
