@@ -60,6 +60,8 @@ def test_formats_give_the_same_records(tmp_path: Path) -> None:
         ([ITEMS[0], {"domain": "books", "title": "t"}], "line 2, field 'item_id': missing"),
         ([ITEMS[0], {"item_id": "x", "title": "t"}], "line 2, field 'domain': missing"),
         ([ITEMS[0], ITEMS[1], ITEMS[0]], "line 3, field 'item_id': duplicate item id 'b1'"),
+        ([ITEMS[0], {"item_id": "x", "domain": "books->movies", "title": "t"}],
+         "line 2, field 'domain': 'books->movies' must not contain '->'"),
         ([ITEMS[0], '{"item_id": "x", "domain": '], "line 2: malformed JSON"),
         (['["not", "an", "object"]'], "line 1: expected a JSON object"),
         ([{"item_id": "x", "domain": "books", "title": ["a"]}],

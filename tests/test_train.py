@@ -788,6 +788,52 @@ def test_three_domains_train_index_and_answer_every_direction(tiny_model: str,
         assert right >= len(THEMES) - 2
 
 
+def test_domain_names_with_spaces_and_signs_go_through_every_command(tiny_model: str,
+                                                                     tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    """A shop names its catalogs as people do ('Books & Comics/Manga', 'Films (vidéo)'):
+    finetune, index, query --domain and evaluate take such names as given, and the answer
+    comes from the named domain."""
+    import json
+
+    from click.testing import CliRunner
+
+    from xdretrieve.cli import main
+
+    monkeypatch.setenv("XDR_CACHE_DIR", str(tmp_path / "cache"))
+    books, films = "Books & Comics/Manga", "Films (vidéo)"
+    data = write_paired_dataset(tmp_path / "data", users_per_theme=5)
+    for name in ("items.jsonl", "interactions.csv"):
+        text = (data / name).read_text().replace('"books"', json.dumps(books))
+        text = text.replace('"movies"', json.dumps(films))
+        (data / name).write_text(text.replace(",books,", f",{books},")
+                                 .replace(",movies,", f",{films},"))
+    splits = (data / "users.csv").read_text().replace("-1,train", "-1,valid")
+    (data / "users.csv").write_text(splits)
+    assert sorted(Dataset.from_dir(data).domains) == sorted([books, films])
+
+    def cli(*args: str) -> str:
+        result = CliRunner().invoke(main, list(args))
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    model, store = str(tmp_path / "model"), str(tmp_path / "store")
+    cli("finetune", "--data", str(data), "--out", model, "--model", tiny_model, "--dim", "8",
+        "--epochs", "2", "-q")
+    cli("index", "--data", str(data), "--model", model, "--store", store, "-q")
+    hits = json.loads(cli("query", "--store", store, "--history", "book-3", "--domain", films,
+                          "-k", "3", "--json"))["hits"]
+    assert len(hits) == 3 and all(h["item_id"].startswith("movie-") for h in hits)
+    out = tmp_path / "results"
+    cli("evaluate", "--data", str(data), "--model", model, "--method", "popularity",
+        "--method", "xdretrieve", "--out", str(out), "-q")
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(d["direction"] for d in results["directions"]) == sorted(
+        [f"{books}->{films}", f"{films}->{books}"])
+    assert all({m["method"] for m in d["methods"]} == {"popularity", "xdretrieve"}
+               for d in results["directions"])
+
+
 def test_finetune_from_python_writes_what_index_loads(trained, tiny_model: str,
                                                       tmp_path: Path) -> None:
     """`xdretrieve.finetune`, what the CLI runs, for a stack that trains its own models: a model

@@ -171,6 +171,10 @@ def read_items(path: str | Path, rejects: RejectLog | None = None) -> dict[str, 
             where = (str(path), line, unit)
             item_id = _text(row, "item_id", where, required=True)
             domain = _text(row, "domain", where, required=True)
+            if "->" in domain:  # it would make a direction such as 'a->b->c' ambiguous
+                raise DataError(str(path), line, "domain",
+                                f"'{domain}' must not contain '->' (it joins the two domains of "
+                                f"a direction)", unit)
             title = _text(row, "title", where, required=True)
             text = _text(row, "text", where, required=False)
             if item_id in items:
