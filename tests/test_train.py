@@ -937,5 +937,23 @@ def test_evaluate_full_ranking_serves_the_head_and_ranks_the_rest_by_the_model(
         rest = [ranking.ids[k] for k in np.argsort(-scores, kind="stable")
                 if ranking.ids[k] not in {*head, "movie-5"}]
         assert ranking(history, "movies", 2) == head[:2]
+        # rank_rows (what evaluate asks when the evaluation's index is given): the same
+        # ranking as columns, the held-out item last, as RetrieverMethod completes the ids
+        index = {f"movie-{k}": 11 - k for k in range(12)}  # columns in another order
+        by_columns = retrieval._FullRanking(r, "movies", index)
+        rows = by_columns.rank_rows(history, "movies", 12)
+        assert retrieval._FullRanking(r, "movies").rank_rows(history, "movies", 12) is None
     assert got[:3] == head and got[3:] == rest
     assert len(got) == 11 and len(set(got)) == 11 and "movie-5" not in got
+    assert rows.tolist() == [index[i] for i in got] + [index["movie-5"]]
+    # evaluate's row asks by columns: not one query goes through the ids
+    from xdretrieve.evaluate.protocol import Direction, Protocol
+
+    view = Protocol(ds).train_view(Direction("books", "movies"))
+    method = retrieval.retriever_method("xdretrieve", settings, tmp_path / "work")
+    method.fit(view)
+    expected = [view.item_index("movies")[i] for i in got] + [
+        view.item_index("movies")["movie-5"]]
+    monkeypatch.setattr(retrieval._FullRanking, "__call__", None)
+    assert method.rank([history]).tolist() == [expected]
+    method.close()

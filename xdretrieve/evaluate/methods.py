@@ -122,7 +122,11 @@ class RetrieverMethod(Method):
 
     ``rank`` calls ``recommend(query, target_domain, n_target_items)`` once per query, so the
     callable is asked for every target item. Items it leaves out are appended in items.jsonl
-    order (and logged); an item id that is not a target item is an error.
+    order (and logged); an item id that is not a target item is an error. A callable with a
+    ``rank_rows(query, target_domain, n_target_items)`` method is asked that first: the whole
+    ranking as columns of the target items (the order of the train view's ``item_index``), or
+    None to be asked by ids (mapping every target item's id back to its column cost more than
+    the ranking itself).
 
     Args:
         name: the method's name in reports.
@@ -168,7 +172,13 @@ class RetrieverMethod(Method):
         n = len(self._index)
         out = np.empty((len(queries), n), dtype=np.int64)
         short = 0
+        rank_rows = getattr(self._recommend, "rank_rows", None)
         for row, query in enumerate(queries):
+            if rank_rows is not None:
+                full = rank_rows(tuple(query), self._target, n)
+                if full is not None:
+                    out[row] = full
+                    continue
             ids = self._recommend(tuple(query), self._target, n)
             short += len(set(ids)) < n
             out[row] = self._complete(ids, n)

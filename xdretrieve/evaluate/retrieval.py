@@ -14,7 +14,7 @@ idempotent, so a rerun only checks it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,7 +37,7 @@ class _FullRanking:
     computed exactly over the stored vectors (a user's first relevant item beyond rank 200
     still counts in mrr)."""
 
-    def __init__(self, retriever, target: str):
+    def __init__(self, retriever, target: str, index: Mapping[str, int] | None = None):
         from xdretrieve.store import ITEMS
 
         self.retriever = retriever
@@ -52,6 +52,27 @@ class _FullRanking:
         model = retriever.model
         self._bias = None if model is None else model.rescore(
             self.ids, np.zeros(len(self.ids), dtype=np.float32))
+        # ``index`` (the evaluation's item id -> column): each stored item's column, so that
+        # rank_rows() answers in columns without mapping 20,000 ids a query back through a dict
+        self._column = None
+        if index is not None and len(index) == len(self.ids) and all(
+                i in index for i in self.ids):
+            self._column = np.array([index[i] for i in self.ids], dtype=np.int64)
+
+    def _rest(self, query, served_at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Store positions of every item but the served ones (``served_at``) and the query's
+        own, best first by the model's score (scale x cosine + bias; ties in store order), and
+        of the query's own items that were not served."""
+        scores = self.matrix @ query.vector
+        if self._bias is not None:
+            scores = self.retriever.model.scale * scores + self._bias  # = model.rescore
+        own = np.zeros(len(self.ids), dtype=bool)
+        own[[self._position[i] for i in query.exclude if i in self._position]] = True
+        left_out = own.copy()
+        left_out[served_at] = True
+        own[served_at] = False
+        order = np.argsort(-scores, kind="stable")
+        return order[~left_out[order]], np.flatnonzero(own)
 
     def __call__(self, history, domain, limit):
         served = [h.item_id for h in self.retriever.recommend_history(history, domain,
@@ -59,15 +80,24 @@ class _FullRanking:
         if limit <= SERVED:
             return served
         query = self.retriever.history_query(history, domain)
-        scores = self.matrix @ query.vector
-        if self._bias is not None:
-            scores = self.retriever.model.scale * scores + self._bias  # = model.rescore
-        left_out = np.zeros(len(self.ids), dtype=bool)
-        left_out[[self._position[i] for i in {*served, *query.exclude}
-                  if i in self._position]] = True
-        order = np.argsort(-scores, kind="stable")
-        tail = self.ids[order[~left_out[order]][:limit - len(served)]].tolist()
-        return served + tail
+        rest, _ = self._rest(query, np.array([self._position[i] for i in served
+                                              if i in self._position], dtype=np.int64))
+        return served + self.ids[rest[:limit - len(served)]].tolist()
+
+    def rank_rows(self, history, domain, n: int) -> np.ndarray | None:
+        """The full ranking as columns of the evaluation's index: what :meth:`__call__`
+        answers for ``limit`` n, completed as :class:`RetrieverMethod` completes it (the
+        query's own items, left out, at the end in column order). None where that needs the
+        general path: no index given, or a catalog the served part alone covers."""
+        if self._column is None or n != len(self.ids) or n <= SERVED:
+            return None
+        served = [h.item_id for h in self.retriever.recommend_history(history, domain, SERVED)]
+        served_at = np.array(list(dict.fromkeys(self._position[i] for i in served)),
+                             dtype=np.int64)
+        rest, own = self._rest(self.retriever.history_query(history, domain), served_at)
+        return np.concatenate([self._column[served_at], self._column[rest],
+                               np.sort(self._column[own])])
+
 
 if TYPE_CHECKING:
     from xdretrieve.config import Settings
@@ -94,7 +124,7 @@ def retriever_method(name: str, settings: Settings, work_dir: Path) -> Method:
                 _check_trained_on(ref.trained, view.users)
             index_dataset(Dataset(dict(view.items), []), settings, users=False)
             state["retriever"] = Retriever(settings)
-        return _FullRanking(state["retriever"], view.target)
+        return _FullRanking(state["retriever"], view.target, view.item_index(view.target))
 
     def close() -> None:
         if "retriever" in state:
