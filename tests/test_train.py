@@ -834,6 +834,52 @@ def test_domain_names_with_spaces_and_signs_go_through_every_command(tiny_model:
                for d in results["directions"])
 
 
+def test_a_domain_nobody_bought_from_is_left_out_of_training(tiny_model: str, tmp_path: Path,
+                                                             caplog) -> None:
+    """Items of a domain without a single interaction (a catalog not yet sold) do not stop
+    training: the directions nobody took are named in a warning and not trained, the others
+    are."""
+    import json
+    import logging
+
+    from xdretrieve.config import Settings
+
+    data = write_paired_dataset(tmp_path / "data", users_per_theme=5)
+    splits = (data / "users.csv").read_text().replace("-1,train", "-1,valid")
+    (data / "users.csv").write_text(splits)
+    with open(data / "items.jsonl", "a") as f:
+        for k in range(3):
+            f.write(json.dumps({"item_id": f"song-{k}", "domain": "songs",
+                                "title": f"Song {k}"}) + "\n")
+    ds = Dataset.from_dir(data)
+    settings = Settings(model=tiny_model, cache_dir=tmp_path / "cache")
+    ref = resolve_model(tiny_model)
+    base = Encoder.from_settings(settings, ref).encode(
+        [item_text(i, settings.text_template) for i in ds.items.values()])
+    config = AdapterConfig(dim=8, epochs=2, batch_size=8, seed=0)
+    with caplog.at_level(logging.WARNING, logger="xdretrieve.train.adapter"):
+        manifest = train_adapter(ds, base, tmp_path / "model", ref.name, ref.fingerprint, config)
+    assert "those directions are not trained" in caplog.text and "books->songs" in caplog.text
+    assert {k.split("/")[0] for k in manifest["history"][0] if "/" in k} == {
+        "books->movies", "movies->books"}
+
+
+def test_coral_compares_every_pair_of_domains() -> None:
+    """The CORAL term is zero between domains of one distribution and sees a third domain that
+    differs (not only the first two); for two domains it is CORAL's own formula."""
+    import torch
+
+    from xdretrieve.train.adapter import coral_distance
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(500, 4, generator=g), torch.randn(500, 4, generator=g)
+    wide = 3 * torch.randn(500, 4, generator=g)
+    assert float(coral_distance([a, a])) == 0.0
+    assert float(coral_distance([a, a, wide])) > 0.1
+    cov = [torch.cov(x.T) for x in (a, b)]
+    assert torch.allclose(coral_distance([a, b]), ((cov[0] - cov[1]) ** 2).sum() / (4 * 16))
+
+
 def test_finetune_from_python_writes_what_index_loads(trained, tiny_model: str,
                                                       tmp_path: Path) -> None:
     """`xdretrieve.finetune`, what the CLI runs, for a stack that trains its own models: a model

@@ -8,8 +8,8 @@ What is learned, on train users only (valid users select the epoch):
   positions, a target-domain token and a residual MLP;
 - a per-item bias and a logit scale: score(u, i) = exp(s) * cos(u, v_i) + b_i. The bias absorbs
   popularity, which in-batch training would otherwise fight (logQ, Yi et al., RecSys 2019);
-- optionally a CORAL term (Sun & Saenko, 2016) aligning the second-order statistics of the two
-  domains' item vectors.
+- optionally a CORAL term (Sun & Saenko, 2016) aligning the second-order statistics of the
+  domains' item vectors (every pair of them).
 
 Loss: for a user with source history H and target items G, the mean over g in G of the full
 softmax cross-entropy over every target item (no sampled negatives).
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from xdretrieve.data import Dataset
+from xdretrieve.errors import XDRetrieveError
 from xdretrieve.model import MANIFEST, WEIGHTS
 from xdretrieve.train.catalog import Catalog
 
@@ -78,6 +79,19 @@ def softmax_loss(logits, n: int, targets, block: int | None = None):
         here = (col >= lo) & (col < lo + block)
         positive = positive + (weight[here] * z[row[here], col[here] - lo]).sum()
     return (torch.logsumexp(torch.stack(lse, 1), 1).sum() - positive) / b
+
+
+def coral_distance(samples):
+    """CORAL's distance between domains: the squared Frobenius distance of the covariances of
+    ``samples`` (one (n, D) tensor of item vectors per domain), over 4 D^2, averaged over every
+    pair of domains."""
+    covs = []
+    for sample in samples:
+        sample = sample - sample.mean(0, keepdim=True)
+        covs.append(sample.T @ sample / (len(sample) - 1))
+    pairs = [(a, b) for a in range(len(covs)) for b in range(a + 1, len(covs))]
+    dim = covs[0].shape[0]
+    return sum(((covs[a] - covs[b]) ** 2).sum() for a, b in pairs) / (4 * dim * dim * len(pairs))
 
 
 @dataclass
@@ -162,6 +176,14 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
     train = [_examples(tower_users, views[d].histories, row_of, local_of, domains,
                        domains.index(d.source), domains.index(d.target), config.max_history)
              for d in directions]
+    untaken = [str(d) for d, ex in zip(directions, train, strict=True) if not ex.histories]
+    if len(untaken) == len(directions):
+        raise XDRetrieveError("no train user has interactions in two domains, so there is "
+                              "nothing to train on (a model learns from users active in both "
+                              "a source and a target domain)")
+    if untaken:  # e.g. a catalog's domain that nobody has bought from yet
+        log.warning("no train user has both domains of %s: those directions are not trained",
+                    ", ".join(untaken))
     held = [_examples(sorted(fold), views[d].histories, row_of, local_of, domains,
                       domains.index(d.source), domains.index(d.target), config.max_history)
             for d in directions]
@@ -226,12 +248,8 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
         return torch.from_numpy(X), torch.from_numpy(M)
 
     def coral() -> torch.Tensor:
-        covs = []
-        for d, rows in enumerate(rows_t):
-            sample = model.items(rows[torch.randint(len(rows), (2048,))], d)
-            sample = sample - sample.mean(0, keepdim=True)
-            covs.append(sample.T @ sample / (len(sample) - 1))
-        return ((covs[0] - covs[1]) ** 2).sum() / (4 * D * D)
+        return coral_distance([model.items(rows[torch.randint(len(rows), (2048,))], d)
+                               for d, rows in enumerate(rows_t)])
 
     model = Model()
     # Start the bias at log popularity (the softmax then begins as the popularity ranking,
@@ -269,7 +287,7 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
     history = []
     t0 = time.perf_counter()
     for epoch in range(config.epochs):
-        batches = [(ex, idx) for ex in train
+        batches = [(ex, idx) for ex in train if ex.histories  # directions nobody took: none
                    for idx in np.array_split(rng.permutation(len(ex.histories)),
                                              max(1, len(ex.histories) // config.batch_size))]
         rng.shuffle(batches)
