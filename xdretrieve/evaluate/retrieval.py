@@ -74,12 +74,16 @@ class _FullRanking:
         order = np.argsort(-scores, kind="stable")
         return order[~left_out[order]], np.flatnonzero(own)
 
+    def _served(self, history, domain, limit: int):
+        """The history's query and what the retriever serves for it (as recommend_history
+        does; the query built once, for the tail too)."""
+        query = self.retriever.history_query(history, domain)
+        return query, [h.item_id for h in self.retriever.search(query, domain, limit)]
+
     def __call__(self, history, domain, limit):
-        served = [h.item_id for h in self.retriever.recommend_history(history, domain,
-                                                                      min(limit, SERVED))]
+        query, served = self._served(history, domain, min(limit, SERVED))
         if limit <= SERVED:
             return served
-        query = self.retriever.history_query(history, domain)
         rest, _ = self._rest(query, np.array([self._position[i] for i in served
                                               if i in self._position], dtype=np.int64))
         return served + self.ids[rest[:limit - len(served)]].tolist()
@@ -88,13 +92,14 @@ class _FullRanking:
         """The full ranking as columns of the evaluation's index: what :meth:`__call__`
         answers for ``limit`` n, completed as :class:`RetrieverMethod` completes it (the
         query's own items, left out, at the end in column order). None where that needs the
-        general path: no index given, or a catalog the served part alone covers."""
-        if self._column is None or n != len(self.ids) or n <= SERVED:
+        general path: no index given (or one of other items than the store's), or a catalog
+        the served part alone covers."""
+        if self._column is None or n <= SERVED:
             return None
-        served = [h.item_id for h in self.retriever.recommend_history(history, domain, SERVED)]
+        query, served = self._served(history, domain, SERVED)
         served_at = np.array(list(dict.fromkeys(self._position[i] for i in served)),
                              dtype=np.int64)
-        rest, own = self._rest(self.retriever.history_query(history, domain), served_at)
+        rest, own = self._rest(query, served_at)
         return np.concatenate([self._column[served_at], self._column[rest],
                                np.sort(self._column[own])])
 

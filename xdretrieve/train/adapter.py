@@ -184,6 +184,7 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
     if untaken:  # e.g. a catalog's domain that nobody has bought from yet
         log.warning("no train user has both domains of %s: those directions are not trained",
                     ", ".join(untaken))
+        train = [ex for ex in train if ex.histories]
     held = [_examples(sorted(fold), views[d].histories, row_of, local_of, domains,
                       domains.index(d.source), domains.index(d.target), config.max_history)
             for d in directions]
@@ -287,7 +288,7 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
     history = []
     t0 = time.perf_counter()
     for epoch in range(config.epochs):
-        batches = [(ex, idx) for ex in train if ex.histories  # directions nobody took: none
+        batches = [(ex, idx) for ex in train
                    for idx in np.array_split(rng.permutation(len(ex.histories)),
                                              max(1, len(ex.histories) // config.batch_size))]
         rng.shuffle(batches)
