@@ -125,9 +125,75 @@ def _cosine_cooccurrence(a: sp.csr_matrix, b: sp.csr_matrix, same: bool) -> sp.c
 
 
 MORE_FEATURES = ("closest_history_cosine", "mean_history_cosine", "recent_history_cosine",
-                 "two_hop_target", "two_hop_source", "recent_cooccurrence", "tower_neighbours")
+                 "two_hop_target", "two_hop_source", "recent_cooccurrence", "tower_neighbours",
+                 "token_to_item", "token_to_token")
 RECENT = 5  # the history's last items, for the recent_* features
 NEIGHBOURS = 400  # train users, for tower_neighbours (userknn's choice on amazon-arts-office)
+TOKENS = 4000  # the most frequent text tokens of each domain, for token_to_token
+MIN_PAIRS = 2  # train users a token pair needs before token_to_token trusts its PMI
+
+
+class TokenTranslation:
+    """Collaborative signal at the level of text tokens rather than items, from train users:
+    an item's co-occurrence is sparse, while its brand and category words are shared by many
+    items. ``token_to_item``: the history's tokens (idf-weighted, unit length) against each
+    target item, a token and an item counted by the train users who have both (cosine-
+    normalised); ``token_to_token``: the positive PMI of (a source-history token, a token of
+    the candidate's text) over train users, averaged over both sides' tokens. ``texts``: each
+    item's title and text, tokenized as the re-ranker's text overlap tokenizes them."""
+
+    def __init__(self, view, texts: dict[str, str]):
+        from xdretrieve.rerank import tokens
+
+        vocab: dict[str, int] = {}
+
+        def bags(ids) -> tuple[list[int], list[int]]:
+            rows, cols = [], []
+            for r, item in enumerate(ids):
+                for t in sorted(tokens(texts[item])):
+                    rows.append(r)
+                    cols.append(vocab.setdefault(t, len(vocab)))
+            return rows, cols
+
+        s_ids, t_ids = view.source_items, view.target_items
+        s_bags, t_bags = bags(s_ids), bags(t_ids)
+        shape = lambda ids: (len(ids), len(vocab))  # noqa: E731
+        self.source_tokens = sp.csr_matrix((np.ones(len(s_bags[0]), np.float32), s_bags),
+                                           shape=shape(s_ids))  # (n_s, vocab)
+        target_tokens = sp.csr_matrix((np.ones(len(t_bags[0]), np.float32), t_bags),
+                                      shape=shape(t_ids))  # (n_t, vocab)
+        source = view.matrix(view.source).astype(bool).astype(np.float32)
+        target = view.matrix(view.target).astype(bool).astype(np.float32)
+        has_s = ((source @ self.source_tokens) > 0).astype(np.float32)  # (users, vocab)
+        has_t = ((target @ target_tokens) > 0).astype(np.float32)
+        n = source.shape[0]
+        df_s, df_t = (np.asarray(h.sum(axis=0)).ravel() for h in (has_s, has_t))
+        popularity = np.asarray(target.sum(axis=0)).ravel()
+        self.idf = np.log((n + 1) / (df_s + 1)).astype(np.float32)
+        inv = lambda p: sp.diags((1 / np.sqrt(np.maximum(p, 1))).astype(np.float32))  # noqa: E731
+        self.token_item = (inv(df_s) @ (has_s.T @ target) @ inv(popularity)).tocsc()
+        self.s_keep = np.argsort(-df_s, kind="stable")[:TOKENS]
+        t_keep = np.argsort(-df_t, kind="stable")[:TOKENS]
+        pairs = (has_s[:, self.s_keep].T @ has_t[:, t_keep]).toarray()  # (TOKENS, TOKENS)
+        expected = np.outer(df_s[self.s_keep], df_t[t_keep]) / max(n, 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pmi = np.log(pairs / expected)
+        self.ppmi = np.where(pairs >= MIN_PAIRS, np.maximum(pmi, 0), 0).astype(np.float32)
+        kept = target_tokens[:, t_keep]
+        self.candidate_tokens = (sp.diags(1 / np.maximum(np.asarray(kept.sum(axis=1)).ravel(), 1))
+                                 @ kept).tocsr()  # each target item's kept tokens, mean
+        self.source_index = view.item_index(view.source)
+
+    def __call__(self, history, cols: np.ndarray) -> np.ndarray:
+        """(len(cols), 2): both features of the target items in columns ``cols``."""
+        rows = [self.source_index[i] for i in history if i in self.source_index]
+        has = (np.asarray(self.source_tokens[rows].sum(axis=0)).ravel() > 0).astype(np.float32)
+        weighted = has * self.idf
+        weighted /= max(float(np.linalg.norm(weighted)), 1e-12)
+        to_item = self.token_item[:, cols].T @ weighted
+        kept = has[self.s_keep]
+        to_token = self.candidate_tokens[cols] @ (kept @ self.ppmi / max(kept.sum(), 1))
+        return np.column_stack([to_item, to_token])
 
 
 class MoreFeatures:
@@ -139,9 +205,10 @@ class MoreFeatures:
     :data:`RECENT` history items alone (each pair cosine-normalised); and user-based
     co-occurrence in the learned space: the :data:`NEIGHBOURS` train users whose tower query
     (from their source history) is closest to the user's, each counting the candidate with the
-    two queries' cosine (userknn, with the tower's space in place of shared items)."""
+    two queries' cosine (userknn, with the tower's space in place of shared items); and the two
+    of :class:`TokenTranslation`."""
 
-    def __init__(self, view, vectors: dict[str, np.ndarray], model):
+    def __init__(self, view, vectors: dict[str, np.ndarray], model, texts: dict[str, str]):
         self.view, self.vectors, self.model = view, vectors, model
         source = view.matrix(view.source).astype(bool).astype(np.float32)
         target = view.matrix(view.target).astype(bool).astype(np.float32)
@@ -152,6 +219,7 @@ class MoreFeatures:
         self.neighbour_targets = target.tocsr()  # (n_train_users, n_t)
         self.queries = np.stack([self._tower_query(view.histories[u].get(view.source, ()))
                                  for u in view.users])  # (n_train_users, dim)
+        self.tokens = TokenTranslation(view, texts)
 
     def _tower_query(self, history: tuple[str, ...]) -> np.ndarray:
         """The user tower's query for a source history (zeros for none: no neighbour)."""
@@ -181,7 +249,8 @@ class MoreFeatures:
         neighbours = near[top] @ self.neighbour_targets[top][:, cols].toarray()  # (n_c,)
         return np.column_stack([sims.max(1), sims.mean(1), recent_sims.max(1),
                                 np.log1p(two_hop_target), np.log1p(two_hop_source),
-                                np.log1p(recent_co), np.log1p(np.maximum(neighbours, 0))])
+                                np.log1p(recent_co), np.log1p(np.maximum(neighbours, 0)),
+                                self.tokens(history, cols)])
 
 
 def _two_fold(groups, fit, half) -> list:
@@ -307,10 +376,12 @@ def main() -> None:
         if retriever.model is None or retriever.model.reranker is None:
             raise SystemExit(f"{args.model}: a trained model with a re-ranker is needed")
         vectors = _store_vectors(retriever) if args.more_features else {}
+        texts = {i: f"{item.title} {item.text}" for i, item in dataset.items.items()}
         for direction in protocol.directions():
             name = str(direction)
             view = protocol.train_view(direction)
-            more = MoreFeatures(view, vectors, retriever.model) if args.more_features else None
+            more = MoreFeatures(view, vectors, retriever.model, texts) if (
+                args.more_features) else None
             report["directions"][name] = found = analyse(
                 protocol.task(direction, args.group), view, retriever, args.candidates, more)
             ref = found["itemknn"]

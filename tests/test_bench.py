@@ -303,7 +303,8 @@ def test_rerank_ceiling_captures_the_served_candidates_and_bounds_them(
         assert np.all(np.diff(served) <= 0)  # the features are aligned with the served order
         view = protocol.train_view(task.direction)
         vectors = rerank_ceiling._store_vectors(retriever)
-        more = rerank_ceiling.MoreFeatures(view, vectors, retriever.model)
+        texts = {i: f"{item.title} {item.text}" for i, item in dataset.items.items()}
+        more = rerank_ceiling.MoreFeatures(view, vectors, retriever.model, texts)
         movies = [f"movie-{t}" for t in range(12)]
         extra = more(("book-3",), movies)
         assert extra.shape == (12, len(rerank_ceiling.MORE_FEATURES))
@@ -324,6 +325,14 @@ def test_rerank_ceiling_captures_the_served_candidates_and_bounds_them(
                    for m in movies]
         assert np.allclose(extra[:, 6], np.log1p(np.maximum(by_hand, 0)), atol=1e-5)
         assert extra[3, 6] >= np.log1p(2 - 1e-5)  # book-3's two readers: cosine 1 each
+        # token_to_item: every train user has the common words (idf 0); "submarines" (book-3's
+        # theme) only its two readers, who watched movie-3 and nothing else: cosine 1
+        assert np.allclose(extra[:, 7], np.eye(12)[3], atol=1e-6)
+        # token_to_token: only the theme word pairs with itself above chance, PMI log(n / 2)
+        # with n train users, 2 of them with "submarines" on each side; averaged over both
+        # texts' tokens (6 each: "the submarines chronicles a novel about submarines")
+        pmi = np.log(len(view.users) / 2)
+        assert np.allclose(extra[:, 8], np.eye(12)[3] * pmi / 6 / 6, atol=1e-6)
         found = rerank_ceiling.analyse(task, view, retriever, 200, more)
     rows = found["rows"]
     assert "linear + closest_history_cosine, 2-fold on test" in rows
