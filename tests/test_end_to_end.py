@@ -89,6 +89,10 @@ def test_a_user_with_no_history_gets_the_most_popular_items(paired_dir: Path,
         hits = r.search(query, "movies", 3)
         # movie-7: 6 users; every other movie 3 (ties keep catalog order)
         assert [h.item_id for h in hits] == ["movie-7", "movie-0", "movie-1"]
+        # scored 1 / rank: the same item's score whatever the limit
+        assert [h.score for h in hits] == pytest.approx([1, 1 / 2, 1 / 3])
+        assert [h.score for h in r.search(query, "movies", 10)[:3]] == pytest.approx(
+            [h.score for h in hits])
         assert [h.item_id for h in r.popular("movies", 2, exclude=["movie-7"])] == [
             "movie-0", "movie-1"]
         assert {h.domain for h in r.recommend_history([], "books", 24)} == {"books"}

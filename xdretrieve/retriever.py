@@ -480,7 +480,9 @@ class Retriever:
     def popular(self, domain: str, limit: int = 10, exclude: Sequence[str] = ()) -> list[Hit]:
         """The most popular items of ``domain`` (by how many indexed users have them, or by
         train users' interactions for a trained model): the answer for a user with no history.
-        The score is the rank's complement, 1.0 for the most popular."""
+        The score is the reciprocal of the answer's rank (1.0 for the most popular, then 0.5,
+        0.33, ...): popularity has no similarity to give, and an item's score must not change
+        with how many items were asked for."""
         self._check_domain(domain)
         ranked: Sequence[str] = ()
         if self.model is not None and self.model.reranker is not None:
@@ -495,7 +497,7 @@ class Retriever:
         payloads = {p.payload["item_id"]: p.payload
                     for p in self.store.retrieve(ITEMS, [item_point_id(i) for i in ranked])}
         ranked = [i for i in ranked if i in payloads]  # deleted since indexing: left out
-        return [_hit(payloads[i], 1.0 - r / max(len(ranked), 1)) for r, i in enumerate(ranked)]
+        return [_hit(payloads[i], 1.0 / r) for r, i in enumerate(ranked, start=1)]
 
     def recommend_user(self, user_id: str, domain: str, limit: int = 10) -> list[Hit]:
         """Items of ``domain`` for a stored user."""
