@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -113,26 +113,49 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataError, str]]:
             yield row_no, row, "row"
 
 
-def _text(row: dict[str, Any], key: str, where: tuple[str, int, str], required: bool) -> str:
+Where = tuple[str, int, str]  # a row's file, line (or row) number, and which of the two
+
+
+def _error(where: Where, key: str, message: str) -> DataError:
+    return DataError(where[0], where[1], key, message, where[2])
+
+
+def _parse_rows(path: Path, rejects: RejectLog | None,
+                parse: Callable[[dict[str, Any], Where], None]) -> None:
+    """``parse(row, where)`` every row of ``path``. A :class:`DataError`, the file's own (bad
+    JSON, a short CSV line) or one ``parse`` raises, stops the read; with ``rejects``, the row
+    is skipped and recorded instead."""
+    for line, row, unit in _rows(path):
+        try:
+            if isinstance(row, DataError):
+                raise row
+            parse(row, (str(path), line, unit))
+        except DataError as e:
+            if rejects is None:
+                raise
+            rejects.add(e, None if isinstance(row, DataError) else row)
+
+
+def _text(row: dict[str, Any], key: str, where: Where, required: bool) -> str:
     value = row.get(key)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         if required:
-            raise DataError(where[0], where[1], key, "missing", where[2])
+            raise _error(where, key, "missing")
         return ""
     if isinstance(value, (dict, list, bool)):
-        raise DataError(where[0], where[1], key, f"expected a string, got {value!r}", where[2])
+        raise _error(where, key, f"expected a string, got {value!r}")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     value = str(value).strip()
     if required and not value:
-        raise DataError(where[0], where[1], key, "must not be empty", where[2])
+        raise _error(where, key, "must not be empty")
     return value
 
 
-def _number(value: Any, key: str, where: tuple[str, int, str]) -> float:
+def _number(value: Any, key: str, where: Where) -> float:
     """A position (a number) or a timestamp (unix seconds or ISO-8601) as a float."""
     if isinstance(value, bool):
-        raise DataError(where[0], where[1], key, f"expected a number, got {value!r}", where[2])
+        raise _error(where, key, f"expected a number, got {value!r}")
     if isinstance(value, (int, float)) and math.isfinite(value):
         return float(value)
     if isinstance(value, datetime):
@@ -152,7 +175,7 @@ def _number(value: Any, key: str, where: tuple[str, int, str]) -> float:
         expected = "unix seconds or an ISO-8601 time"
     else:
         expected = "a number"
-    raise DataError(where[0], where[1], key, f"expected {expected}, got {value!r}", where[2])
+    raise _error(where, key, f"expected {expected}, got {value!r}")
 
 
 def read_items(path: str | Path, rejects: RejectLog | None = None) -> dict[str, Item]:
@@ -164,28 +187,22 @@ def read_items(path: str | Path, rejects: RejectLog | None = None) -> dict[str, 
     """
     path = Path(path)
     items: dict[str, Item] = {}
-    for line, row, unit in _rows(path):
-        try:
-            if isinstance(row, DataError):
-                raise row
-            where = (str(path), line, unit)
-            item_id = _text(row, "item_id", where, required=True)
-            domain = _text(row, "domain", where, required=True)
-            if "->" in domain:  # it would make a direction such as 'a->b->c' ambiguous
-                raise DataError(str(path), line, "domain",
-                                f"'{domain}' must not contain '->' (it joins the two domains of "
-                                f"a direction)", unit)
-            title = _text(row, "title", where, required=True)
-            text = _text(row, "text", where, required=False)
-            if item_id in items:
-                raise DataError(str(path), line, "item_id", f"duplicate item id '{item_id}'", unit)
-            extra = {k: v for k, v in row.items()
-                     if k not in ("item_id", "domain", "title", "text") and v is not None}
-            items[item_id] = Item(item_id, domain, title, text, extra)
-        except DataError as e:
-            if rejects is None:
-                raise
-            rejects.add(e, None if isinstance(row, DataError) else row)
+
+    def parse(row: dict[str, Any], where: Where) -> None:
+        item_id = _text(row, "item_id", where, required=True)
+        domain = _text(row, "domain", where, required=True)
+        if "->" in domain:  # it would make a direction such as 'a->b->c' ambiguous
+            raise _error(where, "domain", f"'{domain}' must not contain '->' (it joins the two "
+                                          f"domains of a direction)")
+        title = _text(row, "title", where, required=True)
+        text = _text(row, "text", where, required=False)
+        if item_id in items:
+            raise _error(where, "item_id", f"duplicate item id '{item_id}'")
+        extra = {k: v for k, v in row.items()
+                 if k not in ("item_id", "domain", "title", "text") and v is not None}
+        items[item_id] = Item(item_id, domain, title, text, extra)
+
+    _parse_rows(path, rejects, parse)
     if not items:
         raise DataError(str(path), None, None, "no items")
     return items
@@ -202,32 +219,25 @@ def read_interactions(
     """
     path = Path(path)
     out: list[Interaction] = []
-    for line, row, unit in _rows(path):
-        try:
-            if isinstance(row, DataError):
-                raise row
-            where = (str(path), line, unit)
-            user_id = _text(row, "user_id", where, required=True)
-            item_id = _text(row, "item_id", where, required=True)
-            item = items.get(item_id)
-            if item is None:
-                raise DataError(str(path), line, "item_id", f"unknown item '{item_id}'", unit)
-            domain = _text(row, "domain", where, required=False) or item.domain
-            if domain != item.domain:
-                raise DataError(str(path), line, "domain",
-                                f"'{domain}' but item '{item_id}' is in '{item.domain}'", unit)
-            key = "position" if row.get("position") not in (None, "") else "timestamp"
-            if row.get(key) in (None, ""):
-                raise DataError(str(path), line, "position",
-                                "missing (give 'position' or 'timestamp')", unit)
-            order = _number(row[key], key, where)
-            rating = row.get("rating")
-            rating = None if rating in (None, "") else _number(rating, "rating", where)
-            out.append(Interaction(user_id, item_id, domain, order, rating))
-        except DataError as e:
-            if rejects is None:
-                raise
-            rejects.add(e, None if isinstance(row, DataError) else row)
+
+    def parse(row: dict[str, Any], where: Where) -> None:
+        user_id = _text(row, "user_id", where, required=True)
+        item_id = _text(row, "item_id", where, required=True)
+        item = items.get(item_id)
+        if item is None:
+            raise _error(where, "item_id", f"unknown item '{item_id}'")
+        domain = _text(row, "domain", where, required=False) or item.domain
+        if domain != item.domain:
+            raise _error(where, "domain", f"'{domain}' but item '{item_id}' is in '{item.domain}'")
+        key = "position" if row.get("position") not in (None, "") else "timestamp"
+        if row.get(key) in (None, ""):
+            raise _error(where, "position", "missing (give 'position' or 'timestamp')")
+        order = _number(row[key], key, where)
+        rating = row.get("rating")
+        rating = None if rating in (None, "") else _number(rating, "rating", where)
+        out.append(Interaction(user_id, item_id, domain, order, rating))
+
+    _parse_rows(path, rejects, parse)
     return out
 
 
@@ -235,21 +245,15 @@ def read_users(path: str | Path, rejects: RejectLog | None = None) -> dict[str, 
     """Read the evaluation split: ``user_id`` -> ``train`` | ``valid`` | ``test``."""
     path = Path(path)
     split: dict[str, str] = {}
-    for line, row, unit in _rows(path):
-        try:
-            if isinstance(row, DataError):
-                raise row
-            where = (str(path), line, unit)
-            user_id = _text(row, "user_id", where, required=True)
-            value = _text(row, "split", where, required=True)
-            if value not in SPLITS:
-                raise DataError(str(path), line, "split",
-                                f"'{value}' is not one of {', '.join(SPLITS)}", unit)
-            if user_id in split:
-                raise DataError(str(path), line, "user_id", f"duplicate user '{user_id}'", unit)
-            split[user_id] = value
-        except DataError as e:
-            if rejects is None:
-                raise
-            rejects.add(e, None if isinstance(row, DataError) else row)
+
+    def parse(row: dict[str, Any], where: Where) -> None:
+        user_id = _text(row, "user_id", where, required=True)
+        value = _text(row, "split", where, required=True)
+        if value not in SPLITS:
+            raise _error(where, "split", f"'{value}' is not one of {', '.join(SPLITS)}")
+        if user_id in split:
+            raise _error(where, "user_id", f"duplicate user '{user_id}'")
+        split[user_id] = value
+
+    _parse_rows(path, rejects, parse)
     return split
