@@ -122,7 +122,8 @@ def test_demo_trains_indexes_and_answers(tmp_path: Path, monkeypatch, minilm_mod
     for _ in range(2):
         out = run("demo", "--store", str(store)).output
         assert "training a model on the demo sample (80 items: books, movies; 48 train users)" in out
-        assert re.search(r"books->movies 0\.\d\d \(user tower\) -> 0\.\d\d \(re-ranked\)", out)
+        assert re.search(r"re-ranker on valid users, .*: books->movies 0\.\d{4} -> 0\.\d{4}, "
+                         r"movies->books 0\.\d{4} -> 0\.\d{4}; served into ", out)
         found = [int(n) for n in re.findall(r"\((\d) of these 5 (?:is|are) in the user's", out)]
         assert len(found) == 2 and all(n >= 1 for n in found)
         with open_store(Settings(store=store)) as s:

@@ -287,7 +287,7 @@ def test_saved_statistics_reload_their_texts_and_token_index(tmp_path: Path,
 def test_the_reranker_is_kept_per_target_domain_where_valid_users_gain(tmp_path: Path) -> None:
     """Kept for the target domains where it lifts valid users' ndcg@10 in every direction
     into them, saved with them; a re-ranker saved without the list serves every domain."""
-    from xdretrieve.train.adapter import _compare_on_valid
+    from xdretrieve.train.adapter import _compare_on_valid, describe_rerank
 
     stats = ItemStats.fit(IDS, HISTORIES)
     by_cooc = np.eye(len(FEATURES), dtype=np.float32)[FEATURES.index("cooccurrence")]
@@ -304,6 +304,12 @@ def test_the_reranker_is_kept_per_target_domain_where_valid_users_gain(tmp_path:
     assert report["books->movies"]["with"] > report["books->movies"]["without"]
     assert report["movies->books"]["with"] < report["movies->books"]["without"]
     assert report["kept"] == ["movies"]
+    # what finetune prints: each direction's two figures, and where it is served
+    line = describe_rerank(report)
+    assert (f"books->movies {report['books->movies']['without']:.4f} -> "
+            f"{report['books->movies']['with']:.4f}") in line
+    assert line.endswith("served into movies")
+    assert describe_rerank({**report, "kept": []}).endswith("served into no domain (none gains)")
     reranker.domains = tuple(report["kept"])
     reranker.save(tmp_path)
     again = Reranker.load(tmp_path)

@@ -275,9 +275,9 @@ def demo(store: Path) -> None:
     Runs on the embedded Qdrant and the packaged encoder: no server, no GPU, no network.
     """
     from xdretrieve.data import Dataset
-    from xdretrieve.evaluate.protocol import Direction
     from xdretrieve.indexer import index_dataset
     from xdretrieve.retriever import Retriever
+    from xdretrieve.train.adapter import describe_rerank
     from xdretrieve.train.finetune import finetune
 
     dataset = Dataset.from_dir(DEMO_DIR)
@@ -287,12 +287,8 @@ def demo(store: Path) -> None:
     click.echo(f"training a model on the demo sample ({len(dataset.items)} items: "
                f"{', '.join(dataset.domains)}; {n_train} train users) into {model_dir} ...")
     manifest = finetune(dataset, model_dir, base)
-    rerank = manifest["reranker"]
-    click.echo(f"done in {manifest['train_seconds']:.1f} s; valid users' ndcg@10: " + ", ".join(
-        f"{d} {r['without']:.2f} (user tower)" + (
-            f" -> {r['with']:.2f} (re-ranked)" if Direction.parse(d).target in rerank["kept"]
-            else "")
-        for d, r in rerank.items() if isinstance(r, dict)))
+    click.echo(f"done in {manifest['train_seconds']:.1f} s; "
+               f"{describe_rerank(manifest['reranker'])}")
     settings = make_settings(store=store, model=str(model_dir))
     click.echo(f"indexing the sample with it into {store} ...")
     report = index_dataset(dataset, settings, recreate=True, progress=True)

@@ -385,9 +385,9 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
         reranker.domains = tuple(rerank_report["kept"])
         if not reranker.domains:
             reranker = None
-        log.info("re-ranker on valid users: %s", rerank_report)
+        log.info("%s", describe_rerank(rerank_report))
         if progress:
-            print(f"re-ranker on valid users: {rerank_report}", flush=True)
+            print(describe_rerank(rerank_report), flush=True)
     return _save(model, out_dir, domains, ids, config, base_model, base_fingerprint,
                  best_epoch, history, tower_seconds, reranker, rerank_report, protocol.split)
 
@@ -415,6 +415,15 @@ def _compare_on_valid(groups, reranker) -> dict:
         gains[target] = gains.get(target, True) and r["with"] > r["without"]
     report["kept"] = sorted(t for t, gain in gains.items() if gain)
     return report
+
+
+def describe_rerank(report: dict) -> str:
+    """:func:`_compare_on_valid`'s report (a manifest's ``reranker``) as one line for people."""
+    scores = ", ".join(f"{d} {r['without']:.4f} -> {r['with']:.4f}"
+                       for d, r in report.items() if isinstance(r, dict))
+    kept = ", ".join(report.get("kept", ())) or "no domain (none gains)"
+    return (f"re-ranker on valid users, ndcg@10 among their candidates in the user tower's order "
+            f"-> re-ranked: {scores}; served into {kept}")
 
 
 def _save(model, out_dir, domains, ids, config, base_model, base_fingerprint, best_epoch,
