@@ -709,6 +709,37 @@ def test_cli_finetune_writes_its_model_directory_whole_or_not_at_all(tiny_model:
     assert sorted(p.name for p in data.iterdir()) == listing
 
 
+def test_hyper_parameters_out_of_range_are_refused_by_name(tmp_path: Path) -> None:
+    """A config out of range stops when it is made, naming every bad field (epochs=0 used to
+    end in a traceback from torch after the data was read; dim=0 trained a space of no
+    dimension and said nothing); the CLI refuses such an option before any work."""
+    from click.testing import CliRunner
+
+    from xdretrieve.cli import main
+    from xdretrieve.errors import ConfigError
+    from xdretrieve.train.full import FullConfig
+
+    with pytest.raises(ConfigError, match=r"AdapterConfig: dim=0 \(allowed: >= 1\); "
+                                          r"lr=-1 \(allowed: > 0\)$"):
+        AdapterConfig(dim=0, lr=-1)
+    for bad in ({"epochs": 0}, {"pooling": "max"}, {"dropout": 1.0}, {"time_budget_s": -1},
+                {"seed": -1}, {"batch_size": "8"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            AdapterConfig(**bad)
+    for bad in ({"batch_size": 0}, {"max_pairs": 0}, {"hard_negative_ranks": (3, 3)},
+                {"warmup": -0.1}, {"num_workers": -1}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            FullConfig(**bad)
+    AdapterConfig(dim=8, epochs=1, coral=0, rerank_fraction=0)  # the edges that are allowed
+    FullConfig(max_pairs=None, hard_negatives=0, hard_negative_ranks=(0, 3), time_budget_s=None)
+    for option, value in (("--epochs", "0"), ("--dim", "0"), ("--time-budget", "-5"),
+                          ("--seed", "-3")):
+        out = CliRunner().invoke(main, ["finetune", "--data", str(tmp_path), "--out",
+                                        str(tmp_path / "m"), option, value])
+        assert out.exit_code == 2 and f"Invalid value for '{option}'" in out.output
+    assert not (tmp_path / "m").exists()
+
+
 def test_cli_finetune_without_users_csv_trains_on_the_split_evaluate_uses(tiny_model: str,
                                                                           tmp_path: Path,
                                                                           monkeypatch) -> None:

@@ -104,7 +104,8 @@ def main(verbose: int) -> None:
 @click.option("--pooling", type=click.Choice(["mean", "recency"]), default=None,
               help="How a history becomes a user vector. [default: recency]")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N. [default: auto]")
-@click.option("--batch-size", type=int, default=None, help="Encoder batch size. [default: 64]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Encoder batch size. [default: 64]")
 @click.option("--no-users", is_flag=True, help="Store items only, no user profiles.")
 @click.option("--recreate", is_flag=True, help="Drop what the store holds first (to change encoder).")
 @click.option("--skip-bad-rows", is_flag=True,

@@ -40,3 +40,7 @@ class StoreError(XDRetrieveError):
 
 class MissingDependencyError(XDRetrieveError):
     """An optional dependency is not installed; the message gives the install command."""
+
+
+class ConfigError(XDRetrieveError, ValueError):
+    """A setting or hyper-parameter outside its range."""

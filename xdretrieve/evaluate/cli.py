@@ -35,7 +35,7 @@ from xdretrieve.errors import XDRetrieveError
               help="Only the first N test users of each direction (users.csv order).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
               show_default=True, help="Folder for results.json, report.md and metrics.png.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seeds the methods. (A dataset without users.csv gets one fixed seeded split, "
                    "the one finetune trains on: 10% of the users active in two domains test, "
                    "5% valid.)")

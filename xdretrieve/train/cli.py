@@ -25,43 +25,43 @@ from xdretrieve.errors import XDRetrieveError
                    "batches; several GPUs with torchrun), runs on the CPU too but slowly.")
 @click.option("--model", default=None, metavar="NAME|DIR",
               help="Base encoder. [default: the packaged all-MiniLM-L6-v2]")
-@click.option("--dim", type=int, default=None, help="Size of the shared space. [default: 128]")
-@click.option("--epochs", type=int, default=None,
+@click.option("--dim", type=click.IntRange(min=1), default=None, help="Size of the shared space. [default: 128]")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="At most this many epochs of the adapter. [default: 40]")
 @click.option("--pooling", type=click.Choice(["attention", "mean"]), default=None,
               help="How the user tower pools a history's item vectors (mean: the ablation). "
                    "[default: attention]")
-@click.option("--coral", type=float, default=None,
+@click.option("--coral", type=click.FloatRange(min=0), default=None,
               help="Weight of the CORAL domain-alignment term (0: off). [default: 0]")
-@click.option("--time-budget", type=float, default=None,
+@click.option("--time-budget", type=click.FloatRange(min=0), default=None,
               help="Stop a stage after the epoch (encoder fine-tuning: the step) that passes this "
                    "many seconds; in full mode each of the two stages gets this budget. "
                    "[default: adapter 600, encoder none]")
 @click.option("--device", default=None,
               help="'auto' (CUDA when present), 'cuda', 'cpu'; in full mode under torchrun "
                    "each process takes cuda:LOCAL_RANK. [default: auto]")
-@click.option("--batch-size", type=int, default=None,
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Full mode: pairs per step and process (the in-batch negatives are gathered "
                    "over all processes). [default: 256]")
-@click.option("--lr", type=float, default=None,
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Full mode: peak learning rate of the encoder (AdamW, warm-up, linear decay). "
                    "[default: 3e-5]")
-@click.option("--ft-epochs", type=int, default=None,
+@click.option("--ft-epochs", type=click.IntRange(min=1), default=None,
               help="Full mode: at most this many epochs of encoder fine-tuning. [default: 3]")
-@click.option("--max-pairs", type=int, default=None,
+@click.option("--max-pairs", type=click.IntRange(min=1), default=None,
               help="Full mode: train on a random sample of at most this many pairs per epoch. "
                    "[default: all]")
-@click.option("--hard-negatives", type=int, default=None,
+@click.option("--hard-negatives", type=click.IntRange(min=0), default=None,
               help="Full mode: mined hard negatives per pair and epoch (0: in-batch only). "
                    "[default: 1]")
-@click.option("--workers", type=int, default=None,
+@click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Full mode: processes that tokenize the next steps' texts beside each training "
                    "process (a fast GPU waits on them). [default: on CUDA the CPU cores per training "
                    "process less 4, from 2 to 12; on the CPU 0]")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
               help="Full mode: recompute activations in the backward pass (one more forward "
                    "pass, a fraction of the memory). [default: on the CPU, off on CUDA]")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | None,
              epochs: int | None, pooling: str | None, coral: float | None,
