@@ -109,6 +109,25 @@ def test_directions_and_errors(protocol: Protocol) -> None:
         protocol.task(Direction("books", "music"))
 
 
+def test_a_dataset_of_one_domain_is_refused_by_name_before_any_work(tmp_path: Path) -> None:
+    """One domain has no direction: evaluate and finetune say so, instead of an empty report
+    (evaluate) or a complaint about valid users (finetune)."""
+    from xdretrieve.train.finetune import finetune
+
+    books = make_dataset()
+    books = Dataset({i: it for i, it in books.items.items() if it.domain == "books"},
+                    [x for x in books.interactions if x.domain == "books"], books.splits,
+                    name="hand-made")
+    message = r"dataset 'hand-made' has one domain \(books\): cross-domain .* two domains"
+    with pytest.raises(XDRetrieveError, match=message):
+        Protocol(books).directions()
+    with pytest.raises(XDRetrieveError, match=message):
+        evaluate(books, methods=["popularity"])
+    with pytest.raises(XDRetrieveError, match=message):
+        finetune(books, tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+
+
 def test_random_split_without_users_csv_is_seeded_and_takes_both_domain_users() -> None:
     users = {f"u{i:02d}": ("train", [(f"b{i % 4}", 0), (f"m{i % 5}", 1)]) for i in range(40)}
     users |= {f"s{i}": ("train", [(f"b{i % 4}", 0)]) for i in range(10)}  # books only

@@ -279,7 +279,16 @@ class Protocol:
                           for u in (*self.split.valid, *self.split.test)}
 
     def directions(self) -> list[Direction]:
-        """Every ordered pair of the dataset's domains."""
+        """Every ordered pair of the dataset's domains.
+
+        Raises:
+            XDRetrieveError: the dataset has one domain, so there is no direction.
+        """
+        if len(self.domains) < 2:
+            raise XDRetrieveError(f"{f'dataset {self.name!r}' if self.name else 'the dataset'} "
+                                  f"has one domain "
+                                  f"({', '.join(self.domains)}): cross-domain recommendation "
+                                  f"needs items of two domains or more")
         return [Direction(s, t) for s, t in permutations(self.domains, 2)]
 
     def check(self, direction: Direction) -> Direction:

@@ -33,8 +33,9 @@ def finetune(dataset: Dataset, out_dir: str | Path, settings: Settings | None = 
         The manifest written; None on the other processes of a torchrun launch.
 
     Raises:
-        XDRetrieveError: no valid users (none can be drawn), ``settings.model`` is a trained model, ``out_dir`` is
-            a folder that is not a model directory.
+        XDRetrieveError: fewer than two domains, no valid users (none can be drawn),
+            ``settings.model`` is a trained model, ``out_dir`` is a folder that is not a model
+            directory.
 
     Example:
         >>> from xdretrieve import Dataset, Settings, finetune, index_dataset  # doctest: +SKIP
@@ -51,7 +52,9 @@ def finetune(dataset: Dataset, out_dir: str | Path, settings: Settings | None = 
         raise XDRetrieveError(f"unknown mode '{mode}': expected 'adapter' or 'full'")
     settings = settings or Settings()
     config = config or AdapterConfig()
-    if not Protocol(dataset).split.valid:
+    protocol = Protocol(dataset)
+    protocol.directions()  # a dataset of one domain is refused before anything else
+    if not protocol.split.valid:
         raise XDRetrieveError(f"{dataset.name or 'the dataset'}: no valid users to select the "
                               f"model with (too few train users are active in two domains to "
                               f"draw any)")

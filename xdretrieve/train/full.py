@@ -422,8 +422,6 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
     domains, ids, row_of, rows_by_domain = (catalog.domains, catalog.ids, catalog.row_of,
                                             catalog.rows_by_domain)
     directions = protocol.directions()
-    if not directions:
-        raise XDRetrieveError("full fine-tuning needs at least two domains")
     views = {d: protocol.train_view(d) for d in directions}
     histories = views[directions[0]].histories
     pairs = build_pairs(histories, list(protocol.split.train), domains, dataset.items, row_of,
