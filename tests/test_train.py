@@ -715,8 +715,8 @@ def test_hyper_parameters_out_of_range_are_refused_by_name(tmp_path: Path) -> No
     dimension and said nothing); the CLI refuses such an option before any work."""
     from click.testing import CliRunner
 
+    from xdretrieve import ConfigError  # exported beside the other errors
     from xdretrieve.cli import main
-    from xdretrieve.errors import ConfigError
     from xdretrieve.train.full import FullConfig
 
     with pytest.raises(ConfigError, match=r"AdapterConfig: dim=0 \(allowed: >= 1\); "

@@ -37,6 +37,7 @@ _EXPORTS = {
     "NotFoundError": "xdretrieve.errors",
     "EncoderMismatchError": "xdretrieve.errors",
     "StoreError": "xdretrieve.errors",
+    "ConfigError": "xdretrieve.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from xdretrieve.data import Dataset, Interaction, Item, RejectLog
     from xdretrieve.encoder import Encoder
     from xdretrieve.errors import (
+        ConfigError,
         DataError,
         EncoderMismatchError,
         NotFoundError,
