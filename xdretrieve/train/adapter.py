@@ -393,9 +393,10 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
         reranker.domains = tuple(rerank_report["kept"])
         if not reranker.domains:
             reranker = None
-        log.info("%s", describe_rerank(rerank_report))
+        said = describe_rerank(rerank_report)
+        log.info("%s", said)
         if progress:
-            print(describe_rerank(rerank_report), flush=True)
+            print(said, flush=True)
     return _save(model, out_dir, domains, ids, config, base_model, base_fingerprint,
                  best_epoch, history, tower_seconds, reranker, rerank_report, protocol.split)
 

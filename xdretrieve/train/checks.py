@@ -25,6 +25,10 @@ def fraction() -> Rule:
     return (lambda v: 0 <= v < 1), "in [0, 1)"
 
 
+def rank_range() -> Rule:
+    return (lambda v: 0 <= v[0] < v[1]), "(low, high) with 0 <= low < high"
+
+
 def one_of(*allowed: str) -> Rule:
     return (lambda v: v in allowed), f"one of {', '.join(allowed)}"
 

@@ -51,7 +51,14 @@ from xdretrieve.data import Dataset
 from xdretrieve.encoder import item_text
 from xdretrieve.errors import XDRetrieveError
 from xdretrieve.train.catalog import Catalog
-from xdretrieve.train.checks import above, at_least, check_fields, fraction, optional
+from xdretrieve.train.checks import (
+    above,
+    at_least,
+    check_fields,
+    fraction,
+    optional,
+    rank_range,
+)
 from xdretrieve.train.distributed import Dist, gather, rank0_says, setup, wrap_ddp
 from xdretrieve.train.pairs import Pairs, build_pairs, global_batches, query_text, shard
 
@@ -94,8 +101,7 @@ class FullConfig:
         check_fields(self, epochs=at_least(1), batch_size=at_least(1), lr=above(0),
                      weight_decay=at_least(0), warmup=fraction(), scale=above(0),
                      history_titles=at_least(1), max_pairs=optional(at_least(1)),
-                     hard_negatives=at_least(0),
-                     hard_negative_ranks=((lambda r: 0 <= r[0] < r[1]), "(low, high), 0 <= low < high"),
+                     hard_negatives=at_least(0), hard_negative_ranks=rank_range(),
                      patience=at_least(1), time_budget_s=optional(at_least(0)),
                      num_workers=optional(at_least(0)), eval_batch_size=optional(at_least(1)),
                      seed=at_least(0))
