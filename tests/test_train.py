@@ -738,6 +738,12 @@ def test_hyper_parameters_out_of_range_are_refused_by_name(tmp_path: Path) -> No
                                         str(tmp_path / "m"), option, value])
         assert out.exit_code == 2 and f"Invalid value for '{option}'" in out.output
     assert not (tmp_path / "m").exists()
+    # --pooling offers exactly the poolings the config accepts
+    from xdretrieve.train.cli import finetune
+    offered = next(p.type.choices for p in finetune.params if p.name == "pooling")
+    assert set(offered) == {"attention", "mean"}
+    for pooling in offered:
+        assert AdapterConfig(pooling=pooling).pooling == pooling
 
 
 def test_cli_finetune_without_users_csv_trains_on_the_split_evaluate_uses(tiny_model: str,

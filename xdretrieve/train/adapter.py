@@ -29,6 +29,7 @@ import numpy as np
 from xdretrieve.data import Dataset
 from xdretrieve.errors import XDRetrieveError
 from xdretrieve.model import MANIFEST, WEIGHTS
+from xdretrieve.train import POOLINGS
 from xdretrieve.train.catalog import Catalog
 from xdretrieve.train.checks import above, at_least, check_fields, fraction, one_of
 
@@ -118,7 +119,7 @@ class AdapterConfig:
         check_fields(self, dim=at_least(1), max_history=at_least(1), epochs=at_least(1),
                      patience=at_least(1), batch_size=at_least(1), lr=above(0),
                      weight_decay=at_least(0), dropout=fraction(), coral=at_least(0),
-                     pooling=one_of("attention", "mean"), time_budget_s=at_least(0),
+                     pooling=one_of(*POOLINGS), time_budget_s=at_least(0),
                      rerank_fraction=fraction(), rerank_candidates=at_least(1), seed=at_least(0))
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from xdretrieve.errors import XDRetrieveError
+from xdretrieve.train import POOLINGS
 
 
 @click.command("finetune", context_settings={"help_option_names": ["-h", "--help"],
@@ -28,7 +29,7 @@ from xdretrieve.errors import XDRetrieveError
 @click.option("--dim", type=click.IntRange(min=1), default=None, help="Size of the shared space. [default: 128]")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="At most this many epochs of the adapter. [default: 40]")
-@click.option("--pooling", type=click.Choice(["attention", "mean"]), default=None,
+@click.option("--pooling", type=click.Choice(POOLINGS), default=None,
               help="How the user tower pools a history's item vectors (mean: the ablation). "
                    "[default: attention]")
 @click.option("--coral", type=click.FloatRange(min=0), default=None,
