@@ -360,6 +360,7 @@ def main() -> None:
     from xdretrieve.data import Dataset
     from xdretrieve.evaluate.protocol import Protocol
     from xdretrieve.indexer import index_dataset
+    from xdretrieve.rerank import overlap_text
     from xdretrieve.retriever import Retriever
 
     t0 = time.perf_counter()
@@ -376,7 +377,7 @@ def main() -> None:
         if retriever.model is None or retriever.model.reranker is None:
             raise SystemExit(f"{args.model}: a trained model with a re-ranker is needed")
         vectors = _store_vectors(retriever) if args.more_features else {}
-        texts = {i: f"{item.title} {item.text}" for i, item in dataset.items.items()}
+        texts = {i: overlap_text(item.title, item.text) for i, item in dataset.items.items()}
         for direction in protocol.directions():
             name = str(direction)
             view = protocol.train_view(direction)

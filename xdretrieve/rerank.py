@@ -49,6 +49,12 @@ def tokens(text: str) -> set[str]:
     return set(_TOKEN.findall(text.lower()))
 
 
+def overlap_text(title: str, text: str) -> str:
+    """An item's text as the text-overlap feature reads it: training counts and serving
+    compares the same words."""
+    return f"{title} {text}"
+
+
 def recent_distinct(history: Sequence[str], n: int) -> tuple[str, ...]:
     """The last ``n`` distinct items of ``history`` (oldest first, each at its latest place)."""
     seen: set[str] = set()

@@ -17,7 +17,7 @@ import numpy as np
 from xdretrieve.blas import one_blas_thread
 from xdretrieve.config import Settings
 from xdretrieve.errors import EncoderMismatchError, NotFoundError, StoreError
-from xdretrieve.rerank import candidate_union, row_features, tower_head
+from xdretrieve.rerank import candidate_union, overlap_text, row_features, tower_head
 from xdretrieve.store import (
     ITEMS,
     USERS,
@@ -68,7 +68,8 @@ def _hit(payload: Mapping[str, Any], score: float, features: np.ndarray | None =
 
 def _text(points: Iterable[StoredPoint]) -> str:
     """Items' titles and texts in one string (the re-ranker's text of a history)."""
-    return " ".join(f"{p.payload.get('title', '')} {p.payload.get('text', '')}" for p in points)
+    return " ".join(overlap_text(p.payload.get("title", ""), p.payload.get("text", ""))
+                    for p in points)
 
 
 @dataclass(frozen=True, slots=True)

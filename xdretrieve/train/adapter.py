@@ -336,11 +336,11 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
     # users gain.
     reranker, rerank_report = None, {}
     if fold:
-        from xdretrieve.rerank import ItemStats, candidate_union, fit_reranker
+        from xdretrieve.rerank import ItemStats, candidate_union, fit_reranker, overlap_text
         from xdretrieve.rerank import features as rerank_features
 
         item_domains = [dataset.items[i].domain for i in ids]
-        texts = [f"{dataset.items[i].title} {dataset.items[i].text}" for i in ids]
+        texts = [overlap_text(dataset.items[i].title, dataset.items[i].text) for i in ids]
         all_histories = views[directions[0]].histories  # train users, every domain
         model.eval()
 

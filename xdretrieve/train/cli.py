@@ -26,7 +26,8 @@ from xdretrieve.train import POOLINGS
                    "batches; several GPUs with torchrun), runs on the CPU too but slowly.")
 @click.option("--model", default=None, metavar="NAME|DIR",
               help="Base encoder. [default: the packaged all-MiniLM-L6-v2]")
-@click.option("--dim", type=click.IntRange(min=1), default=None, help="Size of the shared space. [default: 128]")
+@click.option("--dim", type=click.IntRange(min=1), default=None,
+              help="Size of the shared space. [default: 128]")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="At most this many epochs of the adapter. [default: 40]")
 @click.option("--pooling", type=click.Choice(POOLINGS), default=None,
