@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from xdretrieve.cli import main
 
 
-def run(*args: str, ok: bool = True):
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+def run(*args: str, ok: bool = True, input: str | None = None):
+    result = CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
     if ok:
         assert result.exit_code == 0, result.output
     return result
@@ -78,6 +78,49 @@ def test_errors_exit_non_zero_with_a_message(paired_dir: Path, tmp_path: Path,
         assert r.exit_code == 1 and message in r.output
     r = run("query", "--store", store, "--domain", "movies", ok=False)
     assert r.exit_code == 2 and "exactly one of" in r.output
+
+
+def test_query_batch_answers_each_user_as_its_own_query(paired_dir: Path, tmp_path: Path,
+                                                        monkeypatch) -> None:
+    """--users: one JSON line per listed user, in the file's order, each equal to that user's
+    --json answer; an unknown user stops the batch naming its line, and --out is then left as
+    it was (no temporary file behind)."""
+    monkeypatch.setenv("XDR_CACHE_DIR", str(tmp_path / "cache"))
+    store = str(tmp_path / "store")
+    run("index", "--data", str(paired_dir), "--store", store, "-q")
+    users = tmp_path / "users.txt"
+    users.write_text("# cold-start campaign\nu3-0\n\nu1-1\nu3-0\n")
+    lines = run("query", "--store", store, "--users", str(users), "--domain", "movies",
+                "-k", "4").output.splitlines()
+    answers = [json.loads(line) for line in lines]
+    assert [a["user_id"] for a in answers] == ["u3-0", "u1-1", "u3-0"]
+    for answer in answers:
+        single = json.loads(run("query", "--store", store, "--user", answer.pop("user_id"),
+                                "--domain", "movies", "-k", "4", "--json").output)
+        assert answer == single and len(answer["hits"]) == 4
+    assert answers[0]["hits"] != answers[1]["hits"]  # each user's own answer
+
+    out = tmp_path / "recs.jsonl"
+    r = run("query", "--store", store, "--users", str(users), "--domain", "movies",
+            "--out", str(out))
+    assert r.output.strip() == f"wrote 3 answers to {out}"
+    assert out.read_text().splitlines()[1] == json.dumps(
+        {"user_id": "u1-1", **json.loads(run("query", "--store", store, "--user", "u1-1",
+                                             "--domain", "movies", "--json").output)})
+    before = out.read_text()
+    users.write_text("u3-0\n# a comment\nghost\n")
+    r = run("query", "--store", store, "--users", str(users), "--domain", "movies",
+            "--out", str(out), ok=False)
+    assert r.exit_code == 1 and f"{users}, line 3: unknown user 'ghost'" in r.output
+    assert out.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "recs.jsonl", "store",
+                                                          "users.txt"]
+    r = run("query", "--store", store, "--users", "-", "--domain", "music", input="u3-0\n",
+            ok=False)
+    assert r.exit_code == 1 and "unknown domain 'music'" in r.output
+    r = run("query", "--store", store, "--user", "u3-0", "--domain", "movies", "--out",
+            str(out), ok=False)
+    assert r.exit_code == 2 and "--out goes with --users" in r.output
 
 
 def test_bad_input_writes_nothing(tmp_path: Path, paired_dir: Path) -> None:

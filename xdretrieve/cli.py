@@ -10,7 +10,9 @@ import functools
 import json
 import logging
 import math
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -171,6 +173,13 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
 @click.option("--user", "user_id", help="A stored user's id.")
 @click.option("--history", help="Comma-separated item ids: a user the store has never seen.")
 @click.option("--text", help="A free-text query.")
+@click.option("--users", "users_file", type=click.File("r", encoding="utf-8"), metavar="FILE",
+              help="A batch: a file of stored users' ids, one per line ('-': standard input; "
+                   "blank lines and '#' comments skipped). Writes JSON Lines, one object per "
+                   "user in the file's order, as --json writes one.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --users: write the JSON Lines here (replaced whole when the batch is "
+                   "done, untouched if it fails) instead of to standard output.")
 @click.option("--domain", required=True, help="The target domain to recommend from.")
 @click.option("--limit", "-k", type=click.IntRange(1, 10_000), default=10, show_default=True,
               help="How many items to return (the k of top-k).")
@@ -183,23 +192,28 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
                    "score).")
 @store_options
 @_fail_cleanly
-def query(user_id: str | None, history: str | None, text: str | None, domain: str, limit: int,
-          as_json: bool, explain: bool, store: Path | None, url: str | None,
-          model: str | None) -> None:
-    """Recommend items of --domain for a user, a history or a text.
+def query(user_id: str | None, history: str | None, text: str | None, users_file: Any,
+          out: Path | None, domain: str, limit: int, as_json: bool, explain: bool,
+          store: Path | None, url: str | None, model: str | None) -> None:
+    """Recommend items of --domain for a user, a history, a text or a batch of users.
 
     \b
     Exactly one of:
       --user ID              a stored user (their other domains' history is the query)
       --history ID,ID,...    a cold-start user given by item ids, oldest first
       --text "..."           a free-text query
+      --users FILE           a batch of stored users, one id per line -> JSON Lines
     """
     from xdretrieve.retriever import Retriever
 
-    given = [x for x in (user_id, history, text) if x is not None]
+    given = [x for x in (user_id, history, text, users_file) if x is not None]
     if len(given) != 1:
-        raise click.UsageError("give exactly one of --user, --history, --text")
+        raise click.UsageError("give exactly one of --user, --history, --text, --users")
+    if out is not None and users_file is None:
+        raise click.UsageError("--out goes with --users (one answer prints to standard output)")
     with Retriever(make_settings(store=store, url=url, model=model)) as retriever:
+        if users_file is not None:
+            return _query_batch(retriever, users_file, out, domain, limit, explain)
         if user_id is not None:
             q = retriever.user_query(user_id, domain)
         elif history is not None:
@@ -209,10 +223,7 @@ def query(user_id: str | None, history: str | None, text: str | None, domain: st
             q = retriever.text_query(text or "", domain)
         hits = retriever.search(q, domain, limit)
     if as_json:
-        click.echo(json.dumps({"query": q.source, "domain": domain, "hits": [
-            {"rank": r, "item_id": h.item_id, "title": h.title, "score": round(h.score, 6),
-             **({"why": h.why} if explain else {})}
-            for r, h in enumerate(hits, start=1)]}, indent=2))
+        click.echo(json.dumps(_answer(q, domain, hits, explain), indent=2))
         return
     click.echo(f"{q.source} -> {domain}")
     if explain and hits and hits[0].why is not None:
@@ -227,6 +238,51 @@ def query(user_id: str | None, history: str | None, text: str | None, domain: st
     click.echo(format_table(("rank", "item_id", "score", "title"),
                             [(r, h.item_id, f"{h.score:.4f}", h.title[:70])
                              for r, h in enumerate(hits, start=1)]))
+
+
+def _answer(q: Any, domain: str, hits: Sequence[Any], explain: bool) -> dict[str, Any]:
+    """One answer as --json prints it."""
+    return {"query": q.source, "domain": domain, "hits": [
+        {"rank": r, "item_id": h.item_id, "title": h.title, "score": round(h.score, 6),
+         **({"why": h.why} if explain else {})}
+        for r, h in enumerate(hits, start=1)]}
+
+
+def _query_batch(retriever: Any, users_file: Any, out: Path | None, domain: str, limit: int,
+                 explain: bool) -> None:
+    """Answer every user id of ``users_file`` into JSON Lines. An unknown user stops the batch
+    with the file and line; ``out`` is written to a temporary file beside it and moved over it
+    only when every user is answered, so a failed or interrupted run leaves it as it was."""
+    from tqdm.auto import tqdm
+
+    from xdretrieve.errors import NotFoundError
+
+    retriever.check_domain(domain)  # before the file: a wrong domain is not any line's fault
+    users = [(n, line.strip()) for n, line in enumerate(users_file, start=1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    sink, tmp = sys.stdout, None
+    if out is not None:
+        if not out.parent.is_dir():
+            raise click.ClickException(f"--out {out}: no folder {out.parent}")
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
+        sink = os.fdopen(fd, "w", encoding="utf-8")
+    try:
+        for n, user in tqdm(users, desc=f"recommending {domain}", unit="user", disable=None):
+            try:
+                q = retriever.user_query(user, domain)
+            except NotFoundError as e:
+                raise click.ClickException(f"{users_file.name}, line {n}: {e}") from e
+            answer = _answer(q, domain, retriever.search(q, domain, limit), explain)
+            sink.write(json.dumps({"user_id": user, **answer}) + "\n")
+        if tmp is not None:
+            sink.close()
+            os.replace(tmp, out)
+            tmp = None
+            click.echo(f"wrote {len(users):,} answers to {out}", err=True)
+    finally:
+        if tmp is not None:
+            sink.close()
+            os.unlink(tmp)
 
 
 EXPLAINED = ("model", "co-bought", "popularity", "overlap")

@@ -172,7 +172,8 @@ class Retriever:
         return model
 
     # -- building queries ----------------------------------------------------------------------
-    def _check_domain(self, domain: str) -> None:
+    def check_domain(self, domain: str) -> None:
+        """Refuse a domain the store does not hold, naming those it does."""
         if domain not in self.info.domains:
             raise NotFoundError(
                 f"unknown domain '{domain}'; this store has: {', '.join(self.info.domains)}")
@@ -183,7 +184,7 @@ class Retriever:
         Items the user already has in ``domain`` are excluded. In a store built with a
         two-domain trained model a profile holds the user tower's query for the other domain:
         then the query is that vector (the tower runs here only for other cases)."""
-        self._check_domain(domain)
+        self.check_domain(domain)
         ids = [profile_id(user_id, d) for d in self.info.domains]
         profiles = self.store.retrieve(
             USERS, ids, with_vectors=self.model is None or self._tower_profiles) if (
@@ -244,7 +245,7 @@ class Retriever:
                          popular=True)
         tower = self.model is not None and domain is not None
         if tower:
-            self._check_domain(domain)
+            self.check_domain(domain)
         # a trained model reads its window of the history (tower and re-ranker); older items
         # are only checked and left out of the answer
         read = tuple(self.model.window(item_ids) if tower else item_ids)
@@ -273,7 +274,7 @@ class Retriever:
         if self.model is not None:
             if domain is None:
                 raise NotFoundError("a text query to a trained model needs its target domain")
-            self._check_domain(domain)
+            self.check_domain(domain)
             return Query(self._encoder.encode_items([text], [domain], cache=False)[0], (), "text",
                          nearest=True)
         return Query(self._encoder.encode([text], cache=False)[0], (), "text")
@@ -286,7 +287,7 @@ class Retriever:
         ``candidates``: how many items the answer is chosen from (default: the settings'
         ``candidates`` with a trained model, whose re-ranker orders them; ``limit`` without
         one, where the nearest are the answer)."""
-        self._check_domain(domain)
+        self.check_domain(domain)
         if limit < 1 or (candidates is not None and candidates < 1):
             raise ValueError("limit and candidates must be at least 1")
         exclude = [self._point_of(i) for i in query.exclude]
@@ -484,7 +485,7 @@ class Retriever:
         The score is the reciprocal of the answer's rank (1.0 for the most popular, then 0.5,
         0.33, ...): popularity has no similarity to give, and an item's score must not change
         with how many items were asked for."""
-        self._check_domain(domain)
+        self.check_domain(domain)
         ranked: Sequence[str] = ()
         if self.model is not None and self.model.reranker is not None:
             ranked = self.model.reranker.stats.popular(domain)
