@@ -12,10 +12,9 @@ import logging
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -192,7 +191,7 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
                    "score).")
 @store_options
 @_fail_cleanly
-def query(user_id: str | None, history: str | None, text: str | None, users_file: Any,
+def query(user_id: str | None, history: str | None, text: str | None, users_file: TextIO | None,
           out: Path | None, domain: str, limit: int, as_json: bool, explain: bool,
           store: Path | None, url: str | None, model: str | None) -> None:
     """Recommend items of --domain for a user, a history, a text or a batch of users.
@@ -248,8 +247,8 @@ def _answer(q: Any, domain: str, hits: Sequence[Any], explain: bool) -> dict[str
         for r, h in enumerate(hits, start=1)]}
 
 
-def _query_batch(retriever: Any, users_file: Any, out: Path | None, domain: str, limit: int,
-                 explain: bool) -> None:
+def _query_batch(retriever: Any, users_file: TextIO, out: Path | None, domain: str,
+                 limit: int, explain: bool) -> None:
     """Answer every user id of ``users_file`` into JSON Lines. An unknown user stops the batch
     with the file and line; ``out`` is written to a temporary file beside it and moved over it
     only when every user is answered, so a failed or interrupted run leaves it as it was."""
@@ -264,8 +263,8 @@ def _query_batch(retriever: Any, users_file: Any, out: Path | None, domain: str,
     if out is not None:
         if not out.parent.is_dir():
             raise click.ClickException(f"--out {out}: no folder {out.parent}")
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
-        sink = os.fdopen(fd, "w", encoding="utf-8")
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # the umask's mode, as `out`
+        sink = open(tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed below, then moved
     try:
         for n, user in tqdm(users, desc=f"recommending {domain}", unit="user", disable=None):
             try:
@@ -278,7 +277,8 @@ def _query_batch(retriever: Any, users_file: Any, out: Path | None, domain: str,
             sink.close()
             os.replace(tmp, out)
             tmp = None
-            click.echo(f"wrote {len(users):,} answers to {out}", err=True)
+            click.echo(f"wrote {len(users):,} answer{'' if len(users) == 1 else 's'} to {out}",
+                       err=True)
     finally:
         if tmp is not None:
             sink.close()
