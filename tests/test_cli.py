@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -104,6 +105,9 @@ def test_query_batch_answers_each_user_as_its_own_query(paired_dir: Path, tmp_pa
     r = run("query", "--store", store, "--users", str(users), "--domain", "movies",
             "--out", str(out))
     assert r.output.strip() == f"wrote 3 answers to {out}"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as any file the user writes
     assert out.read_text().splitlines()[1] == json.dumps(
         {"user_id": "u1-1", **json.loads(run("query", "--store", store, "--user", "u1-1",
                                              "--domain", "movies", "--json").output)})
