@@ -19,7 +19,7 @@ import numpy as np
 from xdretrieve.data import Dataset
 from xdretrieve.encoder import Encoder, item_text, resolve_model
 from xdretrieve.model import TrainedModel
-from xdretrieve.rerank import features
+from xdretrieve.rerank import features, overlap_text
 
 
 def _ms(samples: list[float]) -> str:
@@ -50,7 +50,7 @@ def main() -> None:
     vectors = encoder.encode_items([item_text(dataset.items[i], settings.text_template)
                                     for i in ids], domains)  # from the embedding cache
     row = {i: r for r, i in enumerate(ids)}
-    texts = {i: f"{dataset.items[i].title} {dataset.items[i].text}" for i in ids}
+    texts = {i: overlap_text(dataset.items[i].title, dataset.items[i].text) for i in ids}
     jobs = [(h[s], t) for h in dataset.histories.values() for s in h for t in h if s != t]
     rng = np.random.default_rng(0)
     jobs = [jobs[k] for k in rng.choice(len(jobs), size=min(args.queries, len(jobs)),

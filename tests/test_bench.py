@@ -18,6 +18,7 @@ from benchmarks.suite import Config, run_suite
 from xdretrieve.config import Settings
 from xdretrieve.data import Dataset
 from xdretrieve.indexer import index_dataset
+from xdretrieve.rerank import overlap_text
 from xdretrieve.retriever import RESCORE_WIDTH
 
 
@@ -303,7 +304,7 @@ def test_rerank_ceiling_captures_the_served_candidates_and_bounds_them(
         assert np.all(np.diff(served) <= 0)  # the features are aligned with the served order
         view = protocol.train_view(task.direction)
         vectors = rerank_ceiling._store_vectors(retriever)
-        texts = {i: f"{item.title} {item.text}" for i, item in dataset.items.items()}
+        texts = {i: overlap_text(item.title, item.text) for i, item in dataset.items.items()}
         more = rerank_ceiling.MoreFeatures(view, vectors, retriever.model, texts)
         movies = [f"movie-{t}" for t in range(12)]
         extra = more(("book-3",), movies)

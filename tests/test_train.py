@@ -558,7 +558,7 @@ def test_stored_users_look_the_user_tower_query_up(trained, tmp_path: Path) -> N
     tmp, ds, _, _ = trained
     from xdretrieve.config import Settings
     from xdretrieve.indexer import index_dataset
-    from xdretrieve.rerank import FEATURES, ItemStats, Reranker
+    from xdretrieve.rerank import FEATURES, ItemStats, Reranker, overlap_text
     from xdretrieve.users import PROFILE_VECTORS, TOWER_PROFILES
 
     settings = Settings(store=tmp_path / "store", model=str(tmp / "model"),
@@ -569,7 +569,7 @@ def test_stored_users_look_the_user_tower_query_up(trained, tmp_path: Path) -> N
         assert s.read_info().extra[PROFILE_VECTORS] == TOWER_PROFILES
     ids = list(ds.items)
     stats = ItemStats.fit(ids, ds.histories, [ds.items[i].domain for i in ids],
-                          [f"{ds.items[i].title} {ds.items[i].text}" for i in ids])
+                          [overlap_text(ds.items[i].title, ds.items[i].text) for i in ids])
     ones = np.ones(len(FEATURES), dtype=np.float32)
     reranker = Reranker(np.linspace(1, 2, len(FEATURES), dtype=np.float32), 0 * ones, ones, stats)
     reads: list[tuple[str, bool]] = []
