@@ -111,6 +111,13 @@ def test_query_batch_answers_each_user_as_its_own_query(paired_dir: Path, tmp_pa
     assert out.read_text().splitlines()[1] == json.dumps(
         {"user_id": "u1-1", **json.loads(run("query", "--store", store, "--user", "u1-1",
                                              "--domain", "movies", "--json").output)})
+    users.write_bytes(b"\xef\xbb\xbfu3-0\r\nu1-1\r\n")  # a spreadsheet's: BOM, CRLF
+    lines = run("query", "--store", store, "--users", str(users), "--domain", "movies",
+                "-k", "4").output.splitlines()
+    assert [json.loads(line)["user_id"] for line in lines] == ["u3-0", "u1-1"]
+    users.write_bytes("u3-0\nJos\u00e9\n".encode("latin-1"))
+    r = run("query", "--store", store, "--users", str(users), "--domain", "movies", ok=False)
+    assert r.exit_code == 1 and f"{users}: not UTF-8 text" in r.output
     before = out.read_text()
     users.write_text("u3-0\n# a comment\nghost\n")
     r = run("query", "--store", store, "--users", str(users), "--domain", "movies",

@@ -154,3 +154,50 @@ def test_a_folder_with_two_files_of_one_kind_is_a_clear_error(tmp_path: Path) ->
         Dataset.from_dir(tmp_path)
     (tmp_path / "interactions.parquet").unlink()
     assert Dataset.from_dir(tmp_path).history("u1", "movies") == ("m1",)
+
+
+def test_spreadsheet_files_with_a_byte_order_mark_read_as_without(tmp_path: Path) -> None:
+    # Excel's "CSV UTF-8" starts with a BOM: it was read into the first column's name, and every
+    # row was refused with "field 'item_id': missing"
+    csv_text = "item_id,domain,title,text\r\nb1,books,Dune,sci-fi\r\nm2,movies,Alien,\r\n"
+    (tmp_path / "items.csv").write_bytes(b"\xef\xbb\xbf" + csv_text.encode())
+    (tmp_path / "items.jsonl").write_bytes(
+        b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in (ITEMS[0], ITEMS[2])).encode())
+    plain = tmp_path / "plain.csv"
+    plain.write_text(csv_text)
+    expected = list(read_items(plain).values())
+    assert list(read_items(tmp_path / "items.csv").values()) == expected
+    assert [(it.item_id, it.title) for it in read_items(tmp_path / "items.jsonl").values()] == [
+        (it.item_id, it.title) for it in expected]
+
+
+def test_a_file_that_is_not_utf8_stops_at_its_first_bad_line(tmp_path: Path) -> None:
+    path = tmp_path / "items.csv"
+    path.write_bytes("item_id,domain,title\nb1,books,Dune\nb2,books,Café\nb3,books,Emma\n"
+                     .encode("latin-1"))
+    for rejects in (None, RejectLog()):  # a misdecoded file is not a bad row to skip
+        with pytest.raises(DataError, match=r"items\.csv, line 3: not UTF-8 text \(byte 0xe9\)"):
+            read_items(path, rejects)
+    path.write_bytes(b"item_id,domain,title\nb1,books,Caf\xc3\xa9\n")
+    assert read_items(path)["b1"].title == "Café"
+
+
+def test_a_header_without_a_required_column_is_refused_at_the_header(tmp_path: Path) -> None:
+    # before: each row failed alone ("line 2, field 'item_id': missing"), and with rejects every
+    # row of the file was skipped
+    items = tmp_path / "items.csv"
+    items.write_text("id,domain,title\nb1,books,Dune\n")
+    for rejects in (None, RejectLog()):
+        with pytest.raises(DataError, match=r"items\.csv, line 1: no 'item_id' column; the file "
+                                            r"has: id, domain, title"):
+            read_items(items, rejects)
+    known = read_items(write_jsonl(tmp_path / "items.jsonl", ITEMS))
+    inter = tmp_path / "inter.csv"
+    inter.write_text("user_id,item_id,when\nu1,b1,0\n")
+    with pytest.raises(DataError, match="no 'position' or 'timestamp' column"):
+        read_interactions(inter, known)
+    pq.write_table(pa.Table.from_pylist([{"user": "u1", "split": "test"}]),
+                   tmp_path / "users.parquet")
+    with pytest.raises(DataError, match=r"users\.parquet: no 'user_id' column; the file has: "
+                                        r"user, split"):
+        read_users(tmp_path / "users.parquet")

@@ -172,7 +172,7 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
 @click.option("--user", "user_id", help="A stored user's id.")
 @click.option("--history", help="Comma-separated item ids: a user the store has never seen.")
 @click.option("--text", help="A free-text query.")
-@click.option("--users", "users_file", type=click.File("r", encoding="utf-8"), metavar="FILE",
+@click.option("--users", "users_file", type=click.File("r", encoding="utf-8-sig"), metavar="FILE",
               help="A batch: a file of stored users' ids, one per line ('-': standard input; "
                    "blank lines and '#' comments skipped). Writes JSON Lines, one object per "
                    "user in the file's order, as --json writes one.")
@@ -257,8 +257,12 @@ def _query_batch(retriever: Any, users_file: TextIO, out: Path | None, domain: s
     from xdretrieve.errors import NotFoundError
 
     retriever.check_domain(domain)  # before the file: a wrong domain is not any line's fault
-    users = [(n, line.strip()) for n, line in enumerate(users_file, start=1)
-             if line.strip() and not line.lstrip().startswith("#")]
+    try:  # utf-8-sig: a list saved by a spreadsheet starts with a byte-order mark
+        users = [(n, line.strip()) for n, line in enumerate(users_file, start=1)
+                 if line.strip() and not line.lstrip().startswith("#")]
+    except UnicodeDecodeError as e:
+        raise click.ClickException(f"{users_file.name}: not UTF-8 text ({e.reason}); save it "
+                                   f"as UTF-8") from None
     sink, tmp = sys.stdout, None
     if out is not None:
         if not out.parent.is_dir():

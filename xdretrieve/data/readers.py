@@ -54,63 +54,114 @@ def _format_of(path: Path) -> str:
     return fmt
 
 
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataError, str]]:
-    """Yield (line, row or the DataError that reading it gave, unit) for each row of the file."""
+Column = str | tuple[str, ...]  # a required column, or names of which the file must have one
+
+
+def _check_columns(name: str, line: int | None, have: list[str],
+                   required: tuple[Column, ...]) -> None:
+    """A file whose header lacks a required column is refused at the header: row by row, every
+    row would be reported (or, with --skip-bad-rows, skipped) for the same missing field."""
+    for column in required:
+        names = (column,) if isinstance(column, str) else column
+        if not any(n in have for n in names):
+            wanted = " or ".join(f"'{n}'" for n in names)
+            raise DataError(name, line, None, f"no {wanted} column; the file has: "
+                                              f"{', '.join(have) or 'none'}")
+
+
+def _not_utf8(path: Path) -> DataError:
+    """The first line of ``path`` that is not UTF-8 (a text reader fails at a chunk of the file,
+    not at a line). Such a file stops the read even with rejects: its rows would be misread,
+    not merely skipped."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return DataError(str(path), line_no, None,
+                                 f"not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file "
+                                 f"as UTF-8")
+    return DataError(str(path), None, None, "not UTF-8 text; save the file as UTF-8")
+
+
+def _rows(path: Path, required: tuple[Column, ...] = ()
+          ) -> Iterator[tuple[int, dict[str, Any] | DataError, str]]:
+    """Yield (line, row or the DataError that reading it gave, unit) for each row of the file.
+
+    Text files are UTF-8, with or without the byte-order mark that spreadsheets write.
+    """
     fmt = _format_of(path)
     name = str(path)
-    if fmt == "jsonl":
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield line_no, DataError(name, line_no, None, f"malformed JSON: {e.msg}"), "line"
-                    continue
-                if not isinstance(row, dict):
-                    yield line_no, DataError(name, line_no, None, "expected a JSON object"), "line"
-                    continue
-                yield line_no, row, "line"
-    elif fmt == "csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.reader(f)
-            try:
-                header = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                yield 1, DataError(name, 1, None, f"malformed CSV: {e}"), "line"
-                return
-            header = [h.strip() for h in header]
-            while True:
-                try:
-                    values = next(reader)
-                except StopIteration:
-                    break
-                except csv.Error as e:
-                    yield reader.line_num, DataError(name, reader.line_num, None,
-                                                     f"malformed CSV: {e}"), "line"
-                    break
-                line_no = reader.line_num
-                if not values:
-                    continue
-                if len(values) != len(header):
-                    yield line_no, DataError(
-                        name, line_no, None,
-                        f"malformed CSV: {len(values)} fields, the header has {len(header)}"), "line"
-                    continue
-                yield line_no, dict(zip(header, values, strict=False)), "line"
-    else:
-        import pyarrow.parquet as pq
+    if fmt == "parquet":
+        yield from _parquet_rows(path, required)
+        return
+    try:
+        with open(path, encoding="utf-8-sig", newline="" if fmt == "csv" else None) as f:
+            yield from (_jsonl_rows if fmt == "jsonl" else _csv_rows)(f, name, required)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
 
+
+def _jsonl_rows(f: Any, name: str, required: tuple[Column, ...]
+                ) -> Iterator[tuple[int, dict[str, Any] | DataError, str]]:
+    for line_no, line in enumerate(f, start=1):
+        if not line.strip():
+            continue
         try:
-            table = pq.read_table(path)
-        except Exception as e:  # pyarrow raises several types for a broken file
-            yield 0, DataError(name, None, None, f"unreadable Parquet file: {e}"), "row"
-            return
-        for row_no, row in enumerate(table.to_pylist(), start=1):
-            yield row_no, row, "row"
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield line_no, DataError(name, line_no, None, f"malformed JSON: {e.msg}"), "line"
+            continue
+        if not isinstance(row, dict):
+            yield line_no, DataError(name, line_no, None, "expected a JSON object"), "line"
+            continue
+        yield line_no, row, "line"
+
+
+def _csv_rows(f: Any, name: str, required: tuple[Column, ...]
+              ) -> Iterator[tuple[int, dict[str, Any] | DataError, str]]:
+    reader = csv.reader(f)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as e:
+        yield 1, DataError(name, 1, None, f"malformed CSV: {e}"), "line"
+        return
+    header = [h.strip() for h in header]
+    _check_columns(name, 1, header, required)
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            yield reader.line_num, DataError(name, reader.line_num, None,
+                                             f"malformed CSV: {e}"), "line"
+            break
+        line_no = reader.line_num
+        if not values:
+            continue
+        if len(values) != len(header):
+            yield line_no, DataError(
+                name, line_no, None,
+                f"malformed CSV: {len(values)} fields, the header has {len(header)}"), "line"
+            continue
+        yield line_no, dict(zip(header, values, strict=False)), "line"
+
+
+def _parquet_rows(path: Path, required: tuple[Column, ...]
+                  ) -> Iterator[tuple[int, dict[str, Any] | DataError, str]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a broken file
+        yield 0, DataError(str(path), None, None, f"unreadable Parquet file: {e}"), "row"
+        return
+    _check_columns(str(path), None, table.column_names, required)
+    for row_no, row in enumerate(table.to_pylist(), start=1):
+        yield row_no, row, "row"
 
 
 Where = tuple[str, int, str]  # a row's file, line (or row) number, and which of the two
@@ -121,11 +172,13 @@ def _error(where: Where, key: str, message: str) -> DataError:
 
 
 def _parse_rows(path: Path, rejects: RejectLog | None,
-                parse: Callable[[dict[str, Any], Where], None]) -> None:
+                parse: Callable[[dict[str, Any], Where], None],
+                required: tuple[Column, ...] = ()) -> None:
     """``parse(row, where)`` every row of ``path``. A :class:`DataError`, the file's own (bad
     JSON, a short CSV line) or one ``parse`` raises, stops the read; with ``rejects``, the row
-    is skipped and recorded instead."""
-    for line, row, unit in _rows(path):
+    is skipped and recorded instead. A file without a ``required`` column in its header (CSV,
+    Parquet) or that is not UTF-8 stops the read in either case."""
+    for line, row, unit in _rows(path, required):
         try:
             if isinstance(row, DataError):
                 raise row
@@ -202,7 +255,7 @@ def read_items(path: str | Path, rejects: RejectLog | None = None) -> dict[str, 
                  if k not in ("item_id", "domain", "title", "text") and v is not None}
         items[item_id] = Item(item_id, domain, title, text, extra)
 
-    _parse_rows(path, rejects, parse)
+    _parse_rows(path, rejects, parse, required=("item_id", "domain", "title"))
     if not items:
         raise DataError(str(path), None, None, "no items")
     return items
@@ -237,7 +290,8 @@ def read_interactions(
         rating = None if rating in (None, "") else _number(rating, "rating", where)
         out.append(Interaction(user_id, item_id, domain, order, rating))
 
-    _parse_rows(path, rejects, parse)
+    _parse_rows(path, rejects, parse,
+                required=("user_id", "item_id", ("position", "timestamp")))
     return out
 
 
@@ -255,5 +309,5 @@ def read_users(path: str | Path, rejects: RejectLog | None = None) -> dict[str, 
             raise _error(where, "user_id", f"duplicate user '{user_id}'")
         split[user_id] = value
 
-    _parse_rows(path, rejects, parse)
+    _parse_rows(path, rejects, parse, required=("user_id", "split"))
     return split
