@@ -60,7 +60,7 @@ def test_mismatched_encoder_is_refused(paired_dir: Path, tiny_model: str, other_
                                        settings_for) -> None:
     ds = Dataset.from_dir(paired_dir)
     index_dataset(ds, settings_for(model=tiny_model))
-    with pytest.raises(EncoderMismatchError, match="built by encoder"):
+    with pytest.raises(EncoderMismatchError, match="built by encoder.*add --recreate"):
         index_dataset(ds, settings_for(model=other_tiny_model))
     with pytest.raises(EncoderMismatchError, match="use --model"):
         Retriever(settings_for(model=other_tiny_model))

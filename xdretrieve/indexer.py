@@ -167,7 +167,10 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
                 store.drop(collection)
         info = None
     elif info is not None:
-        info.check_encoder(ref.name, ref.fingerprint)
+        info.check_encoder(ref.name, ref.fingerprint,
+                           f"index with --model '{info.encoder}', add --recreate to replace what "
+                           f"the store holds with the new encoder's vectors, or index into a new "
+                           f"store")
 
     # What the store has: item id -> (text hash, vector)
     stored: dict[str, tuple[int | None, np.ndarray]] = {}

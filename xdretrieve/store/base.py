@@ -105,13 +105,14 @@ class StoreInfo:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    def check_encoder(self, name: str, fingerprint: str) -> None:
-        """Raise :class:`EncoderMismatchError` unless the encoder is the one that built this."""
+    def check_encoder(self, name: str, fingerprint: str, remedy: str | None = None) -> None:
+        """Raise :class:`EncoderMismatchError` unless the encoder is the one that built this;
+        ``remedy`` replaces the message's advice (what the caller's user can do)."""
         if fingerprint != self.fingerprint:
             raise EncoderMismatchError(
                 f"this store was built by encoder '{self.encoder}' (fingerprint "
                 f"{self.fingerprint}, dim {self.dim}), not by '{name}' (fingerprint {fingerprint}); "
-                f"use --model '{self.encoder}', or re-index into a new store")
+                f"{remedy or f'use --model {self.encoder!r}, or re-index into a new store'}")
 
 
 def checked_vectors(ids: Sequence[PointId], vectors: np.ndarray,
