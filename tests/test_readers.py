@@ -191,6 +191,10 @@ def test_a_header_without_a_required_column_is_refused_at_the_header(tmp_path: P
         with pytest.raises(DataError, match=r"items\.csv, line 1: no 'item_id' column; the file "
                                             r"has: id, domain, title"):
             read_items(items, rejects)
+    items.write_text("item_id;domain;title\nb1;books;Dune\n")
+    with pytest.raises(DataError, match=r"the file has: item_id;domain;title \(separated by ';'\? "
+                                        r"a CSV file here is separated by ','\)"):
+        read_items(items)
     known = read_items(write_jsonl(tmp_path / "items.jsonl", ITEMS))
     inter = tmp_path / "inter.csv"
     inter.write_text("user_id,item_id,when\nu1,b1,0\n")

@@ -65,8 +65,12 @@ def _check_columns(name: str, line: int | None, have: list[str],
         names = (column,) if isinstance(column, str) else column
         if not any(n in have for n in names):
             wanted = " or ".join(f"'{n}'" for n in names)
+            hint = ""
+            if len(have) == 1:  # a spreadsheet's export in a locale that separates by ';'
+                hint = next((f" (separated by {sep!r}? a CSV file here is separated by ',')"
+                             for sep in (";", "\t", "|") if sep in have[0]), "")
             raise DataError(name, line, None, f"no {wanted} column; the file has: "
-                                              f"{', '.join(have) or 'none'}")
+                                              f"{', '.join(have) or 'none'}{hint}")
 
 
 def _not_utf8(path: Path) -> DataError:
