@@ -205,3 +205,25 @@ def test_a_header_without_a_required_column_is_refused_at_the_header(tmp_path: P
     with pytest.raises(DataError, match=r"users\.parquet: no 'user_id' column; the file has: "
                                         r"user, split"):
         read_users(tmp_path / "users.parquet")
+
+
+def test_a_time_without_a_zone_is_utc_whatever_the_machine_s_zone(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    import time
+    from datetime import datetime
+
+    items = read_items(write_jsonl(tmp_path / "items.jsonl", ITEMS))
+    (tmp_path / "i.csv").write_text("user_id,item_id,timestamp\nu1,m1,2021-11-07T01:30:00\n"
+                                    "u1,m2,2021-11-07T01:30:00Z\n")
+    pq.write_table(pa.Table.from_pylist([{"user_id": "u1", "item_id": "m1",
+                                          "timestamp": datetime(2021, 11, 7, 1, 30)}]),
+                   tmp_path / "i.parquet")
+    utc = 1636248600.0  # 2021-11-07 01:30 UTC
+    monkeypatch.setenv("TZ", "America/New_York")  # that night's 01:30 came twice there
+    time.tzset()
+    try:
+        assert [x.order for x in read_interactions(tmp_path / "i.csv", items)] == [utc, utc]
+        assert [x.order for x in read_interactions(tmp_path / "i.parquet", items)] == [utc]
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +209,14 @@ def _text(row: dict[str, Any], key: str, where: Where, required: bool) -> str:
     return value
 
 
+def _seconds(moment: datetime) -> float:
+    """Unix seconds; a time without a zone is UTC (not this machine's zone, which would order a
+    user's interactions differently from one machine to the next around a DST change)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
 def _number(value: Any, key: str, where: Where) -> float:
     """A position (a number) or a timestamp (unix seconds or ISO-8601) as a float."""
     if isinstance(value, bool):
@@ -216,7 +224,7 @@ def _number(value: Any, key: str, where: Where) -> float:
     if isinstance(value, (int, float)) and math.isfinite(value):
         return float(value)
     if isinstance(value, datetime):
-        return value.timestamp()
+        return _seconds(value)
     text = str(value).strip()
     try:
         number = float(text)
@@ -226,7 +234,7 @@ def _number(value: Any, key: str, where: Where) -> float:
         pass
     if key == "timestamp":
         try:
-            return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+            return _seconds(datetime.fromisoformat(text.replace("Z", "+00:00")))
         except ValueError:
             pass
         expected = "unix seconds or an ISO-8601 time"
