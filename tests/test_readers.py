@@ -227,3 +227,20 @@ def test_a_time_without_a_zone_is_utc_whatever_the_machine_s_zone(tmp_path: Path
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_a_folder_without_a_file_of_a_kind_names_the_formats_and_what_it_has(
+        tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"no items file \(items\.jsonl, items\.ndjson, items\.csv, "
+                                        r"items\.parquet\)$"):
+        Dataset.from_dir(tmp_path)
+    (tmp_path / "items.tsv").write_text("item_id\tdomain\ttitle\n")
+    with pytest.raises(DataError, match=r"items\.parquet\); found items\.tsv: not one of these "
+                                        r"formats$"):
+        Dataset.from_dir(tmp_path)
+    write_jsonl(tmp_path / "items.jsonl", ITEMS)
+    (tmp_path / "interactions.txt").write_text("")
+    (tmp_path / "interactions.xlsx").write_text("")
+    with pytest.raises(DataError, match=r"no interactions file .*; found interactions\.txt, "
+                                        r"interactions\.xlsx: not one of these formats$"):
+        Dataset.from_dir(tmp_path)

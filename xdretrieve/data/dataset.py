@@ -73,8 +73,10 @@ class Dataset:
             if found:
                 return found[0]
             if required:
+                others = sorted(p.name for p in directory.glob(f"{stem}.*") if p.is_file())
+                also = f"; found {', '.join(others)}: not one of these formats" if others else ""
                 raise DataError(str(directory), None, None,
-                                f"no {stem} file ({', '.join(stem + e for e in FORMATS)})")
+                                f"no {stem} file ({', '.join(stem + e for e in FORMATS)}){also}")
             return None
 
         return cls.load(find("items", True), find("interactions", True), find("users", False),
