@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from xdretrieve.cli import main
 from xdretrieve.config import Settings
 from xdretrieve.data import Item
 from xdretrieve.encoder import Encoder, has_cuda, item_text, pick_device, resolve_model
@@ -49,6 +52,25 @@ def test_item_text_template() -> None:
     assert item_text(item, "{title}. {text}") == "Dune. a desert planet"
     assert item_text(Item("b2", "books", "Emma"), "{title}. {text}") == "Emma"
     assert item_text(item, "[{domain}] {title}: {text}") == "[books] Dune: a desert planet"
+
+
+@pytest.mark.parametrize(("template", "expected"), [
+    ("{title} by {brand}", "has the field {brand}; an item's text is made of {title}, {text}, "
+                           "{domain}"),
+    ("{0}", "has the field {0}"),
+    ("{title.upper}", "has the field {title.upper}"),
+    ("{title} {", "is not a template: Single '{' encountered"),
+])
+def test_a_template_with_an_unknown_field_is_refused_in_the_settings(
+        template: str, expected: str, tmp_path: Path, monkeypatch) -> None:
+    # before: a KeyError from the middle of `index`, after the data had been read
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        Settings(text_template=template)
+    monkeypatch.setenv("XDR_TEXT_TEMPLATE", template)
+    r = CliRunner().invoke(main, ["index", "--data", str(tmp_path), "--store",
+                                  str(tmp_path / "store")])
+    assert r.exit_code == 2 and f"setting text_template: '{template}' " in r.output
+    assert Settings(text_template="{{{title}}}: {text}").text_template == "{{{title}}}: {text}"
 
 
 def test_cache_is_used_and_can_be_bypassed(tiny_model: str, tmp_path: Path) -> None:

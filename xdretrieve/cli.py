@@ -69,8 +69,10 @@ def make_settings(**options: Any) -> Any:
 
     try:
         return Settings(**{k: v for k, v in options.items() if v is not None})
-    except ValidationError as e:
-        raise click.UsageError(str(e)) from e
+    except ValidationError as e:  # one line a setting, as env XDR_... or xdretrieve.toml names it
+        lines = [f"setting {'.'.join(map(str, err['loc']))}: "
+                 f"{err['msg'].removeprefix('Value error, ')}" for err in e.errors()]
+        raise click.UsageError("\n".join(lines)) from e
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

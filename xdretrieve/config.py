@@ -7,9 +7,10 @@ Precedence: arguments > environment (``XDR_...``) > ``xdretrieve.toml`` in the w
 from __future__ import annotations
 
 from pathlib import Path
+from string import Formatter
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,6 +21,7 @@ from pydantic_settings import (
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # How an item becomes text for the encoder. Fields: {title}, {text}, {domain}.
 DEFAULT_TEMPLATE = "{title}. {text}"
+TEMPLATE_FIELDS = ("title", "text", "domain")
 # HNSW ef of a search. With the default index (one graph per domain, m = 32,
 # ef_construct = 256, int8) the 200-candidate search has recall@10 0.999 at 38k real items and
 # 0.988 at 1M synthetic vectors (benchmarks/README.md, "Recall"; ef 400: 0.969 at 1M).
@@ -75,6 +77,21 @@ class Settings(BaseSettings):
     candidates: int = Field(200, ge=1, description="Candidates handed to the re-ranker (half "
                             "nearest neighbours, half items co-occurring with the history).")
     rerank: bool = Field(True, description="Use the trained model's re-ranker when it has one.")
+
+    @field_validator("text_template")
+    @classmethod
+    def _known_fields(cls, template: str) -> str:
+        """Refused here, not as a KeyError in the middle of embedding a catalog."""
+        try:
+            fields = [f for _, f, _, _ in Formatter().parse(template) if f is not None]
+        except ValueError as e:  # a lone '{' or '}'
+            raise ValueError(f"{template!r} is not a template: {e} (write a brace as {{{{ or "
+                             f"}}}})") from None
+        unknown = [f for f in fields if f not in TEMPLATE_FIELDS]
+        if unknown:
+            raise ValueError(f"{template!r} has the field {{{unknown[0]}}}; an item's text is made "
+                             f"of {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}")
+        return template
 
     @classmethod
     def settings_customise_sources(
