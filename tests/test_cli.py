@@ -22,6 +22,23 @@ def run(*args: str, ok: bool = True, input: str | None = None):
     return result
 
 
+def test_bad_settings_are_usage_errors_a_line_each(tmp_path: Path, monkeypatch) -> None:
+    # before: pydantic's block for a bad value, and a traceback for a broken xdretrieve.toml
+    monkeypatch.chdir(tmp_path)
+    store = str(tmp_path / "store")
+    (tmp_path / "xdretrieve.toml").write_text('poolin = "mean"\nhnsw_m = 2\n')
+    r = run("info", "--store", store, ok=False)
+    assert r.exit_code == 2
+    assert "setting poolin: no such setting\n" in r.output
+    assert "setting hnsw_m: Input should be greater than or equal to 4\n" in r.output
+    (tmp_path / "xdretrieve.toml").write_text('pooling = "mean\n')
+    r = run("info", "--store", store, ok=False)
+    assert r.exit_code == 2 and f"xdretrieve.toml (in {tmp_path}): Illegal character" in r.output
+    (tmp_path / "xdretrieve.toml").write_text('pooling = "mean"\n')
+    r = run("info", "--store", store, ok=False)
+    assert r.exit_code == 1 and "no xdretrieve store" in r.output
+
+
 @pytest.mark.parametrize("command", sorted(main.commands))
 def test_help_of_every_command(command: str) -> None:
     out = run(command, "--help").output

@@ -71,8 +71,13 @@ def make_settings(**options: Any) -> Any:
         return Settings(**{k: v for k, v in options.items() if v is not None})
     except ValidationError as e:  # one line a setting, as env XDR_... or xdretrieve.toml names it
         lines = [f"setting {'.'.join(map(str, err['loc']))}: "
-                 f"{err['msg'].removeprefix('Value error, ')}" for err in e.errors()]
+                 + ("no such setting" if err["type"] == "extra_forbidden"
+                    else err["msg"].removeprefix("Value error, ")) for err in e.errors()]
         raise click.UsageError("\n".join(lines)) from e
+    except ValueError as e:  # tomllib's (tomli's on 3.10) TOMLDecodeError is one
+        if type(e).__name__ != "TOMLDecodeError":
+            raise
+        raise click.UsageError(f"xdretrieve.toml (in {Path.cwd()}): {e}") from e
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
