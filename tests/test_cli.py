@@ -34,6 +34,10 @@ def test_bad_settings_are_usage_errors_a_line_each(tmp_path: Path, monkeypatch) 
     (tmp_path / "xdretrieve.toml").write_text('pooling = "mean\n')
     r = run("info", "--store", store, ok=False)
     assert r.exit_code == 2 and f"xdretrieve.toml (in {tmp_path}): Illegal character" in r.output
+    from xdretrieve import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match=r"xdretrieve\.toml .*Illegal character"):
+        Settings()  # the library says it as clearly
     (tmp_path / "xdretrieve.toml").write_text('pooling = "mean"\n')
     r = run("info", "--store", store, ok=False)
     assert r.exit_code == 1 and "no xdretrieve store" in r.output

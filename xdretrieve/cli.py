@@ -66,6 +66,7 @@ def make_settings(**options: Any) -> Any:
     from pydantic import ValidationError
 
     from xdretrieve.config import Settings
+    from xdretrieve.errors import ConfigError
 
     try:
         return Settings(**{k: v for k, v in options.items() if v is not None})
@@ -74,10 +75,8 @@ def make_settings(**options: Any) -> Any:
                  + ("no such setting" if err["type"] == "extra_forbidden"
                     else err["msg"].removeprefix("Value error, ")) for err in e.errors()]
         raise click.UsageError("\n".join(lines)) from e
-    except ValueError as e:  # tomllib's (tomli's on 3.10) TOMLDecodeError is one
-        if type(e).__name__ != "TOMLDecodeError":
-            raise
-        raise click.UsageError(f"xdretrieve.toml (in {Path.cwd()}): {e}") from e
+    except ConfigError as e:  # xdretrieve.toml that is not TOML
+        raise click.UsageError(str(e)) from e
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

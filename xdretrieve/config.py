@@ -18,6 +18,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from xdretrieve.errors import ConfigError
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # How an item becomes text for the encoder. Fields: {title}, {text}, {domain}.
 DEFAULT_TEMPLATE = "{title}. {text}"
@@ -102,4 +104,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+        try:  # reading the file parses it
+            toml = TomlConfigSettingsSource(settings_cls)
+        except ValueError as e:  # TOMLDecodeError (tomllib's; tomli's on Python 3.10)
+            raise ConfigError(f"xdretrieve.toml (in {Path.cwd()}): {e}") from e
+        return init_settings, env_settings, toml
