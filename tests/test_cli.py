@@ -174,6 +174,34 @@ def test_bad_input_writes_nothing(tmp_path: Path, paired_dir: Path) -> None:
     assert json.loads(rejects.read_text())["field"] == "title"
 
 
+def test_paths_that_cannot_be_written_fail_before_the_work(tmp_path: Path, paired_dir: Path,
+                                                           monkeypatch) -> None:
+    """An output folder under a file is refused when the option is read (a usage error: no data
+    read, no model trained, no evaluation run first); an OS error met later (here writing the
+    rejects) is one line naming the path, not a traceback."""
+    monkeypatch.setenv("XDR_CACHE_DIR", str(tmp_path / "cache"))
+    blocker = tmp_path / "F"
+    blocker.write_text("")
+    for args in (["index", "--data", str(paired_dir), "--store", str(blocker / "s.xdr")],
+                 ["finetune", "--data", str(paired_dir), "--out", str(blocker / "m.model")],
+                 ["evaluate", "--data", str(paired_dir), "--method", "popularity",
+                  "--out", str(blocker / "results")],
+                 ["demo", "--store", str(blocker / "d.xdr")]):
+        r = run(*args, ok=False)
+        assert r.exit_code == 2, (args, r.output)
+        assert f"{blocker} is a file, not a folder" in r.output, args
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "items.jsonl").write_text((paired_dir / "items.jsonl").read_text()
+                                      + '{"item_id": "book-x", "domain": "books", "title": ""}\n')
+    (data / "interactions.csv").write_text((paired_dir / "interactions.csv").read_text())
+    rejects = blocker / "rejects.jsonl"
+    r = run("index", "--data", str(data), "--store", str(tmp_path / "store"), "--skip-bad-rows",
+            "--rejects", str(rejects), "-q", ok=False)
+    assert r.exit_code == 1 and f"Error: {rejects}: Not a directory" in r.output
+
+
 def test_light_imports() -> None:
     """`import xdretrieve` and `xdretrieve --help` must not import torch."""
     code = ("import sys, xdretrieve, xdretrieve.cli\n"

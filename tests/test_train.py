@@ -969,15 +969,22 @@ def test_cli_finetune_draws_valid_users_when_users_csv_names_none(tiny_model: st
     assert stats.popularity.sum() == 2 * len(split.train)  # a book and a movie each
 
 
-def test_evaluate_refuses_a_model_trained_on_another_split(trained, tmp_path: Path) -> None:
+def test_evaluate_refuses_a_model_trained_on_another_split(
+        trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The model records which users it learned from; an evaluation whose split differs (here
-    a train user made a test user, whose target items the model saw) is refused, not scored."""
+    a train user made a test user, whose target items the model saw) is refused, not scored,
+    and before any method runs, as is a model that is not there."""
     import shutil
 
     from click.testing import CliRunner
 
+    import xdretrieve.evaluate.runner as runner
     from xdretrieve.evaluate.cli import evaluate
 
+    ran: list[str] = []
+    run_method = runner._run
+    monkeypatch.setattr(runner, "_run", lambda method, name, *a: ran.append(name)
+                        or run_method(method, name, *a))
     tmp, _, _, manifest = trained
     assert manifest["split"]["source"] == "users.*" and manifest["split"]["train"] == 36
     data = tmp_path / "data"
@@ -985,15 +992,21 @@ def test_evaluate_refuses_a_model_trained_on_another_split(trained, tmp_path: Pa
     users = (data / "users.csv").read_text()
     assert "u0-2,train" in users
     (data / "users.csv").write_text(users.replace("u0-2,train", "u0-2,test"))
-    args = ["--direction", "books->movies", "--method", "xdretrieve", "--model",
-            str(tmp / "model"), "--out", str(tmp_path / "out"), "-q"]
+    args = ["--direction", "books->movies", "--method", "popularity", "--method", "xdretrieve",
+            "--model", str(tmp / "model"), "--out", str(tmp_path / "out"), "-q"]
     env = {"XDR_CACHE_DIR": str(tmp / "cache")}
     refused = CliRunner().invoke(evaluate, ["--data", str(data), *args], env=env)
     assert refused.exit_code == 1, refused.output
     assert "was trained on other users (36 train users, split from users.*)" in refused.output
     assert "than this evaluation's 35 train users" in refused.output
+    assert ran == []  # not after popularity's run
+    missing = CliRunner().invoke(evaluate, ["--data", str(tmp / "data"), *args, "--compare",
+                                            f"gone={tmp_path / 'gone'}"], env=env)
+    assert missing.exit_code == 1 and "gone' is not a local" in missing.output
+    assert ran == []
     same = CliRunner().invoke(evaluate, ["--data", str(tmp / "data"), *args], env=env)
     assert same.exit_code == 0, same.output
+    assert ran == ["popularity", "xdretrieve"]
 
 
 def test_evaluate_full_ranking_serves_the_head_and_ranks_the_rest_by_the_model(

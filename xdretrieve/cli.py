@@ -1,12 +1,12 @@
 """The ``xdretrieve`` command line: a thin layer over the Python API.
 
-Library errors (:class:`XDRetrieveError`) become one clear line on stderr and exit code 1;
-usage errors exit with 2. Heavy modules are imported inside the commands, so ``--help`` is fast.
+Library errors (:class:`XDRetrieveError`) and the system's (a path that cannot be written) become
+one clear line on stderr and exit code 1 (:mod:`xdretrieve.cli_checks`); usage errors exit
+with 2. Heavy modules are imported inside the commands, so ``--help`` is fast.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import click
 
 from xdretrieve import __version__
-from xdretrieve.errors import XDRetrieveError
+from xdretrieve.cli_checks import OutputDir, fail_cleanly, output_dir_problem
 
 DEMO_DIR = Path(__file__).parent / "demo_data"
 
@@ -31,17 +31,6 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def _fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except XDRetrieveError as e:
-            raise click.ClickException(str(e)) from e
-
-    return wrapper
 
 
 def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -121,7 +110,7 @@ def main(verbose: int) -> None:
               default=Path("rejects.jsonl"), show_default=True,
               help="Where --skip-bad-rows writes the skipped rows.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-@_fail_cleanly
+@fail_cleanly
 def index(data: Path | None, items: Path | None, interactions: Path | None, store: Path | None,
           url: str | None, model: str | None, pooling: str | None, device: str | None,
           batch_size: int | None, no_users: bool, recreate: bool, skip_bad_rows: bool,
@@ -139,6 +128,9 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
         raise click.UsageError("give --data DIR, or both --items and --interactions")
     settings = make_settings(store=store, url=url, model=model, pooling=pooling, device=device,
                              batch_size=batch_size)
+    problem = None if settings.url else output_dir_problem(Path(settings.store))
+    if problem is not None:  # before the data is read, not after
+        raise click.BadParameter(problem, param_hint="'--store'")
     log = RejectLog() if skip_bad_rows else None
     if data is not None:
         dataset = Dataset.from_dir(data, log)
@@ -196,7 +188,7 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
                    "feature that counted most (in JSON: every feature and its part of the "
                    "score).")
 @store_options
-@_fail_cleanly
+@fail_cleanly
 def query(user_id: str | None, history: str | None, text: str | None, users_file: TextIO | None,
           out: Path | None, domain: str, limit: int, as_json: bool, explain: bool,
           store: Path | None, url: str | None, model: str | None) -> None:
@@ -315,7 +307,7 @@ def _explained(hit) -> tuple[str, ...]:
 
 @main.command()
 @store_options
-@_fail_cleanly
+@fail_cleanly
 def info(store: Path | None, url: str | None, model: str | None) -> None:
     """Show what built a store and what it holds."""
     from xdretrieve.store import ITEMS, USERS, open_store
@@ -331,10 +323,9 @@ def info(store: Path | None, url: str | None, model: str | None) -> None:
 
 
 @main.command()
-@click.option("--store", type=click.Path(file_okay=False, path_type=Path),
-              default=Path(".xdretrieve-demo"), show_default=True,
+@click.option("--store", type=OutputDir(), default=Path(".xdretrieve-demo"), show_default=True,
               help="Where to build the store (rebuilt on every run); the model goes to STORE.model.")
-@_fail_cleanly
+@fail_cleanly
 def demo(store: Path) -> None:
     """Train a model on the small packaged books/movies sample, index the sample with it and
     answer cold-start users: the whole pipeline (finetune, index, query) in seconds.

@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 
 from xdretrieve.cli import make_settings, store_options
-from xdretrieve.errors import MissingDependencyError, XDRetrieveError
+from xdretrieve.cli_checks import fail_cleanly
+from xdretrieve.errors import MissingDependencyError
 
 
 @click.command()
@@ -22,6 +23,7 @@ from xdretrieve.errors import MissingDependencyError, XDRetrieveError
               default="info", show_default=True)
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="Log one line per request.")
+@fail_cleanly
 def serve(host: str, port: int, store: Path | None, url: str | None, model: str | None,
           log_level: str, access_log: bool) -> None:
     """Serve recommendations over HTTP (FastAPI; OpenAPI docs at /docs).
@@ -40,13 +42,8 @@ def serve(host: str, port: int, store: Path | None, url: str | None, model: str 
     except ImportError as e:
         raise click.ClickException(str(MissingDependencyError(
             "the HTTP service needs FastAPI and uvicorn: pip install 'xdretrieve[serve]'"))) from e
-    except XDRetrieveError as e:
-        raise click.ClickException(str(e)) from e
     settings = make_settings(store=store, url=url, model=model)
-    try:
-        app = create_app(settings)
-    except XDRetrieveError as e:
-        raise click.ClickException(str(e)) from e
+    app = create_app(settings)
     click.echo(f"serving {settings.url or settings.store} on http://{host}:{port} "
                f"(docs at /docs)", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from xdretrieve.cli_checks import OutputDir, fail_cleanly
 from xdretrieve.errors import XDRetrieveError
 
 
@@ -33,7 +34,7 @@ from xdretrieve.errors import XDRetrieveError
                    "[default: all of them]")
 @click.option("--max-users", type=click.IntRange(min=1), default=None,
               help="Only the first N test users of each direction (users.csv order).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+@click.option("--out", type=OutputDir(), default=Path("results"),
               show_default=True, help="Folder for results.json, report.md and metrics.png.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seeds the methods. (A dataset without users.csv gets one fixed seeded split, "
@@ -52,6 +53,7 @@ from xdretrieve.errors import XDRetrieveError
               help="Also evaluate 'xdretrieve-no-rerank': the --model pipeline without its "
                    "re-ranker.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@fail_cleanly
 def evaluate(data: Path, directions: tuple[str, ...], methods: tuple[str, ...],
              max_users: int | None, out: Path, seed: int, model: str | None,
              pooling: str | None, variants: tuple[str, ...], no_rerank_row: bool,
@@ -92,19 +94,17 @@ def evaluate(data: Path, directions: tuple[str, ...], methods: tuple[str, ...],
         parsed = [Direction.parse(d) for d in directions]
     except XDRetrieveError as e:
         raise click.BadParameter(str(e), param_hint="'--direction'") from e
-    try:
-        from xdretrieve.data import Dataset
-        from xdretrieve.evaluate.report import format_table, write_report
-        from xdretrieve.evaluate.runner import evaluate as run
+    from xdretrieve.data import Dataset
+    from xdretrieve.evaluate.report import format_table, write_report
+    from xdretrieve.evaluate.runner import evaluate as run
 
-        dataset = Dataset.from_dir(data)
-        chosen = list(methods) or [*BASELINES, *RETRIEVER_METHODS]
-        chosen += [name for name in extra if name not in chosen]
-        results = run(dataset, directions=parsed or None, methods=chosen,
-                      max_users=max_users, seed=seed, progress=not quiet)
-        paths = write_report(results, out)
-    except XDRetrieveError as e:
-        raise click.ClickException(str(e)) from e
+    dataset = Dataset.from_dir(data)
+    out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails now, not after
+    chosen = list(methods) or [*BASELINES, *RETRIEVER_METHODS]
+    chosen += [name for name in extra if name not in chosen]
+    results = run(dataset, directions=parsed or None, methods=chosen,
+                  max_users=max_users, seed=seed, progress=not quiet)
+    paths = write_report(results, out)
     click.echo(format_table(results))
     counts = ", ".join(f"{d}: {n}" for d, n in results.n_users.items())
     click.echo(f"\ntest users: {counts}; {results.runtime_seconds:.1f} s in all")

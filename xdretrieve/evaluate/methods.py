@@ -57,6 +57,11 @@ class Method(ABC):
         """(n_queries, n_target_items) int64 full rankings; query = source item ids, oldest
         first."""
 
+    def check(self, view: TrainView) -> None:  # noqa: B027 - optional hook, nothing by default
+        """Refuse now what ``fit(view)`` would refuse (e.g. a model trained on other users):
+        the runner asks every method before it runs any, so that the last one's error does not
+        come after the others' work."""
+
     def config(self) -> dict[str, Any]:
         """Hyper-parameters, including those chosen on valid users, for the report."""
         return {}
@@ -134,6 +139,8 @@ class RetrieverMethod(Method):
         build: called as ``build(view)`` by ``fit``, returns the callable; for methods that
             train or index on the train view first. Give ``recommend`` or ``build``.
         close: called by :meth:`close` (e.g. the retriever's ``close``).
+        check: called as ``check(view)`` by :meth:`check`: raises what ``build(view)`` would
+            refuse, before any method runs.
         config: hyper-parameters to report.
 
     Example:
@@ -149,6 +156,7 @@ class RetrieverMethod(Method):
     def __init__(self, name: str, recommend: Recommend | None = None, *,
                  build: Callable[[TrainView], Recommend] | None = None,
                  close: Callable[[], None] | None = None,
+                 check: Callable[[TrainView], None] | None = None,
                  config: Mapping[str, Any] | None = None):
         if (recommend is None) == (build is None):
             raise ValueError("give exactly one of recommend and build")
@@ -156,10 +164,15 @@ class RetrieverMethod(Method):
         self._given = recommend
         self._build = build
         self._close = close
+        self._check = check
         self._config = dict(config or {})
         self._recommend: Recommend | None = None
         self._target = ""
         self._index: dict[str, int] = {}
+
+    def check(self, view: TrainView) -> None:
+        if self._check is not None:
+            self._check(view)
 
     def fit(self, view: TrainView) -> None:
         self._target = view.target

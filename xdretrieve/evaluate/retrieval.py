@@ -119,14 +119,17 @@ def retriever_method(name: str, settings: Settings, work_dir: Path) -> Method:
     settings = settings.model_copy(update={"store": store_dir, "url": None})
     state: dict = {}
 
+    def check(view: TrainView) -> None:
+        if ref.trained is not None:
+            _check_trained_on(ref.trained, view.users)
+
     def build(view: TrainView):
         from xdretrieve.data import Dataset
         from xdretrieve.indexer import index_dataset
         from xdretrieve.retriever import Retriever
 
         if "retriever" not in state:
-            if ref.trained is not None:
-                _check_trained_on(ref.trained, view.users)
+            check(view)
             index_dataset(Dataset(dict(view.items), []), settings, users=False)
             state["retriever"] = Retriever(settings)
         return _FullRanking(state["retriever"], view.target, view.item_index(view.target))
@@ -135,7 +138,7 @@ def retriever_method(name: str, settings: Settings, work_dir: Path) -> Method:
         if "retriever" in state:
             state.pop("retriever").close()
 
-    return RetrieverMethod(name, build=build, close=close, config={
+    return RetrieverMethod(name, build=build, close=close, check=check, config={
         "model": ref.name, "fingerprint": ref.fingerprint, "pooling": settings.pooling,
         "rerank": settings.rerank, "candidates": settings.candidates,
         "recency_half_life": settings.recency_half_life,

@@ -139,6 +139,8 @@ def evaluate(
     for m in methods:  # fail on an unknown name before any work
         if isinstance(m, str):
             check_known(m)
+    if chosen:  # and on what a method would refuse when fitted (a model from another split)
+        _check_methods(methods, protocol.train_view(chosen[0]), seed)
     rows: list[MethodResult] = []
     n_users: dict[str, int] = {}
     overall = tqdm(total=len(chosen) * len(methods), desc="evaluate", unit="run",
@@ -175,6 +177,19 @@ def evaluate(
               f"seeded random {SPLIT_SEED}", "batch_size": batch_size}
     return Results(dataset.name, rows, n_users, config, _version(),
                    started.isoformat(timespec="seconds"), time.perf_counter() - t0)
+
+
+def _check_methods(methods: Sequence[str | Method], view: TrainView, seed: int) -> None:
+    """Each method's :meth:`~Method.check` (a named one built, checked and closed: building one
+    loads no model and indexes nothing), so that no method's error comes after another's work.
+    The split, and so what is checked, is the same in every direction."""
+    for spec in methods:
+        method = make_method(spec, seed) if isinstance(spec, str) else spec
+        try:
+            method.check(view)
+        finally:
+            if isinstance(spec, str):
+                method.close()
 
 
 def _run(method: Method, name: str, view: TrainView, task: EvalTask, batch_size: int,

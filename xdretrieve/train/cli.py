@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from xdretrieve.errors import XDRetrieveError
+from xdretrieve.cli_checks import OutputDir, fail_cleanly
 from xdretrieve.train import POOLINGS
 
 
@@ -15,7 +15,7 @@ from xdretrieve.train import POOLINGS
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Dataset folder with items.*, interactions.* and optionally users.* (the "
                    "split; without it, the seeded split that `evaluate` draws too).")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", required=True, type=OutputDir(),
               help="The model directory to write: new, empty, or an earlier model, which is "
                    "replaced only once the new one is complete (an interrupted run leaves it "
                    "as it was).")
@@ -65,6 +65,7 @@ from xdretrieve.train import POOLINGS
                    "pass, a fraction of the memory). [default: on the CPU, off on CUDA]")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@fail_cleanly
 def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | None,
              epochs: int | None, pooling: str | None, coral: float | None,
              time_budget: float | None,
@@ -117,21 +118,18 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
             "batch_size": batch_size, "lr": lr, "epochs": ft_epochs, "max_pairs": max_pairs,
             "hard_negatives": hard_negatives, "num_workers": workers,
             "gradient_checkpointing": gradient_checkpointing}.items() if v is not None})
-    try:
-        settings = make_settings(model=model, device=device)
-        dataset = Dataset.from_dir(data)
-        split = Protocol(dataset).split
-        source = ("users.*, which names no valid users: drawn from its train users, as "
-                  "`evaluate` draws them" if split.valid_drawn else "users.*" if split.from_file
-                  else "no users.*: a seeded split, the one `evaluate` uses")
-        click.echo(f"users: {len(split.train):,} train, {len(split.valid):,} valid, "
-                   f"{len(split.test):,} test ({source})", err=True)
-        manifest = train_model(dataset, out, settings, config, mode=mode, full_config=full,
-                               progress=not quiet)
-        if manifest is None:  # another process of a torchrun launch: rank 0 reports
-            return
-    except XDRetrieveError as e:
-        raise click.ClickException(str(e)) from e
+    settings = make_settings(model=model, device=device)
+    dataset = Dataset.from_dir(data)
+    split = Protocol(dataset).split
+    source = ("users.*, which names no valid users: drawn from its train users, as "
+              "`evaluate` draws them" if split.valid_drawn else "users.*" if split.from_file
+              else "no users.*: a seeded split, the one `evaluate` uses")
+    click.echo(f"users: {len(split.train):,} train, {len(split.valid):,} valid, "
+               f"{len(split.test):,} test ({source})", err=True)
+    manifest = train_model(dataset, out, settings, config, mode=mode, full_config=full,
+                           progress=not quiet)
+    if manifest is None:  # another process of a torchrun launch: rank 0 reports
+        return
     if mode == "full":
         ft = manifest["finetune"]
         click.echo(f"fine-tuned the encoder in {ft['seconds']:.0f} s: {ft['pairs_seen']} pairs "

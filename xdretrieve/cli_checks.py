@@ -1,0 +1,68 @@
+"""How a command fails: on one line naming what is wrong, and before its work where it can.
+
+Shared by every ``xdretrieve`` command (and imported by their modules without importing
+:mod:`xdretrieve.cli`, which registers them).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from xdretrieve.errors import XDRetrieveError
+
+
+def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A command's library errors, and the system's (a folder in the way, no permission, a full
+    disk), end it with one line naming the path and exit code 1; -vv logs the traceback."""
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except XDRetrieveError as e:
+            raise click.ClickException(str(e)) from e
+        except BrokenPipeError:  # the reader went away (`| head`): click ends quietly
+            raise
+        except OSError as e:
+            logging.getLogger(__name__).debug("system error", exc_info=True)
+            if e.filename is None:
+                raise click.ClickException(str(e)) from e
+            names = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+            raise click.ClickException(f"{names}: {e.strerror or e}") from e
+
+    return wrapper
+
+
+def output_dir_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be created or written as a folder (a file in its place or on its way,
+    a folder that is not writable), or None. Checked before a command's work, not after it."""
+    existing = next(p for p in (path, *path.parents) if p.exists())  # '.' or '/' at the end
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"no permission to write in {existing}"
+    return None
+
+
+class OutputDir(click.Path):
+    """A folder the command creates or writes: refused when the option is read if that cannot
+    be done."""
+
+    name = "directory"
+
+    def __init__(self) -> None:
+        super().__init__(file_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        problem = output_dir_problem(Path(path))
+        if problem is not None:
+            self.fail(problem, param, ctx)
+        return path
