@@ -68,6 +68,8 @@ def test_unknowns_are_clear_errors(paired_store) -> None:
             r.recommend_user("u1-0", "music")
         with pytest.raises(NotFoundError, match="unknown item"):
             r.recommend_history(["book-1", "book-99"], "movies")
+        with pytest.raises(TypeError, match=r"e\.g\. \['book-1'\], not one string"):
+            r.recommend_history("book-1", "movies")  # not its characters as 6 unknown items
 
 
 def test_a_user_with_no_history_gets_the_most_popular_items(paired_dir: Path,

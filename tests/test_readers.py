@@ -239,6 +239,10 @@ def test_a_folder_without_a_file_of_a_kind_names_the_formats_and_what_it_has(
                                         r"formats$"):
         Dataset.from_dir(tmp_path)
     write_jsonl(tmp_path / "items.jsonl", ITEMS)
+    with pytest.raises(DataError, match=r"items\.jsonl: a file, not a folder: give the "):
+        Dataset.from_dir(tmp_path / "items.jsonl")  # not "no items file" inside it
+    with pytest.raises(DataError, match=r"nope: no such folder: give the dataset's folder"):
+        Dataset.from_dir(tmp_path / "nope")
     (tmp_path / "interactions.txt").write_text("")
     (tmp_path / "interactions.xlsx").write_text("")
     with pytest.raises(DataError, match=r"no interactions file .*; found interactions\.txt, "

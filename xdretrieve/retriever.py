@@ -240,6 +240,9 @@ class Retriever:
         """The query of a user the store has never seen, for target ``domain``: their items'
         vectors, oldest first, pooled (or read by the trained user tower). The items themselves
         are excluded from the answer."""
+        if isinstance(item_ids, str):  # it would be read as its characters
+            raise TypeError(f"item_ids is a sequence of item ids, e.g. [{item_ids!r}], not one "
+                            f"string")
         if not item_ids:
             return Query(np.zeros(0, dtype=np.float32), (), "no history: the most popular items",
                          popular=True)

@@ -63,6 +63,11 @@ class Dataset:
     def from_dir(cls, directory: str | Path, rejects: RejectLog | None = None) -> Dataset:
         """Load ``items.*``, ``interactions.*`` and, when present, ``users.*`` from a folder."""
         directory = Path(directory)
+        if not directory.is_dir():
+            what = "a file, not a folder" if directory.exists() else "no such folder"
+            raise DataError(str(directory), None, None,
+                            f"{what}: give the dataset's folder (or load files with "
+                            f"Dataset.load(items, interactions))")
 
         def find(stem: str, required: bool) -> Path | None:
             found = [p for p in (directory / f"{stem}{ext}" for ext in FORMATS) if p.is_file()]
