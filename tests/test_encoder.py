@@ -87,6 +87,27 @@ def test_cache_is_used_and_can_be_bypassed(tiny_model: str, tmp_path: Path) -> N
     assert enc.cache.get(["never cached"]) == {}
 
 
+def test_a_cache_that_cannot_be_used_is_only_a_warning(tiny_model: str, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """The cache only saves time: one that cannot be opened (a file in the way, a read-only
+    home) is skipped, and one that cannot be written is still read."""
+    import sqlite3
+
+    blocker = tmp_path / "F"
+    blocker.write_text("")
+    enc = Encoder.from_settings(Settings(model=tiny_model, cache_dir=blocker / "cache"))
+    assert enc.cache is None and "cannot be used" in caplog.text
+    assert enc.encode(["red pencil"]).shape == (1, enc.dim)
+
+    enc = Encoder.from_settings(Settings(model=tiny_model, cache_dir=tmp_path / "cache"))
+    first = enc.encode(["red pencil"])
+    enc.cache._db = sqlite3.connect(f"file:{enc.cache.path}?mode=ro", uri=True)  # read-only
+    both = enc.encode(["red pencil", "blue stapler"])  # writing the new one fails, said so
+    assert "cannot be written" in caplog.text
+    np.testing.assert_array_equal(both[0], first[0])
+    assert set(enc.cache.get(["red pencil", "blue stapler"])) == {0}
+
+
 def test_a_text_given_twice_is_embedded_once_and_rereads_the_same(tiny_model: str,
                                                                  tmp_path: Path) -> None:
     """Copies of a text get one vector, embedded once, so that a rerun that reads them from the

@@ -189,8 +189,8 @@ class Encoder:
 
             self.trained = TrainedModel.load(ref.trained)
         self.dim = int(self.trained.manifest["dim"]) if self.trained else self.base_dim
-        self.cache = (EmbeddingCache(cache_dir / "embeddings", f"{ref.encoder_fingerprint}-"
-                                     f"{self.model.max_seq_length}") if cache_dir else None)
+        self.cache = (EmbeddingCache.open(cache_dir / "embeddings", f"{ref.encoder_fingerprint}-"
+                                          f"{self.model.max_seq_length}") if cache_dir else None)
         self.cache_hits = 0  # texts read from the cache instead of embedded, over all calls
 
     @classmethod
