@@ -184,6 +184,33 @@ def test_edge_store_open_twice_is_a_clear_error(tmp_path: Path, points) -> None:
     second.close()
 
 
+def test_an_edge_store_is_never_written_among_other_files(tmp_path: Path, points) -> None:
+    """`--store .` or a data folder given by mistake is refused before anything is written
+    there (a later --recreate would delete an items/ folder of the user's); what a store's own
+    first run leaves, cut short before its info file, is no obstacle to the rerun."""
+    from xdretrieve.errors import StoreError
+
+    folder = tmp_path / "mine"
+    (folder / "items").mkdir(parents=True)
+    (folder / "notes.txt").write_text("keep")
+    (folder / "items" / "mine.txt").write_text("keep")
+    s = EdgeStore(folder)
+    with pytest.raises(StoreError, match=r"holds other files \(notes\.txt\) and no xdretrieve"):
+        s.read_info()
+    with pytest.raises(StoreError, match="holds other files"):
+        load(s, points)
+    s.close()
+    assert sorted(p.name for p in folder.rglob("*")) == ["items", "mine.txt", "notes.txt"]
+
+    cut = EdgeStore(tmp_path / "cut")
+    load(cut, points)  # points, no xdretrieve.json yet
+    cut.close()
+    (tmp_path / "cut" / "xdretrieve.json.tmp").write_text("{")
+    again = EdgeStore(tmp_path / "cut")
+    assert again.read_info() is None and again.count(ITEMS) == len(points[0])
+    again.close()
+
+
 def test_a_closed_edge_store_refuses_use_and_holds_no_lock(tmp_path: Path, points) -> None:
     from xdretrieve.errors import StoreError
 

@@ -122,7 +122,10 @@ class EdgeStore(VectorStore):
         if self._closed:  # reopening would take the lock again and hold it with nobody to free it
             raise StoreError(f"the store {self.path} was closed; open it again "
                              f"(xdretrieve.open_store, or a new Retriever)")
-        if self._lock_file is not None or fcntl is None:
+        if self._lock_file is not None:
+            return
+        self._refuse_a_foreign_folder()
+        if fcntl is None:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         handle = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115 - held until close()
@@ -133,6 +136,21 @@ class EdgeStore(VectorStore):
             raise StoreError(f"the store {self.path} is open in another process or object; "
                              f"close that first (or serve it over HTTP)") from e
         self._lock_file = handle
+
+    def _refuse_a_foreign_folder(self) -> None:
+        """A store is written into a new or empty folder, or one it already holds: never among
+        other files (``--store .`` or a data folder by mistake), whose ``items/`` or ``users/``
+        a ``--recreate`` would delete."""
+        if not self.path.is_dir() or (self.path / INFO_FILE).exists():
+            return
+        own = (LOCK_FILE, INFO_FILE + ".tmp", "items", "users")  # what a first run leaves
+        others = sorted(p.name for p in self.path.iterdir() if p.name not in own)
+        if others:
+            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3
+                                             else "")
+            raise StoreError(f"{self.path} holds other files ({shown}) and no xdretrieve store: "
+                             f"a store is a folder of its own (new or empty before the first "
+                             f"index)")
 
     def _set(self, collection: str) -> ShardSet:
         found = self._sets.get(collection)
@@ -339,6 +357,7 @@ class EdgeStore(VectorStore):
     def read_info(self) -> StoreInfo | None:
         path = self.path / INFO_FILE
         if not path.is_file():
+            self._refuse_a_foreign_folder()  # before an index's work, not when it first writes
             return None
         return StoreInfo.from_dict(json.loads(path.read_text()))
 
