@@ -136,6 +136,13 @@ def test_query_batch_answers_each_user_as_its_own_query(paired_dir: Path, tmp_pa
     lines = run("query", "--store", store, "--users", str(users), "--domain", "movies",
                 "-k", "4").output.splitlines()
     assert [json.loads(line)["user_id"] for line in lines] == ["u3-0", "u1-1"]
+    lines = run("query", "--store", store, "--users", "-", "--domain", "movies",
+                input="user_id\nu1-1\n").output.splitlines()  # a column with its header
+    assert [json.loads(line)["user_id"] for line in lines] == ["u1-1"]
+    r = run("query", "--store", store, "--users", "-", "--domain", "movies",
+            input="u3-0,test\n", ok=False)  # a table, not a column
+    assert r.exit_code == 1 and ("line 1: unknown user 'u3-0,test' (one id per line: the file "
+                                 "looks like a table") in r.output
     users.write_bytes("u3-0\nJos\u00e9\n".encode("latin-1"))
     r = run("query", "--store", store, "--users", str(users), "--domain", "movies", ok=False)
     assert r.exit_code == 1 and f"{users}: not UTF-8 text" in r.output

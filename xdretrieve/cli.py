@@ -172,7 +172,8 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
 @click.option("--text", help="A free-text query.")
 @click.option("--users", "users_file", type=click.File("r", encoding="utf-8-sig"), metavar="FILE",
               help="A batch: a file of stored users' ids, one per line ('-': standard input; "
-                   "blank lines and '#' comments skipped). Writes JSON Lines, one object per "
+                   "blank lines, '#' comments and a first line 'user_id', a column's header, "
+                   "skipped). Writes JSON Lines, one object per "
                    "user in the file's order, as --json writes one.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="With --users: write the JSON Lines here (replaced whole when the batch is "
@@ -255,12 +256,15 @@ def _query_batch(retriever: Any, users_file: TextIO, out: Path | None, domain: s
     from xdretrieve.errors import NotFoundError
 
     retriever.check_domain(domain)  # before the file: a wrong domain is not any line's fault
+    where = getattr(users_file, "name", "<stdin>")
     try:  # utf-8-sig: a list saved by a spreadsheet starts with a byte-order mark
         users = [(n, line.strip()) for n, line in enumerate(users_file, start=1)
                  if line.strip() and not line.lstrip().startswith("#")]
     except UnicodeDecodeError as e:
-        raise click.ClickException(f"{users_file.name}: not UTF-8 text ({e.reason}); save it "
+        raise click.ClickException(f"{where}: not UTF-8 text ({e.reason}); save it "
                                    f"as UTF-8") from None
+    if users and users[0][1] == "user_id":  # the column's header (`cut -d, -f1 users.csv`)
+        users = users[1:]
     sink, tmp = sys.stdout, None
     if out is not None:
         if not out.parent.is_dir():
@@ -272,7 +276,9 @@ def _query_batch(retriever: Any, users_file: TextIO, out: Path | None, domain: s
             try:
                 q = retriever.user_query(user, domain)
             except NotFoundError as e:
-                raise click.ClickException(f"{users_file.name}, line {n}: {e}") from e
+                hint = (" (one id per line: the file looks like a table; give its user_id "
+                        "column)" if "," in user or "\t" in user else "")
+                raise click.ClickException(f"{where}, line {n}: {e}{hint}") from e
             answer = _answer(q, domain, retriever.search(q, domain, limit), explain)
             sink.write(json.dumps({"user_id": user, **answer}) + "\n")
         if tmp is not None:
