@@ -211,6 +211,24 @@ def test_an_edge_store_is_never_written_among_other_files(tmp_path: Path, points
     again.close()
 
 
+def test_a_server_that_cannot_be_reached_is_named(tmp_path: Path) -> None:
+    import threading
+
+    from xdretrieve.config import Settings
+    from xdretrieve.errors import StoreError
+    from xdretrieve.store import open_store
+
+    url = "http://127.0.0.1:9"  # the discard port: nothing listens there
+    store = open_store(Settings(url=url, cache_dir=tmp_path))
+    with pytest.raises(StoreError, match=r"cannot reach the Qdrant server at "
+                                         r"http://127\.0\.0\.1:9: .*is it running\?"):
+        store.read_info()
+    store.close()
+    for thread in threading.enumerate():  # the client's version check: its warning is filtered
+        if "_check_compatibility" in thread.name:  # here, under this test's filters
+            thread.join(timeout=30)
+
+
 def test_a_closed_edge_store_refuses_use_and_holds_no_lock(tmp_path: Path, points) -> None:
     from xdretrieve.errors import StoreError
 

@@ -7,6 +7,7 @@ tests), otherwise the embedded Qdrant Edge store in ``settings.store``.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 from xdretrieve.store.base import (
@@ -42,9 +43,13 @@ def open_store(settings: Settings) -> VectorStore:
         if settings.url == ":memory:":
             client = QdrantClient(":memory:")
         else:
+            # the client checks the server's version on a thread of its own, and warns when it
+            # cannot reach it: the first call says so, with the address, as one error
+            warnings.filterwarnings("ignore", message="Failed to obtain server version",
+                                    category=UserWarning)
             client = QdrantClient(url=settings.url, api_key=settings.api_key)
         return ServerStore(client, settings.collection_prefix, shards=settings.shards,
-                           replicas=settings.replicas, **index_args)
+                           replicas=settings.replicas, url=settings.url, **index_args)
     from xdretrieve.store.edge import EdgeStore
 
     return EdgeStore(settings.store, hnsw_per_domain=settings.hnsw_per_domain,

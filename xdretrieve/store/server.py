@@ -30,12 +30,13 @@ class ServerStore(VectorStore):
         client: a connected ``QdrantClient`` (``QdrantClient(url=...)``; tests use ``":memory:"``).
         prefix: collection name prefix.
         shards, replicas: placement of new collections on a cluster.
+        url: the server's address, for messages.
     """
 
     def __init__(self, client: QdrantClient, prefix: str = "xdr_", hnsw_m: int = 32,
                  hnsw_ef_construct: int = 256, search_ef: int = DEFAULT_SEARCH_EF,
-                 shards: int = 1, replicas: int = 1):
-        self.client, self.prefix = client, prefix
+                 shards: int = 1, replicas: int = 1, url: str | None = None):
+        self.client, self.prefix, self.url = client, prefix, url
         self.hnsw_m, self.hnsw_ef_construct, self.search_ef = hnsw_m, hnsw_ef_construct, search_ef
         self.shards, self.replicas = shards, replicas
 
@@ -49,7 +50,9 @@ class ServerStore(VectorStore):
         try:
             return self.client.collection_exists(self.name(collection))
         except Exception as e:  # connection refused, DNS, TLS: all mean the same to a user
-            raise StoreError(f"cannot reach the Qdrant server: {e}") from e
+            at = f" at {self.url}" if self.url else ""
+            raise StoreError(f"cannot reach the Qdrant server{at}: {e} (is it running? "
+                             f"`docker compose up -d qdrant` starts one)") from e
 
     def create(self, collection: str, dim: int, keyword_fields: Sequence[str]) -> None:
         name = self.name(collection)
