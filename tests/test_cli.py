@@ -162,12 +162,18 @@ def test_query_batch_answers_each_user_as_its_own_query(paired_dir: Path, tmp_pa
     assert r.exit_code == 2 and "--out goes with --users" in r.output
 
 
-def test_bad_input_writes_nothing(tmp_path: Path, paired_dir: Path) -> None:
+def data_with_an_empty_title(tmp_path: Path, paired_dir: Path) -> Path:
+    """The paired data, with a 25th item whose title is empty."""
     data = tmp_path / "data"
     data.mkdir()
     (data / "items.jsonl").write_text((paired_dir / "items.jsonl").read_text()
                                       + '{"item_id": "book-x", "domain": "books", "title": ""}\n')
     (data / "interactions.csv").write_text((paired_dir / "interactions.csv").read_text())
+    return data
+
+
+def test_bad_input_writes_nothing(tmp_path: Path, paired_dir: Path) -> None:
+    data = data_with_an_empty_title(tmp_path, paired_dir)
     store = tmp_path / "store"
     r = run("index", "--data", str(data), "--store", str(store), ok=False)
     assert r.exit_code == 1
@@ -198,11 +204,7 @@ def test_paths_that_cannot_be_written_fail_before_the_work(tmp_path: Path, paire
         assert r.exit_code == 2, (args, r.output)
         assert f"{blocker} is a file, not a folder" in r.output, args
 
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "items.jsonl").write_text((paired_dir / "items.jsonl").read_text()
-                                      + '{"item_id": "book-x", "domain": "books", "title": ""}\n')
-    (data / "interactions.csv").write_text((paired_dir / "interactions.csv").read_text())
+    data = data_with_an_empty_title(tmp_path, paired_dir)
     rejects = blocker / "rejects.jsonl"
     r = run("index", "--data", str(data), "--store", str(tmp_path / "store"), "--skip-bad-rows",
             "--rejects", str(rejects), "-q", ok=False)
