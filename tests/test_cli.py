@@ -160,6 +160,13 @@ def test_query_batch_answers_each_user_as_its_own_query(paired_dir: Path, tmp_pa
     r = run("query", "--store", store, "--user", "u3-0", "--domain", "movies", "--out",
             str(out), ok=False)
     assert r.exit_code == 2 and "--out goes with --users" in r.output
+    r = run("query", "--store", store, "--users", "-", "--domain", "movies", "--out",
+            str(users / "recs.jsonl"), input="u3-0\n", ok=False)  # under a file
+    assert r.exit_code == 2 and f"{users} is a file, not a folder" in r.output
+    nested = tmp_path / "new" / "recs.jsonl"  # a folder to make, as every output's
+    run("query", "--store", store, "--users", "-", "--domain", "movies", "--out", str(nested),
+        input="u3-0\n")
+    assert json.loads(nested.read_text())["user_id"] == "u3-0"
 
 
 def data_with_an_empty_title(tmp_path: Path, paired_dir: Path) -> Path:

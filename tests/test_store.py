@@ -201,6 +201,9 @@ def test_an_edge_store_is_never_written_among_other_files(tmp_path: Path, points
         load(s, points)
     s.close()
     assert sorted(p.name for p in folder.rglob("*")) == ["items", "mine.txt", "notes.txt"]
+    under_a_file = EdgeStore(folder / "notes.txt" / "store")  # refused before any work
+    with pytest.raises(StoreError, match=r"cannot be made: .*notes\.txt is a file, not a folder"):
+        under_a_file.read_info()
 
     cut = EdgeStore(tmp_path / "cut")
     load(cut, points)  # points, no xdretrieve.json yet

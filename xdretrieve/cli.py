@@ -19,7 +19,8 @@ from typing import Any, TextIO
 import click
 
 from xdretrieve import __version__
-from xdretrieve.cli_checks import OutputDir, fail_cleanly, output_dir_problem
+from xdretrieve.cli_checks import OutputDir, fail_cleanly
+from xdretrieve.paths import output_dir_problem
 
 DEMO_DIR = Path(__file__).parent / "demo_data"
 
@@ -267,8 +268,10 @@ def _query_batch(retriever: Any, users_file: TextIO, out: Path | None, domain: s
         users = users[1:]
     sink, tmp = sys.stdout, None
     if out is not None:
-        if not out.parent.is_dir():
-            raise click.ClickException(f"--out {out}: no folder {out.parent}")
+        problem = output_dir_problem(out.parent)
+        if problem is not None:
+            raise click.BadParameter(problem, param_hint="'--out'")
+        out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # the umask's mode, as `out`
         sink = open(tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed below, then moved
     try:

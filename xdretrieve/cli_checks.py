@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import click
 
 from xdretrieve.errors import XDRetrieveError
+from xdretrieve.paths import output_dir_problem
 
 
 def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -37,17 +37,6 @@ def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(f"{names}: {e.strerror or e}") from e
 
     return wrapper
-
-
-def output_dir_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be created or written as a folder (a file in its place or on its way,
-    a folder that is not writable), or None. Checked before a command's work, not after it."""
-    existing = next(p for p in (path, *path.parents) if p.exists())  # '.' or '/' at the end
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"no permission to write in {existing}"
-    return None
 
 
 class OutputDir(click.Path):

@@ -61,6 +61,7 @@ except ImportError:  # Windows: no advisory lock; one process at a time is up to
 
 from xdretrieve.config import DEFAULT_SEARCH_EF
 from xdretrieve.errors import StoreError
+from xdretrieve.paths import output_dir_problem
 from xdretrieve.store import edge_load
 from xdretrieve.store.base import (
     PointId,
@@ -138,10 +139,15 @@ class EdgeStore(VectorStore):
         self._lock_file = handle
 
     def _refuse_a_foreign_folder(self) -> None:
-        """A store is written into a new or empty folder, or one it already holds: never among
-        other files (``--store .`` or a data folder by mistake), whose ``items/`` or ``users/``
-        a ``--recreate`` would delete."""
-        if not self.path.is_dir() or (self.path / INFO_FILE).exists():
+        """A store is written into a new folder that can be made, an empty one, or one it
+        already holds: never among other files (``--store .`` or a data folder by mistake),
+        whose ``items/`` or ``users/`` a ``--recreate`` would delete."""
+        if not self.path.is_dir():
+            problem = output_dir_problem(self.path)
+            if problem is not None:
+                raise StoreError(f"the store {self.path} cannot be made: {problem}")
+            return
+        if (self.path / INFO_FILE).exists():
             return
         own = (LOCK_FILE, INFO_FILE + ".tmp", "items", "users")  # what a first run leaves
         others = sorted(p.name for p in self.path.iterdir() if p.name not in own)
