@@ -248,6 +248,23 @@ def test_a_closed_edge_store_refuses_use_and_holds_no_lock(tmp_path: Path, point
     second.close()
 
 
+def test_an_edge_store_dropped_unclosed_frees_its_lock_quietly(tmp_path: Path, points) -> None:
+    """A framework component (Haystack's has no teardown) may drop a store without close()."""
+    import gc
+    import warnings
+
+    first = EdgeStore(tmp_path / "edge")
+    load(first, points)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del first
+        gc.collect()
+    assert [str(w.message) for w in caught] == []  # before: ResourceWarning, unclosed .lock
+    second = EdgeStore(tmp_path / "edge")
+    assert second.count(ITEMS) == len(points[0])
+    second.close()
+
+
 def test_point_ids_are_deterministic_integers_and_hits_return_them(store: VectorStore,
                                                                    points) -> None:
     from xdretrieve.store import user_point_id

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,7 @@ class EdgeStore(VectorStore):
         self.hnsw_m, self.hnsw_ef_construct, self.search_ef = hnsw_m, hnsw_ef_construct, search_ef
         self.hnsw_per_domain, self.quantization = hnsw_per_domain, quantization
         self._sets: dict[str, ShardSet] = {}
-        self._lock_file: Any = None
+        self._unlock: weakref.finalize | None = None  # closes the held lock file
         self._closed = False
 
     def __repr__(self) -> str:
@@ -123,7 +124,7 @@ class EdgeStore(VectorStore):
         if self._closed:  # reopening would take the lock again and hold it with nobody to free it
             raise StoreError(f"the store {self.path} was closed; open it again "
                              f"(xdretrieve.open_store, or a new Retriever)")
-        if self._lock_file is not None:
+        if self._unlock is not None:
             return
         self._refuse_a_foreign_folder()
         if fcntl is None:
@@ -136,7 +137,9 @@ class EdgeStore(VectorStore):
             handle.close()
             raise StoreError(f"the store {self.path} is open in another process or object; "
                              f"close that first (or serve it over HTTP)") from e
-        self._lock_file = handle
+        # a store dropped unclosed (a framework's component has no teardown) frees its lock
+        # when collected, quietly: writes are on disk when they return, nothing else is pending
+        self._unlock = weakref.finalize(self, handle.close)
 
     def _refuse_a_foreign_folder(self) -> None:
         """A store is written into a new folder that can be made, an empty one, or one it
@@ -382,6 +385,6 @@ class EdgeStore(VectorStore):
             sset.close()
         self._sets.clear()
         self._closed = True
-        if self._lock_file is not None:
-            self._lock_file.close()  # releases the lock
-            self._lock_file = None
+        if self._unlock is not None:
+            self._unlock()  # releases the lock
+            self._unlock = None

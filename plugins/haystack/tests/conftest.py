@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +34,20 @@ def paired_settings(tmp_path_factory: pytest.TempPathFactory):
     settings = Settings(store=root / "store", cache_dir=root / "cache")
     index_dataset(Dataset.from_dir(root), settings)
     return settings
+
+
+@pytest.fixture
+def readme_example_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                          capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """What the README's Python example prints, run as printed on the store it names."""
+    from click.testing import CliRunner
+
+    from xdretrieve.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    built = CliRunner().invoke(main, ["demo", "--store", "shop.xdr"])
+    assert built.exit_code == 0, built.output
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    exec(compile(example, "README.md", "exec"), {})
+    return capsys.readouterr().out.splitlines()

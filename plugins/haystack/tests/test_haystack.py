@@ -8,7 +8,7 @@ import pytest
 from haystack import Document, Pipeline
 from xdretrieve_haystack import XDRetrieveRetriever
 
-from xdretrieve import NotFoundError
+from xdretrieve import NotFoundError, StoreError
 
 
 @pytest.fixture(autouse=True)
@@ -20,8 +20,7 @@ def _no_telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
 def component(paired_settings) -> Iterator[XDRetrieveRetriever]:
     c = XDRetrieveRetriever(domain="movies", limit=3, store=str(paired_settings.store))
     yield c
-    if c._retriever is not None:
-        c._retriever.close()  # an embedded store is open in one place at a time
+    c.close()  # an embedded store is open in one place at a time
 
 
 def test_the_counterpart_comes_first(component: XDRetrieveRetriever, themes: list[str]) -> None:
@@ -52,7 +51,10 @@ def test_in_a_pipeline_and_serialized(component: XDRetrieveRetriever, paired_set
     loaded = Pipeline.loads(pipe.dumps(), allowed_modules=["xdretrieve_haystack"])
     result = loaded.run({"recommend": {"history": ["book-1"]}})
     assert result["recommend"]["documents"][0].id == "movie-1"
-    loaded.get_component("recommend")._retriever.close()
+    with pytest.raises(StoreError, match="open in another process or object"):
+        component.run(history=["book-1"])  # the loaded pipeline's component holds the store
+    loaded.get_component("recommend").close()
+    assert component.run(history=["book-1"])["documents"][0].id == "movie-1"
 
 
 def test_bad_calls(component: XDRetrieveRetriever) -> None:
@@ -60,3 +62,8 @@ def test_bad_calls(component: XDRetrieveRetriever) -> None:
         component.run(user_id="u1", text="dragons")
     with pytest.raises(NotFoundError, match="unknown domain 'music'"):
         component.run(user_id="u1", domain="music")
+
+
+def test_the_readme_example_runs_as_printed(readme_example_output: list[str]) -> None:
+    assert len(readme_example_output) == 5
+    assert all(line.startswith("movie-") for line in readme_example_output)

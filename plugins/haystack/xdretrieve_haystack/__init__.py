@@ -5,8 +5,8 @@ Example:
     >>> from xdretrieve_haystack import XDRetrieveRetriever
     >>> pipe = Pipeline()
     >>> pipe.add_component("recommend", XDRetrieveRetriever(domain="movies", store="shop.xdr"))
-    >>> pipe.run({"recommend": {"history": ["book-1", "book-7"]}})  # doctest: +SKIP
-    {'recommend': {'documents': [Document(id=movie-7, content: 'Alien', ...), ...]}}
+    >>> pipe.run({"recommend": {"history": ["book-01", "book-05"]}})  # doctest: +SKIP
+    {'recommend': {'documents': [Document(id=movie-08, content: 'Convoy North', ...), ...]}}
 """
 
 from __future__ import annotations
@@ -46,6 +46,14 @@ class XDRetrieveRetriever:
 
             given = {"store": self.store, "url": self.url, "model": self.model}
             self._retriever = Retriever(Settings(**{k: v for k, v in given.items() if v}))
+
+    def close(self) -> None:
+        """Close the store, so that another component or process can open it (an embedded
+        store is open in one place at a time). Haystack has no teardown: a component dropped
+        unclosed frees the store when it is collected."""
+        if self._retriever is not None:
+            self._retriever.close()
+            self._retriever = None
 
     @component.output_types(documents=list[Document])
     def run(self, user_id: str | None = None, history: list[str] | None = None,

@@ -47,3 +47,8 @@ def test_errors_are_xdretrieve_errors(core: Retriever) -> None:
         XDRetrieveRetriever(retriever=core, mode="user", domain="movies").invoke("ghost")
     with pytest.raises(ValueError):
         XDRetrieveRetriever(retriever=core, mode="vibes", domain="movies")
+
+
+def test_the_readme_example_runs_as_printed(readme_example_output: list[str]) -> None:
+    assert len(readme_example_output) == 5
+    assert all(line.startswith("movie-") for line in readme_example_output)

@@ -42,3 +42,8 @@ def test_errors(core: Retriever) -> None:
         XDRetrieveRetriever(core, domain="movies").retrieve("book-99")
     with pytest.raises(ValueError, match="mode"):
         XDRetrieveRetriever(core, domain="movies", mode="vibes")  # type: ignore[arg-type]
+
+
+def test_the_readme_example_runs_as_printed(readme_example_output: list[str]) -> None:
+    assert len(readme_example_output) == 5
+    assert all(line.startswith("movie-") for line in readme_example_output)
