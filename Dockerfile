@@ -1,6 +1,8 @@
 # xdretrieve's HTTP service (`xdretrieve serve`) on the CPU, against a Qdrant server.
 #   docker compose up -d              # qdrant + xdretrieve, see compose.yaml
-#   docker compose run --rm -v "$PWD/data:/data:ro" xdretrieve index --data /data --url http://qdrant:6333
+#   docker compose run --rm -v "$PWD/data:/data:ro" xdretrieve finetune --data /data --out /models/shop.model
+#   docker compose run --rm -v "$PWD/data:/data:ro" xdretrieve index --data /data --model /models/shop.model \
+#       --url http://qdrant:6333
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -17,7 +19,12 @@ COPY pyproject.toml README.md ./
 COPY xdretrieve ./xdretrieve
 RUN pip install ".[serve]"
 
-RUN useradd --create-home --uid 10001 xdr
+# Mount points of compose.yaml's named volumes, made here so that a new volume takes their owner:
+# trained models (`finetune --out /models/NAME`, which `index --model` records and `serve` loads)
+# and the embedding cache (finetune and index each embed a catalog; the cache keeps it once).
+RUN useradd --create-home --uid 10001 xdr \
+    && mkdir -p /models /home/xdr/.cache/xdretrieve \
+    && chown -R xdr:xdr /models /home/xdr/.cache
 USER xdr
 EXPOSE 8000
 

@@ -136,6 +136,22 @@ def test_dockerfile_installs_cpu_torch_then_the_serve_extra() -> None:
     assert 'CMD ["serve", "--host", "0.0.0.0", "--url", "http://qdrant:6333"]' in text
 
 
+def test_every_xdretrieve_service_shares_the_models_and_the_cache(compose: dict) -> None:
+    """A store records the path of the model that built it: `finetune --out /models/NAME` in
+    one container must be what `serve` loads in another (without it, the service could only
+    serve the pretrained encoder's vectors)."""
+    declared = compose.get("volumes") or {}
+    for name in ("xdretrieve", "xdretrieve-cluster"):
+        mounts = dict(reversed(str(v).split(":")[:2]) for v in
+                      compose["services"][name].get("volumes", []))
+        assert mounts.get("/models") in declared, f"{name}: no named volume at /models"
+        assert mounts.get("/home/xdr/.cache/xdretrieve") in declared, f"{name}: no cache volume"
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    made = re.search(r"mkdir -p /models /home/xdr/\.cache/xdretrieve\s*\\\s*"
+                     r"&& chown -R xdr:xdr /models /home/xdr/\.cache", text)
+    assert made and made.start() < text.index("USER xdr"), "a new volume takes its mount point's owner"
+
+
 def test_cluster_profile_is_three_bootstrapped_nodes(compose: dict) -> None:
     services = compose["services"]
     declared = compose.get("volumes") or {}
