@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,26 @@ def test_nearest_is_the_search_without_payloads(store: VectorStore, points) -> N
     np.testing.assert_allclose(cosines, [h.score for h in hits], atol=1e-6)
 
 
+def test_ids_by_domain_are_every_point_by_its_domain(store: VectorStore, points) -> None:
+    check_ids_by_domain(store, points)
+
+
+def test_ids_by_domain_of_an_edge_store_of_one_shard(tmp_path: Path, points) -> None:
+    store = EdgeStore(tmp_path / "one", hnsw_per_domain=False)  # reads the payloads instead
+    check_ids_by_domain(store, points)
+    store.close()
+
+
+def check_ids_by_domain(store: VectorStore, points) -> None:
+    load(store, points)
+    ids, _, payloads = points
+    expected = {d: sorted(item_point_id(i) for i, p in zip(ids, payloads, strict=True)
+                          if p["domain"] == d) for d in ("a", "b")}
+    assert {d: sorted(v) for d, v in store.ids_by_domain(ITEMS).items()} == expected
+    store.delete(ITEMS, expected["b"])  # a domain with no items left is not listed
+    assert {d: sorted(v) for d, v in store.ids_by_domain(ITEMS).items()} == {"a": expected["a"]}
+
+
 def test_similarity_is_the_exact_cosine_of_the_given_points(store: VectorStore, points) -> None:
     load(store, points)
     ids, vectors, _ = points
@@ -134,6 +155,12 @@ def test_retrieve_scroll_count_delete(store: VectorStore, points) -> None:
     got = store.retrieve(ITEMS, [item_point_id("i5"), item_point_id("nope")], with_vectors=True)
     assert [p.payload["item_id"] for p in got] == ["i5"]
     np.testing.assert_allclose(got[0].vector, vectors[5], atol=1e-6)
+    bare = store.retrieve(ITEMS, [item_point_id("i7"), item_point_id("i5")], with_vectors=True,
+                          with_payload=False)  # what the query path's bias heads read
+    assert {p.id for p in bare} == {item_point_id("i7"), item_point_id("i5")}
+    assert all(p.payload == {} for p in bare)
+    np.testing.assert_allclose(bare[[p.id for p in bare].index(item_point_id("i7"))].vector,
+                               vectors[7], atol=1e-6)
     scrolled = list(store.scroll(ITEMS, fields=["item_id"]))
     assert sorted(p.payload["item_id"] for p in scrolled) == sorted(ids)
     assert set(scrolled[0].payload) == {"item_id"}
@@ -274,6 +301,12 @@ def test_point_ids_are_deterministic_integers_and_hits_return_them(store: Vector
     assert len({item_point_id(f"i{k}") for k in range(10_000)}) == 10_000
     assert user_point_id("u1", "books") != user_point_id("u1", "movies") != item_point_id("u1")
     load(store, points)
+    # the ids of every store written so far: the top 63 bits of the key's UUIDv5
+    from xdretrieve.store.base import _NAMESPACE
+
+    for key in ("b1", "", "Films été", "🎬 x" * 40, *(f"office-{k:05d}" for k in range(500))):
+        assert item_point_id(key) == uuid.uuid5(_NAMESPACE, f"item:{key}").int >> 65, key
+        assert user_point_id(key, "été") == uuid.uuid5(_NAMESPACE, f"user:été:{key}").int >> 65
     hit = store.search(ITEMS, points[1][0], 1)[0]
     assert hit.id == item_point_id(hit.payload["item_id"])
     assert store.retrieve(ITEMS, [hit.id])[0].id == hit.id

@@ -402,19 +402,17 @@ class Retriever:
         return found
 
     def _read_bias_heads(self) -> None:
-        """Every domain's items of highest bias, in one pass over the store, with their vectors
-        (scoring them in memory costs microseconds; asking the engine for the ~900 of a
-        re-ranked query on amazon-arts-office cost ~3 ms), also the co-occurring candidates
-        among them (:meth:`_score_points`)."""
-        by_domain: dict[str, list[int]] = {}
-        for p in self.store.scroll(ITEMS, fields=["domain"]):
-            by_domain.setdefault(p.payload.get("domain", ""), []).append(p.id)
-        for d, ids in by_domain.items():
+        """Every domain's items of highest bias, with their vectors (scoring them in memory
+        costs microseconds; asking the engine for the ~900 of a re-ranked query on
+        amazon-arts-office cost ~3 ms), also the co-occurring candidates among them
+        (:meth:`_score_points`). Ids and vectors only: no payload is read (in a new process,
+        a `query`, that was 0.35 s of its 1 s)."""
+        for d, ids in self.store.ids_by_domain(ITEMS).items():
             pids = np.array(ids, dtype=np.int64)
             bias = self.model.rescore_points(pids, np.zeros(len(pids), dtype=np.float32))
             order = np.argsort(-bias, kind="stable")[:MAX_BIAS_SCAN]
-            found = {p.id: p.vector for p in self.store.retrieve(ITEMS, pids[order].tolist(),
-                                                                   with_vectors=True)}
+            found = {p.id: p.vector for p in self.store.retrieve(
+                ITEMS, pids[order].tolist(), with_vectors=True, with_payload=False)}
             order = np.array([k for k in order if pids[k] in found], dtype=np.int64)
             vectors = np.array([found[p] for p in pids[order].tolist()],
                                dtype=np.float32).reshape(len(order), self.info.dim)

@@ -168,15 +168,19 @@ class LockedStore(VectorStore):
         with self.lock.write():
             self.inner.delete(collection, ids)
 
-    def retrieve(self, collection: str, ids: Sequence[PointId],
-                 with_vectors: bool = False) -> list[StoredPoint]:
+    def retrieve(self, collection: str, ids: Sequence[PointId], with_vectors: bool = False,
+                 with_payload: bool = True) -> list[StoredPoint]:
         with self.lock.read():
-            return self.inner.retrieve(collection, ids, with_vectors)
+            return self.inner.retrieve(collection, ids, with_vectors, with_payload)
 
     def scroll(self, collection: str, with_vectors: bool = False,
                fields: Sequence[str] | None = None) -> Iterator[StoredPoint]:
         with self.lock.read():  # read it all now: a paused generator must not hold the lock
             return iter(list(self.inner.scroll(collection, with_vectors, fields)))
+
+    def ids_by_domain(self, collection: str) -> dict[str, list[PointId]]:
+        with self.lock.read():
+            return self.inner.ids_by_domain(collection)
 
     def count(self, collection: str) -> int:
         with self.lock.read():

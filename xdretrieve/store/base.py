@@ -6,6 +6,7 @@ calls; ids, batching, build metadata and its checks live here, once.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -30,10 +31,18 @@ STORE_LAYOUT = 2
 PointId = int
 
 
+_NAMESPACE_SHA1 = hashlib.sha1(_NAMESPACE.bytes)
+
+
 def _point_id(key: str) -> PointId:
-    # the top 63 bits of a UUIDv5: deterministic, positive in any signed 64-bit type, and a
-    # collision among a billion keys has odds of about 1 in 10^10
-    return uuid.uuid5(_NAMESPACE, key).int >> 65
+    # the top 63 bits of a UUIDv5 (``uuid.uuid5(_NAMESPACE, key).int >> 65``): deterministic,
+    # positive in any signed 64-bit type, and a collision among a billion keys has odds of
+    # about 1 in 10^10. Computed from the SHA-1 directly, 4x faster than through uuid.UUID
+    # (a trained model maps its whole catalog when a process starts: 38k ids, 80 -> 20 ms).
+    digest = _NAMESPACE_SHA1.copy()
+    digest.update(key.encode("utf-8"))
+    top = int.from_bytes(digest.digest()[:8], "big")
+    return ((top & ~0xF000) | 0x5000) >> 1  # the version nibble UUIDv5 sets; variant bits fall off
 
 
 def item_point_id(item_id: str) -> PointId:
@@ -157,9 +166,11 @@ class VectorStore(ABC):
     def delete(self, collection: str, ids: Sequence[PointId]) -> None: ...
 
     @abstractmethod
-    def retrieve(self, collection: str, ids: Sequence[PointId],
-                 with_vectors: bool = False) -> list[StoredPoint]:
-        """Points by id; ids not in the store are left out."""
+    def retrieve(self, collection: str, ids: Sequence[PointId], with_vectors: bool = False,
+                 with_payload: bool = True) -> list[StoredPoint]:
+        """Points by id; ids not in the store are left out. ``with_payload=False`` leaves the
+        payloads empty (a new process's first read of 2,000 scattered items' payloads cost
+        ~0.1 s on the embedded store, their vectors alone ~3 ms)."""
 
     @abstractmethod
     def scroll(self, collection: str, with_vectors: bool = False,
@@ -182,6 +193,13 @@ class VectorStore(ABC):
         search of the query path needs, without an object per hit."""
         hits = self.search(collection, vector, limit, domain, exclude, with_payload=False)
         return [h.id for h in hits], np.fromiter((h.score for h in hits), np.float32, len(hits))
+
+    def ids_by_domain(self, collection: str) -> dict[str, list[PointId]]:
+        """Every point id of the collection, by the ``domain`` of its payload."""
+        out: dict[str, list[PointId]] = {}
+        for p in self.scroll(collection, fields=["domain"]):
+            out.setdefault(p.payload.get("domain", ""), []).append(p.id)
+        return out
 
     @abstractmethod
     def similarity(self, collection: str, vector: np.ndarray, ids: Sequence[PointId],

@@ -248,14 +248,14 @@ class EdgeStore(VectorStore):
                 shard.update(qe.UpdateOperation.delete_points(list(ids)))
                 shard.flush()
 
-    def retrieve(self, collection: str, ids: Sequence[PointId],
-                 with_vectors: bool = False) -> list[StoredPoint]:
+    def retrieve(self, collection: str, ids: Sequence[PointId], with_vectors: bool = False,
+                 with_payload: bool = True) -> list[StoredPoint]:
         if not ids:
             return []
         wanted = list(ids)
         out: list[StoredPoint] = []
         for shard in self._set(collection).shards():
-            records = shard.retrieve(wanted, True, with_vectors)
+            records = shard.retrieve(wanted, with_payload, with_vectors)
             out.extend(StoredPoint.of(r, with_vectors) for r in records)
             if len(out) == len(ids):
                 break
@@ -277,6 +277,25 @@ class EdgeStore(VectorStore):
                     yield StoredPoint.of(r, with_vectors)
                 if offset is None:
                     break
+
+    def ids_by_domain(self, collection: str) -> dict[str, list[PointId]]:
+        sset = self._set(collection)
+        if not sset.by_domain:
+            return super().ids_by_domain(collection)
+        # the shard says the domain: ids alone, no payload read (a new process's first payload
+        # read of 38k items cost 0.33 s, these two shards' ids 0.08 s)
+        out: dict[str, list[PointId]] = {}
+        for domain in sset.domains:
+            shard, offset, ids = sset.shard(domain), None, []
+            while shard is not None:
+                records, offset = shard.scroll(qe.ScrollRequest(
+                    offset=offset, limit=_SCROLL_PAGE, with_payload=False, with_vector=False))
+                ids.extend(r.id for r in records)
+                if offset is None:
+                    break
+            if ids:  # a domain whose items were all deleted keeps its (empty) shard
+                out[domain] = ids
+        return out
 
     def count(self, collection: str) -> int:
         return sum(s.count(qe.CountRequest(exact=True)) for s in self._set(collection).shards())

@@ -79,11 +79,11 @@ class ServerStore(VectorStore):
             self.client.delete(self.name(collection), wait=True,
                                points_selector=models.PointIdsList(points=list(ids)))
 
-    def retrieve(self, collection: str, ids: Sequence[PointId],
-                 with_vectors: bool = False) -> list[StoredPoint]:
+    def retrieve(self, collection: str, ids: Sequence[PointId], with_vectors: bool = False,
+                 with_payload: bool = True) -> list[StoredPoint]:
         if not ids:
             return []
-        records = self.client.retrieve(self.name(collection), list(ids), with_payload=True,
+        records = self.client.retrieve(self.name(collection), list(ids), with_payload=with_payload,
                                        with_vectors=with_vectors)
         return [StoredPoint.of(r, with_vectors) for r in records]
 
