@@ -56,6 +56,36 @@ def test_changed_catalog_updates_only_what_changed(paired_dir: Path, tiny_model:
     assert user_point_id("u11-0", "movies") not in after[USERS]
 
 
+def test_an_item_that_moves_domain_or_changes_a_field_is_rewritten(
+        paired_dir: Path, tiny_model: str, settings_for) -> None:
+    """Before, both went unseen (their encoder text is the same): a moved item stayed among
+    its old domain's answers, a changed price was served stale, and the run said 'nothing
+    changed'."""
+    from dataclasses import replace
+
+    settings = settings_for(model=tiny_model)
+    ds = Dataset.from_dir(paired_dir)
+    index_dataset(ds, settings)
+    items = dict(ds.items)
+    items["movie-3"] = replace(items["movie-3"], domain="books")
+    items["book-2"] = replace(items["book-2"], extra={"price": 9.5})
+    inter = [replace(x, domain="books") if x.item_id == "movie-3" else x
+             for x in ds.interactions]
+    report = index_dataset(Dataset(items, inter), settings)
+    assert (report.items_embedded, report.items_rewritten, report.items_deleted) == (1, 1, 0)
+    with Retriever(settings) as r:
+        text = f"{items['movie-3'].title}. {items['movie-3'].text}"
+        assert "movie-3" not in [h.item_id for h in r.search_text(text, "movies", 12)]
+        moved = r.search_text(text, "books", 1)[0]
+        assert (moved.item_id, moved.domain) == ("movie-3", "books")
+        priced = next(h for h in r.search_text("anything", "books", 13) if h.item_id == "book-2")
+        assert priced.fields["price"] == 9.5
+        assert not {"text_hash", "fields_hash"} & set(priced.fields)  # the index's own
+    with open_store(settings) as s:
+        assert s.count(ITEMS) == len(items)  # moved, not copied
+    assert not index_dataset(Dataset(items, inter), settings).changed
+
+
 def test_mismatched_encoder_is_refused(paired_dir: Path, tiny_model: str, other_tiny_model: str,
                                        settings_for) -> None:
     ds = Dataset.from_dir(paired_dir)

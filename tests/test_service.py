@@ -189,6 +189,13 @@ def test_upsert_then_query_then_delete(client: httpx.Client) -> None:
     r = client.post("/recommend/history", json={"item_ids": ["book-0"], "domain": "games"})
     assert _top(r) == ["game-1"]
     assert "games" in client.get("/info").json()["domains"]
+    # an item written again with another domain moves there
+    moved = {**knitting, "domain": "games"}
+    assert client.put("/items", json={"items": [moved]}).status_code == 200
+    r = client.post("/search/text", json={"text": "knitting", "domain": "movies", "limit": 20})
+    assert "movie-knit" not in _top(r)
+    r = client.post("/search/text", json={"text": "knitting", "domain": "games", "limit": 1})
+    assert _top(r) == ["movie-knit"]
 
     r = client.request("DELETE", "/items", json={"item_ids": ["movie-knit", "game-1", "nope"]})
     assert r.status_code == 200

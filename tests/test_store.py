@@ -169,6 +169,21 @@ def test_retrieve_scroll_count_delete(store: VectorStore, points) -> None:
     assert store.retrieve(ITEMS, [item_point_id("i5")]) == []
 
 
+def test_a_point_written_with_another_domain_moves(store: VectorStore, points) -> None:
+    """The embedded store keeps a shard per domain: the point must leave its old one."""
+    load(store, points)
+    ids, vectors, payloads = points
+    k = next(j for j, p in enumerate(payloads) if p["domain"] == "a")
+    store.upsert(ITEMS, [item_point_id(ids[k])], vectors[k:k + 1], [{**payloads[k], "domain": "b"}])
+    assert store.count(ITEMS) == N
+    assert ids[k] not in [h.payload["item_id"] for h in store.search(ITEMS, vectors[k], 5, "a")]
+    top = store.search(ITEMS, vectors[k], 1, "b")[0]
+    assert (top.payload["item_id"], top.payload["domain"]) == (ids[k], "b")
+    assert sorted(store.ids_by_domain(ITEMS)["b"]) == sorted(
+        [item_point_id(ids[k])] + [item_point_id(i) for i, p in zip(ids, payloads, strict=True)
+                                   if p["domain"] == "b"])
+
+
 def test_upsert_is_idempotent(store: VectorStore, points) -> None:
     load(store, points)
     load(store, points)  # same ids: overwritten, never duplicated
@@ -422,6 +437,11 @@ def test_a_large_upsert_writes_each_domain_from_a_process_of_its_own(tmp_path: P
         brute_force(points, q, 10, "a")
     store.upsert(ITEMS, [item_point_id(ids[0])], vectors[:1], payloads[:1])
     assert len(calls) == 1  # a small upsert stays in this process
+    flipped = [{**p, "domain": "b" if p["domain"] == "a" else "a"} for p in payloads]
+    store.upsert(ITEMS, [item_point_id(i) for i in ids], vectors, flipped)  # every point moves
+    assert len(calls) == 2 and store.count(ITEMS) == N
+    assert [h.payload["item_id"] for h in store.search(ITEMS, q, 10, "b")] == \
+        brute_force((ids, vectors, flipped), q, 10, "b")
     store.close()
 
 

@@ -148,7 +148,8 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
     t = report.timings
     rows = [
         ("items", f"{report.items:,}", f"{report.items_embedded:,} embedded, "
-         f"{report.items_deleted:,} deleted"),
+         + (f"{report.items_rewritten:,} rewritten (other fields), " if report.items_rewritten
+            else "") + f"{report.items_deleted:,} deleted"),
         ("user profiles", f"{report.user_profiles:,}", f"{report.profiles_written:,} written, "
          f"{report.profiles_deleted:,} deleted"),
     ]

@@ -1,13 +1,15 @@
 """``index``: embed a dataset's items and users and bring the store up to date.
 
 Idempotent and incremental: an item is re-embedded only when its text (as the encoder sees it)
-changed, a user profile is rewritten only when its history or its items changed, and points no
-longer in the input are deleted. A run cut short is finished by running it again.
+or its domain changed, and written again with its vector when only its other fields did; a
+user profile is rewritten only when its history or its items changed, and points no longer in
+the input are deleted. A run cut short is finished by running it again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -44,6 +46,7 @@ class IndexReport:
     items: int = 0
     items_embedded: int = 0  # new or changed items given vectors ...
     items_from_cache: int = 0  # ... of which read from the embedding cache
+    items_rewritten: int = 0  # items whose fields alone changed, written with their vectors
     items_deleted: int = 0
     users: int = 0
     user_profiles: int = 0
@@ -53,8 +56,8 @@ class IndexReport:
 
     @property
     def changed(self) -> bool:
-        return bool(self.items_embedded or self.items_deleted or self.profiles_written
-                    or self.profiles_deleted)
+        return bool(self.items_embedded or self.items_rewritten or self.items_deleted
+                    or self.profiles_written or self.profiles_deleted)
 
 
 def _digest(*parts: object) -> int:
@@ -71,8 +74,13 @@ def _text_hash(text: str, max_seq_length: int) -> int:
 
 
 def _item_payload(item: Item, text_hash: int) -> dict[str, Any]:
-    return {**item.extra, "item_id": item.item_id, "domain": item.domain, "title": item.title,
-            "text": item.text, "text_hash": text_hash}
+    """An item's stored fields, with ``text_hash`` (whether its vector is current) and
+    ``fields_hash`` (whether the rest is: a price or a text outside the template may change
+    alone)."""
+    fields = {**item.extra, "item_id": item.item_id, "domain": item.domain, "title": item.title,
+              "text": item.text}
+    return {**fields, "text_hash": text_hash, "fields_hash": _digest(
+        json.dumps(fields, sort_keys=True, ensure_ascii=False, default=str))}
 
 
 def _popular(dataset: Dataset) -> dict[str, list[str]]:
@@ -172,20 +180,27 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
                            f"the store holds with the new encoder's vectors, or index into a new "
                            f"store")
 
-    # What the store has: item id -> (text hash, vector)
-    stored: dict[str, tuple[int | None, np.ndarray]] = {}
+    # What the store has: item id -> (text hash, domain, fields hash, vector)
+    stored: dict[str, tuple[int | None, str | None, int | None, np.ndarray]] = {}
     if store.exists(ITEMS):
-        for p in store.scroll(ITEMS, with_vectors=True, fields=["item_id", "text_hash"]):
-            stored[p.payload["item_id"]] = (p.payload.get("text_hash"), p.vector)
+        for p in store.scroll(ITEMS, with_vectors=True,
+                              fields=["item_id", "text_hash", "domain", "fields_hash"]):
+            stored[p.payload["item_id"]] = (p.payload.get("text_hash"), p.payload.get("domain"),
+                                            p.payload.get("fields_hash"), p.vector)
     report.timings["scan_store"] = time.perf_counter() - t0
 
-    # Items whose text changed (or are new) are embedded; the rest keep their vectors.
+    # Items whose text or domain changed (or are new) are embedded (a trained model adapts a
+    # vector by its domain); the rest keep their vectors, and are written again with them when
+    # their other fields changed.
     texts = {iid: item_text(it, settings.text_template) for iid, it in dataset.items.items()}
     hashes = {iid: _text_hash(t, settings.max_seq_length) for iid, t in texts.items()}
-    todo = [iid for iid in dataset.items if stored.get(iid, (None,))[0] != hashes[iid]]
+    payloads = {iid: _item_payload(it, hashes[iid]) for iid, it in dataset.items.items()}
+    vectors: dict[str, np.ndarray] = {
+        iid: v for iid, (h, domain, _, v) in stored.items()
+        if iid in dataset.items and (h, domain) == (hashes[iid], dataset.items[iid].domain)}
+    todo = [iid for iid in dataset.items if iid not in vectors]
+    rewrite = [iid for iid in vectors if stored[iid][2] != payloads[iid]["fields_hash"]]
     t = time.perf_counter()
-    vectors: dict[str, np.ndarray] = {iid: v for iid, (h, v) in stored.items()
-                                      if iid in dataset.items and h == hashes[iid]}
     dim = next(iter(vectors.values())).shape[0] if vectors else None
     if todo:
         if encoder is None:
@@ -198,17 +213,18 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
                                         progress=progress, desc="embedding items")
         report.items_from_cache = encoder.cache_hits - hits
         vectors.update(zip(todo, embedded, strict=True))
-    report.items_embedded = len(todo)
+    report.items_embedded, report.items_rewritten = len(todo), len(rewrite)
     report.timings["embed"] = time.perf_counter() - t
     if dim is None:
         raise AssertionError("no vectors and nothing to embed")  # read_items rejects empty files
 
     t = time.perf_counter()
     store.ensure(ITEMS, dim, ("domain",))
-    if todo:
-        payloads = [_item_payload(dataset.items[iid], hashes[iid]) for iid in todo]
-        store.upsert(ITEMS, [item_point_id(i) for i in todo], np.stack([vectors[i] for i in todo]),
-                     payloads, progress=progress)
+    written = todo + rewrite
+    if written:
+        store.upsert(ITEMS, [item_point_id(i) for i in written],
+                     np.stack([vectors[i] for i in written]), [payloads[i] for i in written],
+                     progress=progress)
     gone = [iid for iid in stored if iid not in dataset.items]
     store.delete(ITEMS, [item_point_id(i) for i in gone])
     report.items_deleted = len(gone)

@@ -19,6 +19,7 @@ from xdretrieve.config import Settings
 from xdretrieve.errors import EncoderMismatchError, NotFoundError, StoreError
 from xdretrieve.rerank import candidate_union, overlap_text, row_features, tower_head
 from xdretrieve.store import (
+    INDEX_FIELDS,
     ITEMS,
     USERS,
     StoredPoint,
@@ -49,6 +50,12 @@ class Hit:
     # answer; kept as is and explained on demand (``why``), so answering costs nothing more
     features: np.ndarray | None = field(default=None, compare=False, repr=False)
     reranker: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The item as the catalog gives it: ``item_id``, ``domain``, ``title``, ``text`` and
+        its other fields (``payload`` less what the indexer keeps for itself)."""
+        return {k: v for k, v in self.payload.items() if k not in INDEX_FIELDS}
 
     @property
     def why(self) -> dict[str, dict[str, float]] | None:

@@ -205,6 +205,7 @@ class EdgeStore(VectorStore):
                 payloads: list[dict[str, Any]]) -> None:
         sset = self._set(collection)
         groups = sset.route(payloads)
+        self._leave_other_shards(sset, ids, groups)
         if len(groups) == 1:  # the usual batch: no copies
             write_points(sset.shard_for_writing(next(iter(groups))), ids, vectors, payloads)
             return
@@ -230,6 +231,7 @@ class EdgeStore(VectorStore):
         """One process per domain's shard (see :mod:`xdretrieve.store.edge_load`)."""
         from tqdm.auto import tqdm
 
+        self._leave_other_shards(sset, ids, groups)
         jobs = []
         for domain, rows in groups.items():
             sset.shard_for_writing(domain)  # created and listed here
@@ -241,6 +243,24 @@ class EdgeStore(VectorStore):
                 edge_load.write_in_parallel(jobs, ids, vectors, payloads, bar)
         except edge_load.WorkersUnavailable:
             super().upsert(sset.path.name, ids, vectors, payloads, progress)
+
+    @staticmethod
+    def _leave_other_shards(sset: ShardSet, ids: Sequence[PointId],
+                            groups: dict[str | None, list[int]]) -> None:
+        """Delete the points about to be written from the shards of their other domains: an
+        item whose domain changed moves (a point id is in one shard; before, the old point
+        stayed in its old domain's answers). Deleted before the write: a run cut short between
+        the two has the item missing, which rerunning ``index`` restores, not twice."""
+        if not sset.by_domain:
+            return
+        for domain in sset.domains:
+            shard = sset.shard(domain)
+            asked = [ids[k] for d, rows in groups.items() if d != domain for k in rows]
+            if shard is None or not asked:
+                continue
+            found = [r.id for r in shard.retrieve(asked, False, False)]
+            if found:
+                shard.update(qe.UpdateOperation.delete_points(found))
 
     def delete(self, collection: str, ids: Sequence[PointId]) -> None:
         if ids:

@@ -72,7 +72,7 @@ class XDRetrieveRetriever:
         else:
             hits = self._retriever.search_text(text, domain, limit)
         return {"documents": [Document(id=h.item_id, content=h.title, score=h.score, meta={
-            **{k: v for k, v in h.payload.items() if k != "text_hash"},
+            **h.fields,
             "item_id": h.item_id, "domain": h.domain, "score": h.score}) for h in hits]}
 
     def to_dict(self) -> dict[str, Any]:

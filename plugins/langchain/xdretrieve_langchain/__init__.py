@@ -47,5 +47,5 @@ class XDRetrieveRetriever(BaseRetriever):
         else:
             hits = self.retriever.search_text(query, self.domain, self.limit)
         return [Document(page_content=h.title, metadata={
-            **{k: v for k, v in h.payload.items() if k != "text_hash"},
+            **h.fields,
             "item_id": h.item_id, "domain": h.domain, "score": h.score}) for h in hits]

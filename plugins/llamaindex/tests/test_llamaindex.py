@@ -28,6 +28,8 @@ def test_the_counterpart_comes_first(core: Retriever, themes: list[str], mode: s
         assert top.node.node_id == top.node.metadata["item_id"] == f"movie-{t}"
         assert top.node.text == f"{theme.capitalize()}: the movie"
         assert top.node.metadata["domain"] == "movies"
+        assert top.node.metadata["text"] == f"a film about {theme}"
+        assert not {"text_hash", "fields_hash"} & set(top.node.metadata)
         assert top.score == top.node.metadata["score"]
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
