@@ -286,6 +286,95 @@ def test_cli_full_mode_with_a_time_budget(tiny_model: str, tmp_path: Path, monke
     assert manifest["kind"] == "full" and manifest["finetune"]["steps"] == 1  # the budget: 1 step
     assert manifest["finetune"]["config"]["num_workers"] == 1  # a tokenizing process fed the step
     assert (out / ENCODER_DIR / "modules.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "data", "model"]  # no
+    # staging folder left, and no epoch checkpoint once the model is published
+
+
+def test_an_interrupted_fine_tuning_resumes_after_its_last_epoch(tiny_model: str, tmp_path: Path,
+                                                                 monkeypatch, caplog) -> None:
+    """Run the same call again after an interruption: it goes on after the last finished epoch
+    (its checkpoint beside the output) and trains, dropout included, the weights of a run that
+    was never interrupted; a checkpoint of another run is not resumed from."""
+    from xdretrieve.train import full
+
+    ds = _paired(tmp_path / "data")
+    validated: list[int] = []
+    interrupt_at = [None]
+    validate = full._validate
+
+    def counting(*args, **kwargs):
+        validated.append(len(validated))
+        if len(validated) == interrupt_at[0]:
+            raise KeyboardInterrupt
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(full, "_validate", counting)
+    config = _config(epochs=3, patience=3)
+
+    def run(name: str, resume: Path, cfg: FullConfig = config) -> dict:
+        validated.clear()
+        return finetune_encoder(ds, tiny_model, tmp_path / name, cfg, device="cpu",
+                                resume_dir=resume)
+
+    whole = run("whole", tmp_path / "whole.resume")
+    assert len(validated) == 4  # epoch 0 (the encoder as given), 1, 2, 3
+    interrupt_at[0] = 3  # in epoch 2's validation: epoch 1 is the last checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        run("cut", tmp_path / "cut.resume")
+    assert not (tmp_path / "cut").exists() and (tmp_path / "cut.resume" / "checkpoint.pt").is_file()
+    interrupt_at[0] = None
+    resumed = run("cut", tmp_path / "cut.resume")
+    assert len(validated) == 2  # epochs 2 and 3 only
+    for a, b in zip(whole["history"], resumed["history"], strict=True):
+        assert {k: v for k, v in a.items() if k != "seconds"} == \
+            {k: v for k, v in b.items() if k != "seconds"}
+    assert (resumed["steps"], resumed["pairs_seen"], resumed["best_epoch"]) == \
+        (whole["steps"], whole["pairs_seen"], whole["best_epoch"])
+    w_whole, w_resumed = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
+    for k in w_whole:
+        torch.testing.assert_close(w_resumed[k], w_whole[k], rtol=0, atol=0)
+
+    # a finished run's checkpoint says so: rerun, it only saves the model again
+    again = run("again", tmp_path / "whole.resume")
+    assert validated == [] and again["history"] == whole["history"]
+    # another run's (here another learning rate) is discarded, with a warning
+    with caplog.at_level("WARNING"):
+        run("other", tmp_path / "whole.resume", replace(config, lr=5e-4))
+    assert len(validated) == 4 and "of another run" in caplog.text
+
+
+def test_the_cli_resumes_an_interrupted_full_run_and_then_drops_its_checkpoint(
+        tiny_model: str, tmp_path: Path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from xdretrieve.cli import main
+    from xdretrieve.train import full
+
+    monkeypatch.setenv("XDR_CACHE_DIR", str(tmp_path / "cache"))
+    _paired(tmp_path / "data")
+    out, resume = tmp_path / "model", tmp_path / ".model.resume"
+    calls = []
+    validate = full._validate
+
+    def cut_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # epoch 2's validation: epoch 1 is saved
+            raise KeyboardInterrupt
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(full, "_validate", cut_in_epoch_two)
+    args = ["finetune", "--data", str(tmp_path / "data"), "--out", str(out), "--model", tiny_model,
+            "--dim", "8", "--mode", "full", "--device", "cpu", "--batch-size", "8",
+            "--ft-epochs", "3", "--epochs", "2"]
+    cut = CliRunner().invoke(main, args)
+    assert cut.exit_code != 0 and not out.exists() and (resume / "checkpoint.pt").is_file()
+    calls.clear()
+    done = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert done.exit_code == 0, done.output
+    assert "resuming encoder fine-tuning after epoch 1" in done.output
+    trained = json.loads((out / "xdretrieve_model.json").read_text())["finetune"]
+    assert trained["epochs"] >= 2 and len(calls) == trained["epochs"] - 1  # not 0 and 1 again
+    assert (out / ENCODER_DIR / "modules.json").is_file() and not resume.exists()
 
 
 # -- several processes ---------------------------------------------------------------------------
@@ -301,7 +390,8 @@ def _worker(rank: int, world: int, port: int, data: str, model: str, out: str) -
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     report = finetune_encoder(Dataset.from_dir(data), model, Path(out) / "encoder",
-                              _config(epochs=2, batch_size=4, dropout=False), device="cpu")
+                              _config(epochs=2, batch_size=4, dropout=False), device="cpu",
+                              resume_dir=Path(out).parent / "resume")
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(report))
 
 
@@ -384,6 +474,15 @@ def test_two_gloo_processes_train_as_one_process_on_their_joint_batches(
              nprocs=2, join=True)
     two = json.loads((out / "rank0.json").read_text())
     assert json.loads((out / "rank1.json").read_text()) is None  # only rank 0 reports and writes
+    # rerun: both processes read rank 0's checkpoint of the finished run and write it again
+    again = tmp_path / "again"
+    again.mkdir()
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "data"), tiny_model, str(again)),
+             nprocs=2, join=True)
+    assert json.loads((again / "rank0.json").read_text())["history"] == two["history"]
+    w_again, w_two = _weights(again / "encoder"), _weights(out / "encoder")
+    for k in w_two:
+        torch.testing.assert_close(w_again[k], w_two[k], rtol=0, atol=0)
     assert two["world_size"] == 2 and two["global_batch"] == 8
     one = finetune_encoder(ds, tiny_model, tmp_path / "one" / "encoder",
                            _config(epochs=2, batch_size=8, dropout=False), device="cpu")

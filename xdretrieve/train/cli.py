@@ -18,7 +18,9 @@ from xdretrieve.train import POOLINGS
 @click.option("--out", required=True, type=OutputDir(),
               help="The model directory to write: new, empty, or an earlier model, which is "
                    "replaced only once the new one is complete (an interrupted run leaves it "
-                   "as it was).")
+                   "as it was; in full mode the same command then resumes after the last "
+                   "finished epoch of encoder fine-tuning, checkpointed in .NAME.resume beside "
+                   "it).")
 @click.option("--mode", type=click.Choice(["adapter", "full"]), default="adapter", show_default=True,
               help="adapter: train only a head over the frozen, cached encoder vectors "
                    "(CPU-friendly). full: first fine-tune the transformer itself on contrastive "

@@ -3,6 +3,7 @@ models (the CLI is a thin layer over this)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ def finetune(dataset: Dataset, out_dir: str | Path, settings: Settings | None = 
         config: :class:`~xdretrieve.train.adapter.AdapterConfig` (the adapter, user tower, bias
             and re-ranker; both modes end with it).
         mode: ``"adapter"`` (over the frozen, cached encoder vectors) or ``"full"`` (the
-            encoder fine-tuned first, on a GPU; several under torchrun).
+            encoder fine-tuned first, on a GPU; several under torchrun). Full mode keeps a
+            checkpoint of each finished epoch of that stage beside ``out_dir``
+            (``.NAME.resume``): the same call after an interruption resumes after the last.
         full_config: :class:`~xdretrieve.train.full.FullConfig` of full mode's first stage.
         progress: progress bars and per-epoch lines.
 
@@ -47,6 +50,7 @@ def finetune(dataset: Dataset, out_dir: str | Path, settings: Settings | None = 
     from xdretrieve.evaluate.protocol import Protocol
     from xdretrieve.model import StagedModelDir
     from xdretrieve.train.adapter import AdapterConfig, train_adapter
+    from xdretrieve.train.resume import resume_dir_of
 
     if mode not in ("adapter", "full"):
         raise XDRetrieveError(f"unknown mode '{mode}': expected 'adapter' or 'full'")
@@ -62,13 +66,14 @@ def finetune(dataset: Dataset, out_dir: str | Path, settings: Settings | None = 
     if ref.trained is not None:
         raise XDRetrieveError("the base encoder (--model) must be an encoder, not a trained "
                               "model directory")
+    resume = resume_dir_of(out_dir)  # full mode's epoch checkpoints, kept until published
     with StagedModelDir(out_dir) as stage:
         if mode == "full":
             from xdretrieve.train.full import FullConfig, train_full
 
             manifest = train_full(dataset, stage.path, ref, settings,
                                   full_config or FullConfig(seed=config.seed), config,
-                                  progress=progress)
+                                  progress=progress, resume_dir=resume)
             if manifest is None:  # another process of a torchrun launch: rank 0 writes
                 return None
         else:
@@ -78,4 +83,5 @@ def finetune(dataset: Dataset, out_dir: str | Path, settings: Settings | None = 
             manifest = train_adapter(dataset, base, stage.path, ref.name, ref.fingerprint,
                                      config, progress=progress)
         stage.publish()
+    shutil.rmtree(resume, ignore_errors=True)
     return manifest

@@ -61,6 +61,7 @@ from xdretrieve.train.checks import (
 )
 from xdretrieve.train.distributed import Dist, gather, rank0_says, setup, wrap_ddp
 from xdretrieve.train.pairs import Pairs, build_pairs, global_batches, query_text, shard
+from xdretrieve.train.resume import EpochCheckpoints, run_key
 
 log = logging.getLogger(__name__)
 
@@ -386,7 +387,7 @@ def _objective(metrics: dict[str, float]) -> float:
 def finetune_encoder(dataset: Dataset, base_path: str | Path, out_path: str | Path,
                      config: FullConfig | None = None, *, device: str = "auto",
                      text_template: str = "{title}. {text}", max_seq_length: int = 128,
-                     progress: bool = False) -> dict | None:
+                     progress: bool = False, resume_dir: str | Path | None = None) -> dict | None:
     """Fine-tune a local sentence-transformers model on train users' pairs; rank 0 saves the
     best epoch's model (by valid ndcg@10; epoch 0 is the model as given) to ``out_path``.
 
@@ -399,6 +400,9 @@ def finetune_encoder(dataset: Dataset, base_path: str | Path, out_path: str | Pa
         device: 'auto', 'cuda', 'cpu', ...; under torchrun each process takes cuda:LOCAL_RANK.
         text_template: how an item becomes document text (as ``index`` embeds it).
         max_seq_length: tokens per query and document text.
+        resume_dir: keep a checkpoint of every finished epoch there, and resume from the one
+            there when it is of this run (:mod:`xdretrieve.train.resume`); the processes of a
+            torchrun launch must share it (one machine, or a shared disk).
 
     Returns:
         On rank 0 the report (pairs, epochs, seconds, pairs/s, device, world size, history);
@@ -408,14 +412,16 @@ def finetune_encoder(dataset: Dataset, base_path: str | Path, out_path: str | Pa
     ctx = setup(device)
     try:
         return _finetune(dataset, Path(base_path), Path(out_path), config, ctx, text_template,
-                         max_seq_length, progress and ctx.main)
+                         max_seq_length, progress and ctx.main,
+                         None if resume_dir is None else Path(resume_dir))
     finally:
         if ctx.own_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullConfig, ctx: Dist,
-              text_template: str, max_seq_length: int, progress: bool) -> dict | None:
+              text_template: str, max_seq_length: int, progress: bool,
+              resume_dir: Path | None) -> dict | None:
     from tqdm.auto import tqdm
 
     from xdretrieve.evaluate.protocol import Protocol
@@ -484,16 +490,44 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
     history: list[dict] = []
     best_state, best, best_epoch, stale = None, -1.0, 0, 0
     item_vecs: dict[int, torch.Tensor] = {}  # target items under the current weights
-    if ctx.main:
+    step_seconds, n_seen, step, stop, first_epoch = 0.0, 0, 0, False, 1
+    checkpoints = saved = None
+    if resume_dir is not None:
+        checkpoints = EpochCheckpoints(resume_dir, run_key(
+            str(base_path.resolve()), {k: v for k, v in asdict(config).items()
+                                       if k not in ("num_workers", "time_budget_s")},
+            ctx.world_size, max_seq_length, doc_texts, pairs.query_texts, pairs.query,
+            pairs.item, pairs.target))
+        saved = checkpoints.load()
+        if rank0_says(saved is not None, ctx) != (saved is not None):
+            raise XDRetrieveError(f"rank {ctx.rank} does not see the checkpoint that rank 0 "
+                                  f"resumes from in {resume_dir}: the processes must share it")
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        rng.bit_generator.state = saved["rng"]
+        history, best, best_epoch, stale = (saved["history"], saved["best"],
+                                            saved["best_epoch"], saved["stale"])
+        best_state = saved["best_state"] if ctx.main else None
+        step_seconds, n_seen, step, stop = (saved["step_seconds"], saved["n_seen"], saved["step"],
+                                            saved["done"])
+        first_epoch = saved["epoch"] + 1
+        t_start -= saved["seconds"]  # the time budget counts the run's time before
+        _say(progress, tqdm, f"resuming encoder fine-tuning after epoch {saved['epoch']} "
+             f"(checkpoint in {resume_dir})")
+        del saved
+    elif ctx.main:
         metrics, item_vecs = _validate(model, valid, doc_texts, rows_by_domain, config,
                                        ctx.device, progress)
         best = _objective(metrics)
         best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         history.append({"epoch": 0, **metrics, "seconds": time.perf_counter() - t_start})
         _say(progress, tqdm, f"encoder before fine-tuning: valid {_fmt(metrics)}")
-    step_seconds, n_seen, step, stop = 0.0, 0, 0, False
     n_neg = config.hard_negatives
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(first_epoch, config.epochs + 1):
+        if stop:  # a resumed run that had finished its epochs
+            break
         if epoch > 1:
             epoch_batches = global_batches(pairs.target, config.batch_size, ctx.world_size, rng,
                                            config.max_pairs)
@@ -505,6 +539,9 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
         else:
             negatives = np.zeros((len(pairs), 0), dtype=np.int64)
         item_vecs = {}  # stale once the weights move
+        # dropout's stream starts here each epoch: a resumed run, which embeds for mining what
+        # the validation before had embedded (a data loader draws a seed), trains the same
+        torch.manual_seed(config.seed + ctx.rank + 7919 * epoch)
         steps = _Steps(epoch_batches, pairs, negatives, doc_texts, logq,
                        _preprocess_fn(model), ctx.rank, ctx.world_size)
         loader = torch.utils.data.DataLoader(steps, batch_size=None, shuffle=False,
@@ -562,6 +599,15 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
             else:
                 stale += 1
         stop = rank0_says(stop or stale >= config.patience, ctx)
+        if checkpoints is not None and ctx.main:
+            checkpoints.save({
+                "epoch": epoch, "done": stop or epoch == config.epochs,
+                "model": {k: v.detach().to("cpu") for k, v in model.state_dict().items()},
+                "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "rng": rng.bit_generator.state, "history": history, "best_state": best_state,
+                "best": best, "best_epoch": best_epoch, "stale": stale,
+                "step_seconds": step_seconds, "n_seen": n_seen, "step": step,
+                "seconds": time.perf_counter() - t_start})
         if stop:
             break
     if not ctx.main:
@@ -604,7 +650,8 @@ def _say(progress: bool, tqdm, message: str) -> None:
 # -- both stages ---------------------------------------------------------------------------------
 
 def train_full(dataset: Dataset, out_dir: str | Path, base, settings, config: FullConfig | None = None,
-               adapter_config=None, progress: bool = False) -> dict | None:
+               adapter_config=None, progress: bool = False,
+               resume_dir: str | Path | None = None) -> dict | None:
     """Stage 1 (:func:`finetune_encoder`) into ``out_dir/encoder``, then the adapter stage over
     that encoder's item vectors into ``out_dir``.
 
@@ -615,6 +662,7 @@ def train_full(dataset: Dataset, out_dir: str | Path, base, settings, config: Fu
         settings: :class:`xdretrieve.config.Settings` (device, text template, sequence length,
             batch size and cache of the item embedding).
         config, adapter_config: hyper-parameters of the two stages.
+        resume_dir: epoch checkpoints of stage 1 (see :func:`finetune_encoder`).
 
     Returns:
         The manifest written (rank 0); None on the other processes of a torchrun launch.
@@ -626,7 +674,8 @@ def train_full(dataset: Dataset, out_dir: str | Path, base, settings, config: Fu
     out = Path(out_dir)
     report = finetune_encoder(dataset, base.path, out / ENCODER_DIR, config, device=settings.device,
                               text_template=settings.text_template,
-                              max_seq_length=settings.max_seq_length, progress=progress)
+                              max_seq_length=settings.max_seq_length, progress=progress,
+                              resume_dir=resume_dir)
     if report is None:
         return None
     ref = resolve_model(str(out / ENCODER_DIR))
