@@ -66,6 +66,8 @@ def test_formats_give_the_same_records(tmp_path: Path) -> None:
         (['["not", "an", "object"]'], "line 1: expected a JSON object"),
         ([{"item_id": "x", "domain": "books", "title": ["a"]}],
          "line 1, field 'title': expected a string"),
+        ([ITEMS[0], {**ITEMS[1], "fields_hash": 3}],  # the index writes its own there
+         "line 2, field 'fields_hash': 'fields_hash' is a name xdretrieve keeps for itself"),
     ],
 )
 def test_bad_items_name_file_line_and_field(tmp_path: Path, rows: list, expected: str) -> None:

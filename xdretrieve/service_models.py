@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from xdretrieve.store.base import INDEX_FIELDS
 
 MAX_LIMIT = 1000
 MAX_BATCH = 1000  # items per PUT / DELETE
@@ -103,6 +105,15 @@ class ItemIn(_Body):
     text: Body = ""
     extra: dict[Annotated[str, StringConstraints(min_length=1, max_length=128)], Scalar] = Field(
         default_factory=dict, max_length=100)
+
+    @field_validator("extra")
+    @classmethod
+    def _not_the_index_fields(cls, extra: dict[str, Any]) -> dict[str, Any]:
+        reserved = sorted(set(extra) & set(INDEX_FIELDS))
+        if reserved:  # the index would overwrite them with its own
+            raise ValueError(f"{', '.join(reserved)}: names xdretrieve keeps for itself in the "
+                             f"store; rename the field")
+        return extra
 
 
 class UpsertRequest(_Body):

@@ -18,6 +18,7 @@ from typing import Any
 
 from xdretrieve.data.records import Interaction, Item
 from xdretrieve.errors import DataError
+from xdretrieve.store.base import INDEX_FIELDS
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 SPLITS = ("train", "valid", "test")
@@ -265,6 +266,10 @@ def read_items(path: str | Path, rejects: RejectLog | None = None) -> dict[str, 
             raise _error(where, "item_id", f"duplicate item id '{item_id}'")
         extra = {k: v for k, v in row.items()
                  if k not in ("item_id", "domain", "title", "text") and v is not None}
+        for key in INDEX_FIELDS:
+            if key in extra:  # the index would overwrite it with its own
+                raise _error(where, key, f"'{key}' is a name xdretrieve keeps for itself in the "
+                                         f"store ({', '.join(INDEX_FIELDS)}); rename the field")
         items[item_id] = Item(item_id, domain, title, text, extra)
 
     _parse_rows(path, rejects, parse, required=("item_id", "domain", "title"))
