@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -319,3 +320,19 @@ def test_the_reranker_is_kept_per_target_domain_where_valid_users_gain(tmp_path:
     (tmp_path / "reranker.json").write_text(json.dumps(spec))
     older = Reranker.load(tmp_path)
     assert older.domains is None and older.serves("books") and older.serves("movies")
+
+
+def test_the_token_vocabulary_does_not_depend_on_the_hash_seed() -> None:
+    """It is saved with the model: the same training must write the same files (a set's order
+    of strings changes with each process's PYTHONHASHSEED)."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, scipy.sparse as sp; from xdretrieve.rerank import ItemStats; "
+            "texts = ['%s' % ' '.join(f'w{i * 7 + j}' for j in range(12)) for i in range(40)]; "
+            "s = ItemStats([str(i) for i in range(40)], np.zeros(40), sp.csr_matrix((40, 40)), "
+            "texts=texts); s.index_tokens(); print(list(s._vocab)[:30])")
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+            for seed in ("1", "2", "3")}
+    assert len(runs) == 1, runs

@@ -200,8 +200,9 @@ class ItemStats:
         """Build the token ids of every item's text (what :func:`row_features` reads; a saved
         model's are read with it)."""
         ptr, ids = [0], []
-        for text in self.texts or ():
-            found = {self._vocab.setdefault(t, len(self._vocab)) for t in tokens(text)}
+        for text in self.texts or ():  # sorted: a set's order changes with the process's hash
+            # seed, and the vocabulary is saved with the model (the same training, the same files)
+            found = {self._vocab.setdefault(t, len(self._vocab)) for t in sorted(tokens(text))}
             ids.extend(sorted(found))
             ptr.append(len(ids))
         self._token_ids = np.asarray(ids, dtype=np.int32)
