@@ -385,13 +385,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, data: str, model: str, out: str) -> None:
+def _worker(rank: int, world: int, port: int, data: str, model: str, out: str,
+            resume: str = "{parent}/resume") -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     report = finetune_encoder(Dataset.from_dir(data), model, Path(out) / "encoder",
                               _config(epochs=2, batch_size=4, dropout=False), device="cpu",
-                              resume_dir=Path(out).parent / "resume")
+                              resume_dir=resume.format(parent=Path(out).parent, rank=rank))
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(report))
 
 
@@ -483,6 +484,13 @@ def test_two_gloo_processes_train_as_one_process_on_their_joint_batches(
     w_again, w_two = _weights(again / "encoder"), _weights(out / "encoder")
     for k in w_two:
         torch.testing.assert_close(w_again[k], w_two[k], rtol=0, atol=0)
+    # a checkpoint that only one of the processes sees stops both, saying why
+    shutil.copytree(tmp_path / "resume", tmp_path / "resume1")
+    (tmp_path / "split").mkdir()
+    with pytest.raises(Exception, match="only some processes see a checkpoint"):
+        mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "data"), tiny_model,
+                                str(tmp_path / "split"), "{parent}/resume{rank}"),
+                 nprocs=2, join=True)
     assert two["world_size"] == 2 and two["global_batch"] == 8
     one = finetune_encoder(ds, tiny_model, tmp_path / "one" / "encoder",
                            _config(epochs=2, batch_size=8, dropout=False), device="cpu")

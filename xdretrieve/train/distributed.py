@@ -74,6 +74,15 @@ def gather(x: torch.Tensor, world_size: int) -> torch.Tensor:
     return x if world_size == 1 else _GatherWithGrad.apply(x)
 
 
+def how_many_say(flag: bool, ctx: Dist) -> int:
+    """How many processes have ``flag`` set (on every process)."""
+    if ctx.world_size == 1:
+        return int(flag)
+    t = torch.tensor([float(flag)], device=ctx.device)
+    dist.all_reduce(t)
+    return round(t.item())
+
+
 def rank0_says(flag: bool, ctx: Dist) -> bool:
     """Rank 0's ``flag`` on every process (stopping must be decided together)."""
     if ctx.world_size == 1:

@@ -59,7 +59,14 @@ from xdretrieve.train.checks import (
     optional,
     rank_range,
 )
-from xdretrieve.train.distributed import Dist, gather, rank0_says, setup, wrap_ddp
+from xdretrieve.train.distributed import (
+    Dist,
+    gather,
+    how_many_say,
+    rank0_says,
+    setup,
+    wrap_ddp,
+)
 from xdretrieve.train.pairs import Pairs, build_pairs, global_batches, query_text, shard
 from xdretrieve.train.resume import EpochCheckpoints, run_key
 
@@ -499,9 +506,10 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
             ctx.world_size, max_seq_length, doc_texts, pairs.query_texts, pairs.query,
             pairs.item, pairs.target))
         saved = checkpoints.load()
-        if rank0_says(saved is not None, ctx) != (saved is not None):
-            raise XDRetrieveError(f"rank {ctx.rank} does not see the checkpoint that rank 0 "
-                                  f"resumes from in {resume_dir}: the processes must share it")
+        if 0 < how_many_say(saved is not None, ctx) < ctx.world_size:  # every process stops
+            raise XDRetrieveError(f"only some processes see a checkpoint in {resume_dir}: the "
+                                  f"processes of a launch must share it (one machine, or a "
+                                  f"shared disk)")
     if saved is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
