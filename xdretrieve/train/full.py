@@ -28,6 +28,10 @@ Several GPUs: launch with ``torchrun --nproc_per_node=N``; every process loads t
 an equal share of each global batch (``batch_size`` pairs per process); the document embeddings
 are gathered across processes with gradients (an all-gather whose backward all-reduces), DDP
 averages the gradients, and only rank 0 validates and writes.
+
+Given ``resume_dir`` (``finetune`` gives ``.NAME.resume`` beside the output), stage 1 keeps a
+checkpoint of each finished epoch there and a rerun goes on after the last
+(:mod:`xdretrieve.train.resume`).
 """
 
 from __future__ import annotations
