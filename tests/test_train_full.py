@@ -368,6 +368,7 @@ def test_the_cli_resumes_an_interrupted_full_run_and_then_drops_its_checkpoint(
             "--ft-epochs", "3", "--epochs", "2"]
     cut = CliRunner().invoke(main, args)
     assert cut.exit_code != 0 and not out.exists() and (resume / "checkpoint.pt").is_file()
+    assert "interrupted: the same command resumes after epoch 1" in cut.output
     calls.clear()
     done = CliRunner().invoke(main, args, catch_exceptions=False)
     assert done.exit_code == 0, done.output

@@ -128,8 +128,17 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
               else "no users.*: a seeded split, the one `evaluate` uses")
     click.echo(f"users: {len(split.train):,} train, {len(split.valid):,} valid, "
                f"{len(split.test):,} test ({source})", err=True)
-    manifest = train_model(dataset, out, settings, config, mode=mode, full_config=full,
-                           progress=not quiet)
+    try:
+        manifest = train_model(dataset, out, settings, config, mode=mode, full_config=full,
+                               progress=not quiet)
+    except KeyboardInterrupt:
+        from xdretrieve.train.resume import saved_epoch
+
+        epoch = saved_epoch(out) if mode == "full" else None
+        if epoch is not None:  # say what the next run does (click then prints "Aborted!")
+            click.echo(f"\ninterrupted: the same command resumes after epoch {epoch} of "
+                       f"encoder fine-tuning", err=True)
+        raise
     if manifest is None:  # another process of a torchrun launch: rank 0 reports
         return
     if mode == "full":

@@ -25,12 +25,21 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+SUMMARY = "checkpoint.json"  # what the checkpoint holds, readable without loading it
 
 
 def resume_dir_of(out: str | Path) -> Path:
     """Where the checkpoints of a run writing model directory ``out`` are kept."""
     out = Path(out)
     return out.with_name(f".{out.name}.resume")
+
+
+def saved_epoch(out: str | Path) -> int | None:
+    """The last finished epoch a run writing ``out`` has a checkpoint of (None: none)."""
+    try:
+        return int(json.loads((resume_dir_of(out) / SUMMARY).read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def run_key(*parts: Any) -> str:
@@ -80,6 +89,8 @@ class EpochCheckpoints:
         tmp = self.path.with_suffix(".tmp")
         torch.save({**state, "key": self.key}, tmp)
         os.replace(tmp, self.path)
+        (self.folder / SUMMARY).write_text(json.dumps({"epoch": state["epoch"],
+                                                       "done": state["done"]}))
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
