@@ -190,6 +190,58 @@ def test_trained_model_through_index_and_query(trained, tmp_path: Path, tiny_mod
         Retriever(settings.model_copy(update={"model": tiny_model}))
 
 
+def test_threads_sharing_a_new_retriever_get_the_answers_of_one_thread(trained,
+                                                                       tmp_path: Path) -> None:
+    """A framework's thread pool (LangChain's and LlamaIndex's async paths run the retriever in
+    threads) may send a new retriever its first queries together: what those build (the store's
+    lock and shards, the point-id index, the items by bias, the text encoder) is built once.
+    Before, a thread got 'open in another process or object', an AttributeError, or an answer
+    without the items by bias."""
+    import threading
+
+    from xdretrieve.config import Settings
+    from xdretrieve.indexer import index_dataset
+
+    tmp, ds, _, _ = trained
+    settings = Settings(store=tmp_path / "store", model=str(tmp / "model"),
+                        cache_dir=tmp / "cache")
+    index_dataset(ds, settings)
+    users = sorted(ds.histories)
+    queries = [(kind, u) for u in users for kind in ("user", "history", "text")]
+
+    def ask(r: Retriever, kind: str, user: str) -> list[str]:
+        if kind == "user":
+            hits = r.recommend_user(user, "movies", 5)
+        elif kind == "history":
+            hits = r.recommend_history(list(ds.histories[user].get("books", ())), "movies", 5)
+        else:
+            hits = r.search_text(f"a film for {user}", "movies", 5)
+        return [h.item_id for h in hits]
+
+    with Retriever(settings) as r:
+        expected = {q: ask(r, *q) for q in queries}
+    for _ in range(5):
+        got, errors = {}, []
+        with Retriever(settings) as r:
+            start = threading.Barrier(8)
+
+            def work(k: int, r: Retriever = r, got: dict = got, errors: list = errors,
+                     start: threading.Barrier = start) -> None:
+                start.wait()
+                for q in queries[k::8]:
+                    try:
+                        got[q] = ask(r, *q)
+                    except Exception as e:  # noqa: BLE001 - collected, then asserted empty
+                        errors.append(repr(e))
+
+            threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        assert errors == [] and got == expected
+
+
 def test_a_text_query_to_a_trained_model_finds_the_items_nearest_to_it(trained,
                                                                        tmp_path: Path) -> None:
     """A text query's vector is item-like: an item's own text finds that item first (its

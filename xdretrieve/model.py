@@ -200,18 +200,20 @@ class TrainedModel:
 
         items, values = list(self.bias), list(self.bias.values())
         pids = np.fromiter(map(item_point_id, items), np.int64, len(items))
-        self._item_point = dict(zip(items, pids.tolist(), strict=True))
+        item_point = dict(zip(items, pids.tolist(), strict=True))
         if not items:  # a sentinel no point id equals (they are >= 0): lookups need no branch
             items, values, pids = [""], [0.0], np.array([-1])
         order = np.argsort(pids)
-        self._pids = pids[order]
-        self._pid_bias = np.asarray(values, dtype=np.float32)[order]
-        self._pid_rows = (self.reranker.stats.rows_of([items[k] for k in order])
-                          if self.reranker is not None else np.full(len(items), -1))
+        pid_rows = (self.reranker.stats.rows_of([items[k] for k in order])
+                    if self.reranker is not None else np.full(len(items), -1))
         # and the other way: the point id of each row of the statistics
         stats_ids = self.reranker.stats.ids if self.reranker is not None else []
-        self._row_pids = np.fromiter(map(self.point_of_item, stats_ids), np.int64,
-                                     len(stats_ids))
+        row_pids = np.fromiter((item_point[i] if i in item_point else item_point_id(i)
+                                for i in stats_ids), np.int64, len(stats_ids))
+        # published whole, the sorted ids last: a thread that sees them finds the rest built
+        self._item_point, self._row_pids = item_point, row_pids
+        self._pid_bias, self._pid_rows = np.asarray(values, dtype=np.float32)[order], pid_rows
+        self._pids = pids[order]
 
     def _lookup(self, point_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """(position in the sorted point ids, whether it is there) of each point id."""

@@ -199,13 +199,14 @@ class ItemStats:
     def index_tokens(self) -> None:
         """Build the token ids of every item's text (what :func:`row_features` reads; a saved
         model's are read with it)."""
-        ptr, ids = [0], []
+        ptr, ids, vocab = [0], [], {}
         for text in self.texts or ():  # sorted: a set's order changes with the process's hash
             # seed, and the vocabulary is saved with the model (the same training, the same files)
-            found = {self._vocab.setdefault(t, len(self._vocab)) for t in sorted(tokens(text))}
+            found = {vocab.setdefault(t, len(vocab)) for t in sorted(tokens(text))}
             ids.extend(sorted(found))
             ptr.append(len(ids))
-        self._token_ids = np.asarray(ids, dtype=np.int32)
+        # published whole, the pointer last: a thread that sees it finds the rest built
+        self._vocab, self._token_ids = vocab, np.asarray(ids, dtype=np.int32)
         self._token_ptr = np.asarray(ptr if self.texts else [0] * (len(self.ids) + 1), np.int64)
 
     def _flat(self, ptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

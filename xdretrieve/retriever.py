@@ -7,6 +7,7 @@ service and the plugins all call.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +146,9 @@ class Retriever:
             info.check_encoder(given.name, given.fingerprint)
         self._encoder: Any = None
         self._bias_heads: dict[str, BiasHead] = {}  # by domain (a trained model's)
+        # what the first queries build (the bias heads, the text encoder) is built once when
+        # threads share a retriever (a framework's thread pool; the HTTP service warms first)
+        self._building = threading.Lock()
         # a store built with a trained model: its user tower and item bias answer queries
         self.model: Any = None
         if info.extra.get("trained"):
@@ -277,10 +281,13 @@ class Retriever:
         if self._encoder is None:
             from xdretrieve.encoder import Encoder, resolve_model
 
-            ref = resolve_model(self.settings.model if "model" in self.settings.model_fields_set
-                                else self.info.encoder)
-            self.info.check_encoder(ref.name, ref.fingerprint)
-            self._encoder = Encoder.from_settings(self.settings, ref)
+            with self._building:
+                if self._encoder is None:
+                    ref = resolve_model(self.settings.model
+                                        if "model" in self.settings.model_fields_set
+                                        else self.info.encoder)
+                    self.info.check_encoder(ref.name, ref.fingerprint)
+                    self._encoder = Encoder.from_settings(self.settings, ref)
         if self.model is not None:
             if domain is None:
                 raise NotFoundError("a text query to a trained model needs its target domain")
@@ -400,20 +407,23 @@ class Retriever:
     def _bias_head(self, domain: str) -> BiasHead:
         """``domain``'s items of highest model bias (what the store held when first asked: an
         item added later has no learned bias, 0, and is found by its cosine)."""
-        if not self._bias_heads:
-            self._read_bias_heads()
-        found = self._bias_heads.get(domain)
+        heads = self._bias_heads  # one read: refresh() swaps in a new dict, never mutates
+        if not heads:
+            with self._building:  # threads asking first wait for one build
+                heads = self._bias_heads or self._read_bias_heads()
+        found = heads.get(domain)
         if found is None:
             found = BiasHead(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32),
                              np.zeros((0, self.info.dim), dtype=np.float32), {})
         return found
 
-    def _read_bias_heads(self) -> None:
+    def _read_bias_heads(self) -> dict[str, BiasHead]:
         """Every domain's items of highest bias, with their vectors (scoring them in memory
         costs microseconds; asking the engine for the ~900 of a re-ranked query on
         amazon-arts-office cost ~3 ms), also the co-occurring candidates among them
         (:meth:`_score_points`). Ids and vectors only: no payload is read (in a new process,
-        a `query`, that was 0.35 s of its 1 s)."""
+        a `query`, that was 0.35 s of its 1 s). Published whole, once built."""
+        heads: dict[str, BiasHead] = {}
         for d, ids in self.store.ids_by_domain(ITEMS).items():
             pids = np.array(ids, dtype=np.int64)
             bias = self.model.rescore_points(pids, np.zeros(len(pids), dtype=np.float32))
@@ -425,22 +435,25 @@ class Retriever:
                                dtype=np.float32).reshape(len(order), self.info.dim)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
             head = pids[order]
-            self._bias_heads[d] = BiasHead(head, bias[order], vectors, dict(
+            heads[d] = BiasHead(head, bias[order], vectors, dict(
                 zip(head.tolist(), range(len(order)), strict=True)))
+        self._bias_heads = heads
+        return heads
 
     def refresh(self, info: StoreInfo | None = None) -> None:
         """After items were written or deleted through another path (the HTTP service): take
         the store's new ``info`` and forget what was read from the items (rebuilt on use)."""
         if info is not None:
             self.info = info
-        self._bias_heads.clear()
+        self._bias_heads = {}
 
     def warm(self) -> None:
         """Build now what the first queries would build (a trained model's point-id index,
         each domain's items by bias, the re-ranker's token ids), so that no request waits."""
         if self.model is not None:
             self.model.index_points()
-            self._read_bias_heads()
+            with self._building:
+                self._read_bias_heads()
             if self.model.reranker is not None:
                 self.model.reranker.stats.index_tokens()
 

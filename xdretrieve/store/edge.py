@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -111,6 +112,9 @@ class EdgeStore(VectorStore):
         self._sets: dict[str, ShardSet] = {}
         self._unlock: weakref.finalize | None = None  # closes the held lock file
         self._closed = False
+        # opening (the lock file, a collection's shards) happens on first use, which threads
+        # sharing the store may reach together: once, not once each
+        self._opening = threading.RLock()
 
     def __repr__(self) -> str:
         return f"EdgeStore({str(self.path)!r})"
@@ -126,6 +130,11 @@ class EdgeStore(VectorStore):
                              f"(xdretrieve.open_store, or a new Retriever)")
         if self._unlock is not None:
             return
+        with self._opening:
+            if self._unlock is None:
+                self._take_lock()
+
+    def _take_lock(self) -> None:
         self._refuse_a_foreign_folder()
         if fcntl is None:
             return
@@ -164,10 +173,15 @@ class EdgeStore(VectorStore):
     def _set(self, collection: str) -> ShardSet:
         found = self._sets.get(collection)
         if found is None:
-            self._lock()
-            if not ShardSet.exists(self._dir(collection)):
-                raise StoreError(f"the store {self.path} has no collection '{collection}'")
-            found = self._sets[collection] = ShardSet.load(self._dir(collection), self.path)
+            with self._opening:
+                found = self._sets.get(collection)
+                if found is None:
+                    self._lock()
+                    if not ShardSet.exists(self._dir(collection)):
+                        raise StoreError(f"the store {self.path} has no collection "
+                                         f"'{collection}'")
+                    found = self._sets[collection] = ShardSet.load(self._dir(collection),
+                                                                   self.path)
         return found
 
     def shard_of(self, collection: str, domain: str | None) -> tuple[qe.EdgeShard | None, bool]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -116,6 +117,7 @@ class ShardSet:
         self.path, self.store, self.by_domain, self.spec = path, store, by_domain, spec
         self.dirs = dirs  # domain -> directory under path ("" for the one shard)
         self._open: dict[str | None, qe.EdgeShard] = {}
+        self._opening = threading.Lock()  # a shard is opened once, also by threads together
         self.domain_graphs = False  # one shard whose graphs are per domain: no graph over all
         if not by_domain:
             config = json.loads((path / SHARD_CONFIG).read_text())
@@ -167,7 +169,10 @@ class ShardSet:
         key = domain if self.by_domain else None
         found = self._open.get(key)
         if found is None and key in self.dirs:
-            found = self._open[key] = open_shard(self.shard_dir(key), self.store)
+            with self._opening:
+                found = self._open.get(key)
+                if found is None:
+                    found = self._open[key] = open_shard(self.shard_dir(key), self.store)
         return found
 
     def shard_for_writing(self, domain: str | None) -> qe.EdgeShard:
