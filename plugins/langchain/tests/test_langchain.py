@@ -52,3 +52,17 @@ def test_errors_are_xdretrieve_errors(core: Retriever) -> None:
 def test_the_readme_example_runs_as_printed(readme_example_output: list[str]) -> None:
     assert len(readme_example_output) == 5
     assert all(line.startswith("movie-") for line in readme_example_output)
+
+
+def test_batch_runs_a_new_retriever_in_threads(paired_settings, themes: list[str]) -> None:
+    """Runnable.batch() answers from a thread pool: a retriever's first queries arrive together."""
+    queries = [f"book-{t}" for t in range(len(themes))] * 4
+    with Retriever(paired_settings) as core:
+        one_by_one = [[d.metadata["item_id"] for d in XDRetrieveRetriever(
+            retriever=core, mode="history", domain="movies", limit=2).invoke(q)] for q in queries]
+    for _ in range(3):
+        with Retriever(paired_settings) as fresh:
+            retriever = XDRetrieveRetriever(retriever=fresh, mode="history", domain="movies",
+                                            limit=2)
+            got = retriever.batch(queries, config={"max_concurrency": 8})
+        assert [[d.metadata["item_id"] for d in docs] for docs in got] == one_by_one
