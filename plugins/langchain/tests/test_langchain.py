@@ -54,14 +54,17 @@ def test_the_readme_example_runs_as_printed(readme_example_output: list[str]) ->
     assert all(line.startswith("movie-") for line in readme_example_output)
 
 
-def test_batch_runs_a_new_retriever_in_threads(paired_settings, themes: list[str]) -> None:
+def test_batch_runs_a_new_retriever_in_threads(core: Retriever, paired_settings, tmp_path,
+                                               themes: list[str]) -> None:
     """Runnable.batch() answers from a thread pool: a retriever's first queries arrive together."""
+    import shutil
+
     queries = [f"book-{t}" for t in range(len(themes))] * 4
-    with Retriever(paired_settings) as core:
-        one_by_one = [[d.metadata["item_id"] for d in XDRetrieveRetriever(
-            retriever=core, mode="history", domain="movies", limit=2).invoke(q)] for q in queries]
-    for _ in range(3):
-        with Retriever(paired_settings) as fresh:
+    one_by_one = [[d.metadata["item_id"] for d in XDRetrieveRetriever(
+        retriever=core, mode="history", domain="movies", limit=2).invoke(q)] for q in queries]
+    for k in range(3):  # a copy of the store each time (`core` holds the fixture's open)
+        copy = shutil.copytree(paired_settings.store, tmp_path / f"store{k}")
+        with Retriever(paired_settings.model_copy(update={"store": copy})) as fresh:
             retriever = XDRetrieveRetriever(retriever=fresh, mode="history", domain="movies",
                                             limit=2)
             got = retriever.batch(queries, config={"max_concurrency": 8})
