@@ -164,7 +164,7 @@ def test_suite_reports_every_figure(tmp_path: Path, tiny_store: Path, paired_dir
     assert len(idx["edge_real"]["runs"]) == 2
     reindex = idx["reindex"]
     assert reindex["changed_items"] == 1 and reindex["items_embedded"] == 1
-    assert reindex["noop_embedded"] == 0
+    assert reindex["noop_embedded"] == 0 and reindex["noop_changed"] is False  # a real no-op
 
     for heading in ("## Targets", "## Query latency", "## Throughput", "## Recall",
                     "## Indexing", "## The synthetic catalog", "latency.png", "recall.png",
