@@ -759,6 +759,18 @@ def test_cli_finetune_writes_its_model_directory_whole_or_not_at_all(tiny_model:
     refused = CliRunner().invoke(main, [*args[:3], "--out", str(data), *args[5:]])
     assert refused.exit_code == 1 and "is not an xdretrieve model directory" in refused.output
     assert sorted(p.name for p in data.iterdir()) == listing
+    # the current folder, even empty, is refused (publishing renames it; before: a traceback,
+    # "PosixPath('.') has an empty name"); a name that leads elsewhere is where it leads
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    refused = CliRunner().invoke(main, [*args[:3], "--out", ".", *args[5:]])
+    assert refused.exit_code == 1 and ". is the current folder" in refused.output
+    assert finetune().exit_code == 0 and sorted(p.name for p in here.iterdir()) == []
+    (here / "sub").mkdir()
+    monkeypatch.chdir(here / "sub")
+    moved = CliRunner().invoke(main, [*args[:3], "--out", "../../model2", *args[5:]])
+    assert moved.exit_code == 0 and (tmp_path / "model2" / MANIFEST).is_file()
 
 
 def test_hyper_parameters_out_of_range_are_refused_by_name(tmp_path: Path) -> None:

@@ -76,7 +76,11 @@ class StagedModelDir:
     def __init__(self, out: str | Path):
         from xdretrieve.errors import XDRetrieveError
 
-        self.out = Path(out)
+        self.out = Path(out).resolve()  # '.', 'models/..': a folder with a name to rename
+        if self.out == Path.cwd().resolve():  # publishing renames it: the shell would be left
+            raise XDRetrieveError(  # in a deleted folder
+                f"{out} is the current folder: give the model a folder of its own (e.g. "
+                f"--out shop.model)")
         if self.out.exists() and not (self.out.is_dir() and (
                 is_model_dir(self.out) or not any(self.out.iterdir()))):
             raise XDRetrieveError(

@@ -66,8 +66,8 @@ def finetune(dataset: Dataset, out_dir: str | Path, settings: Settings | None = 
     if ref.trained is not None:
         raise XDRetrieveError("the base encoder (--model) must be an encoder, not a trained "
                               "model directory")
-    resume = resume_dir_of(out_dir)  # full mode's epoch checkpoints, kept until published
     with StagedModelDir(out_dir) as stage:
+        resume = resume_dir_of(stage.out)  # full mode's epoch checkpoints, kept until published
         if mode == "full":
             from xdretrieve.train.full import FullConfig, train_full
 

@@ -30,7 +30,7 @@ SUMMARY = "checkpoint.json"  # what the checkpoint holds, readable without loadi
 
 def resume_dir_of(out: str | Path) -> Path:
     """Where the checkpoints of a run writing model directory ``out`` are kept."""
-    out = Path(out)
+    out = Path(out).resolve()  # '.' has no name of its own
     return out.with_name(f".{out.name}.resume")
 
 
