@@ -21,6 +21,7 @@ import numpy as np
 
 from xdretrieve.config import Settings
 from xdretrieve.data import Dataset, Item
+from xdretrieve.data.records import FIELDS_HASH, TEXT_HASH
 from xdretrieve.encoder import Encoder, ModelRef, item_text, resolve_model
 from xdretrieve.model import TrainedModel, check_domains, read_manifest
 from xdretrieve.store import (
@@ -79,7 +80,7 @@ def _item_payload(item: Item, text_hash: int) -> dict[str, Any]:
     alone)."""
     fields = {**item.extra, "item_id": item.item_id, "domain": item.domain, "title": item.title,
               "text": item.text}
-    return {**fields, "text_hash": text_hash, "fields_hash": _digest(
+    return {**fields, TEXT_HASH: text_hash, FIELDS_HASH: _digest(
         json.dumps(fields, sort_keys=True, ensure_ascii=False, default=str))}
 
 
@@ -184,9 +185,9 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
     stored: dict[str, tuple[int | None, str | None, int | None, np.ndarray]] = {}
     if store.exists(ITEMS):
         for p in store.scroll(ITEMS, with_vectors=True,
-                              fields=["item_id", "text_hash", "domain", "fields_hash"]):
-            stored[p.payload["item_id"]] = (p.payload.get("text_hash"), p.payload.get("domain"),
-                                            p.payload.get("fields_hash"), p.vector)
+                              fields=["item_id", TEXT_HASH, "domain", FIELDS_HASH]):
+            stored[p.payload["item_id"]] = (p.payload.get(TEXT_HASH), p.payload.get("domain"),
+                                            p.payload.get(FIELDS_HASH), p.vector)
     report.timings["scan_store"] = time.perf_counter() - t0
 
     # Items whose text or domain changed (or are new) are embedded (a trained model adapts a
@@ -199,7 +200,7 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
         iid: v for iid, (h, domain, _, v) in stored.items()
         if iid in dataset.items and (h, domain) == (hashes[iid], dataset.items[iid].domain)}
     todo = [iid for iid in dataset.items if iid not in vectors]
-    rewrite = [iid for iid in vectors if stored[iid][2] != payloads[iid]["fields_hash"]]
+    rewrite = [iid for iid in vectors if stored[iid][2] != payloads[iid][FIELDS_HASH]]
     t = time.perf_counter()
     dim = next(iter(vectors.values())).shape[0] if vectors else None
     if todo:

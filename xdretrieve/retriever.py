@@ -17,10 +17,10 @@ import numpy as np
 
 from xdretrieve.blas import one_blas_thread
 from xdretrieve.config import Settings
+from xdretrieve.data.records import INDEX_FIELDS
 from xdretrieve.errors import EncoderMismatchError, NotFoundError, StoreError
 from xdretrieve.rerank import candidate_union, overlap_text, row_features, tower_head
 from xdretrieve.store import (
-    INDEX_FIELDS,
     ITEMS,
     USERS,
     StoredPoint,

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from xdretrieve.store.base import INDEX_FIELDS
+from xdretrieve.data.records import INDEX_FIELDS
 
 MAX_LIMIT = 1000
 MAX_BATCH = 1000  # items per PUT / DELETE

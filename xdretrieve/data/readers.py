@@ -16,9 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from xdretrieve.data.records import Interaction, Item
+from xdretrieve.data.records import INDEX_FIELDS, Interaction, Item
 from xdretrieve.errors import DataError
-from xdretrieve.store.base import INDEX_FIELDS
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 SPLITS = ("train", "valid", "test")

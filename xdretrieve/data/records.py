@@ -6,6 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# Payload fields the indexer keeps beside an item's own in the store: whether its vector
+# (the encoder text's hash) and its other fields are current. Not names a catalog may use.
+TEXT_HASH, FIELDS_HASH = "text_hash", "fields_hash"
+INDEX_FIELDS = (TEXT_HASH, FIELDS_HASH)
+
 
 @dataclass(frozen=True, slots=True)
 class Item:

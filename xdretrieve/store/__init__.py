@@ -11,7 +11,6 @@ import warnings
 from typing import TYPE_CHECKING
 
 from xdretrieve.store.base import (
-    INDEX_FIELDS,
     ITEMS,
     STORE_LAYOUT,
     USERS,
@@ -27,8 +26,8 @@ from xdretrieve.store.base import (
 if TYPE_CHECKING:
     from xdretrieve.config import Settings
 
-__all__ = ["INDEX_FIELDS", "ITEMS", "STORE_LAYOUT", "USERS", "PointId", "ScoredHit", "StoreInfo",
-           "StoredPoint", "VectorStore", "item_point_id", "open_store", "user_point_id"]
+__all__ = ["ITEMS", "STORE_LAYOUT", "USERS", "PointId", "ScoredHit", "StoreInfo", "StoredPoint",
+           "VectorStore", "item_point_id", "open_store", "user_point_id"]
 
 
 def open_store(settings: Settings) -> VectorStore:

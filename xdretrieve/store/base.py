@@ -20,9 +20,6 @@ from xdretrieve.errors import EncoderMismatchError, StoreError
 
 ITEMS = "items"
 USERS = "users"
-# payload of an item that the indexer keeps for itself: whether its vector and its fields are
-# current (not the catalog's)
-INDEX_FIELDS = ("text_hash", "fields_hash")
 UPSERT_BATCH = 1024
 
 _NAMESPACE = uuid.UUID("6f9b1c52-3a1e-4c0e-9a57-8d1f3c2b7e10")
