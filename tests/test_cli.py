@@ -102,6 +102,29 @@ def test_errors_exit_non_zero_with_a_message(paired_dir: Path, tmp_path: Path,
     assert r.exit_code == 2 and "exactly one of" in r.output
 
 
+def test_an_interrupted_index_is_said_incomplete_until_rerun(
+        paired_dir: Path, tmp_path: Path, tiny_model: str, monkeypatch) -> None:
+    from xdretrieve import indexer
+
+    def stop(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("XDR_CACHE_DIR", str(tmp_path / "cache"))
+    index = ("index", "--data", str(paired_dir), "--store", str(tmp_path / "s"),
+             "--model", tiny_model, "-q")
+    with monkeypatch.context() as m:
+        m.setattr(indexer, "_index_users", stop)  # the items are written by then
+        assert "Aborted!" in run(*index, ok=False).output
+    assert json.loads(run("info", "--store", str(tmp_path / "s")).output)["complete"] is False
+    r = run("query", "--store", str(tmp_path / "s"), "--user", "u1-0", "--domain", "movies",
+            ok=False)
+    assert r.exit_code == 1 and "not complete" in r.output and "run it again" in r.output
+    out = run(*index).output
+    assert re.search(r"^items +24 +0 embedded", out, re.M)
+    assert "complete now: an interrupted run had written part of it" in out
+    assert "nothing changed" in run(*index).output
+
+
 def test_query_batch_answers_each_user_as_its_own_query(paired_dir: Path, tmp_path: Path,
                                                         monkeypatch) -> None:
     """--users: one JSON line per listed user, in the file's order, each equal to that user's

@@ -8,17 +8,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from xdretrieve import indexer
 from xdretrieve.data import Dataset, Item
 from xdretrieve.errors import EncoderMismatchError
 from xdretrieve.indexer import index_dataset
 from xdretrieve.retriever import Retriever
 from xdretrieve.store import ITEMS, USERS, item_point_id, open_store, user_point_id
+from xdretrieve.store.base import VectorStore
 
 
 def snapshot(settings) -> dict[str, tuple]:
     with open_store(settings) as s:
-        return {c: {p.id: (json.dumps(p.payload, sort_keys=True), p.vector.tobytes())
-                    for p in s.scroll(c, with_vectors=True)} for c in (ITEMS, USERS)}
+        return store_snapshot(s)
+
+
+def store_snapshot(s: VectorStore) -> dict[str, tuple]:
+    return {c: {p.id: (json.dumps(p.payload, sort_keys=True), p.vector.tobytes())
+                for p in s.scroll(c, with_vectors=True)} for c in (ITEMS, USERS)}
 
 
 def test_reindex_changes_nothing(paired_dir: Path, tiny_model: str, settings_for) -> None:
@@ -100,6 +106,98 @@ def test_mismatched_encoder_is_refused(paired_dir: Path, tiny_model: str, other_
     # --recreate switches encoders on purpose
     report = index_dataset(ds, settings_for(model=other_tiny_model), recreate=True)
     assert report.items_embedded == len(ds.items)
+
+
+class Interrupt(BaseException):
+    """What Ctrl-C is to the run (a BaseException, as KeyboardInterrupt is)."""
+
+
+def interrupt(*_args, **_kwargs) -> None:
+    raise Interrupt
+
+
+@pytest.fixture(params=["edge", "server"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path):
+    """An open store of each kind, by its name in ``tmp_path``."""
+    from qdrant_client import QdrantClient
+
+    from xdretrieve.store.edge import EdgeStore
+    from xdretrieve.store.server import ServerStore
+
+    opened: list[VectorStore] = []
+
+    def make(name: str) -> VectorStore:
+        opened.append(EdgeStore(tmp_path / name) if request.param == "edge"
+                      else ServerStore(QdrantClient(":memory:"), prefix=f"{name}_"))
+        return opened[-1]
+
+    yield make
+    for s in opened:
+        s.close()
+
+
+def test_a_run_interrupted_after_writing_items_is_finished_by_the_next(
+        paired_dir: Path, tiny_model: str, other_tiny_model: str, settings_for, backend,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, a first run stopped after its items recorded no encoder: a rerun with another
+    one kept the stored vectors as its own (or failed on their size) and called the store
+    done; and `query` called the store missing."""
+    from xdretrieve.errors import StoreError
+
+    ds = Dataset.from_dir(paired_dir)
+    store = backend("store")
+    with monkeypatch.context() as m:
+        m.setattr(indexer, "_index_users", interrupt)  # the items are written by then
+        with pytest.raises(Interrupt):
+            index_dataset(ds, settings_for(model=tiny_model), store=store)
+    assert store.count(ITEMS) == len(ds.items) and not store.read_info().complete
+    with pytest.raises(StoreError, match="not complete: the `xdretrieve index` run"):
+        Retriever(settings_for(), store=store)
+    with pytest.raises(EncoderMismatchError, match="built by encoder"):
+        index_dataset(ds, settings_for(model=other_tiny_model), store=store)
+    report = index_dataset(ds, settings_for(model=tiny_model), store=store)
+    assert report.resumed and report.items_embedded == 0
+    assert report.profiles_written == 2 * len(ds.histories)
+    info = store.read_info()
+    assert info.complete and info.extra["popular"]
+    # the same as a run that was never interrupted (profiles within float error: the resumed
+    # run pools the vectors it reads back, which the server stores normalised)
+    whole = backend("whole")
+    index_dataset(ds, settings_for(model=tiny_model), store=whole)
+    expected, got = store_snapshot(whole), store_snapshot(store)
+    assert got[ITEMS] == expected[ITEMS] and got[USERS].keys() == expected[USERS].keys()
+    for pid, (payload, vector) in got[USERS].items():
+        assert payload == expected[USERS][pid][0]
+        np.testing.assert_allclose(np.frombuffer(vector, np.float32),
+                                   np.frombuffer(expected[USERS][pid][1], np.float32), atol=1e-6)
+    with Retriever(settings_for(model=tiny_model), store=store) as r:
+        assert len(r.recommend_user("u0-0", "movies", 3)) == 3
+
+
+def test_an_interrupted_recreate_leaves_the_old_store_whole(
+        paired_dir: Path, tiny_model: str, other_tiny_model: str, settings_for,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, --recreate dropped the store first: stopped while embedding, it left nothing."""
+    from xdretrieve.encoder import Encoder
+
+    ds = Dataset.from_dir(paired_dir)
+    index_dataset(ds, settings_for(model=tiny_model))
+    before = snapshot(settings_for())
+    with monkeypatch.context() as m:
+        m.setattr(Encoder, "encode_items", interrupt)
+        with pytest.raises(Interrupt):
+            index_dataset(ds, settings_for(model=other_tiny_model), recreate=True)
+    assert snapshot(settings_for()) == before
+    with Retriever(settings_for(model=tiny_model)) as r:
+        assert r.info.complete and len(r.search_text("dragons", "movies", 3)) == 3
+    # stopped once the new vectors are written, the store is the new encoder's, not complete
+    with monkeypatch.context() as m:
+        m.setattr(indexer, "_index_users", interrupt)
+        with pytest.raises(Interrupt):
+            index_dataset(ds, settings_for(model=other_tiny_model), recreate=True)
+    with pytest.raises(EncoderMismatchError):
+        index_dataset(ds, settings_for(model=tiny_model))
+    assert index_dataset(ds, settings_for(model=other_tiny_model)).resumed
 
 
 def test_vectors_are_what_the_encoder_gives(paired_dir: Path, tiny_model: str,

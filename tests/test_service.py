@@ -295,6 +295,26 @@ def test_an_empty_store_is_alive_but_not_ready(tmp_path: Path) -> None:
         assert c.get("/info").status_code == 503
 
 
+def test_a_store_an_interrupted_index_left_incomplete_is_not_ready(
+        paired_dir: Path, tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from xdretrieve import indexer
+    from xdretrieve.service import create_app
+
+    def stop(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    settings = Settings(store=tmp_path / "store", cache_dir=tmp_path / "cache", model=tiny_model)
+    with monkeypatch.context() as m:
+        m.setattr(indexer, "_index_users", stop)  # the items are written by then
+        with pytest.raises(KeyboardInterrupt):
+            index_dataset(Dataset.from_dir(paired_dir), settings)
+    with LiveServer(create_app(settings)) as live, httpx.Client(base_url=live.url) as c:
+        r = c.get("/ready")
+        assert r.status_code == 503 and "not complete" in r.json()["reason"]
+        r = c.post("/recommend/user", json={"user_id": "u0-0", "domain": "movies"})
+        assert r.status_code == 503 and "run it again" in r.json()["detail"]
+
+
 def test_serve_help_and_light_import() -> None:
     from click.testing import CliRunner
 

@@ -165,7 +165,8 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
                f" users {t.get('users', 0):.1f} s, HNSW build {t['build_index']:.1f} s, "
                f"total {t['total']:.1f} s")
     click.echo(f"store: {settings.url or settings.store}"
-               + ("" if report.changed else " (already up to date: nothing changed)"))
+               + (" (complete now: an interrupted run had written part of it)" if report.resumed
+                  else "" if report.changed else " (already up to date: nothing changed)"))
 
 
 @main.command()

@@ -53,6 +53,7 @@ class IndexReport:
     user_profiles: int = 0
     profiles_written: int = 0
     profiles_deleted: int = 0
+    resumed: bool = False  # the store was left incomplete by an interrupted run; now it is not
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -104,16 +105,18 @@ def _popular(dataset: Dataset) -> dict[str, list[str]]:
 def _store_info(ref: ModelRef, dim: int, domains: Iterable[str], settings: Settings,
                 previous: StoreInfo | None, changed: bool,
                 popular: dict[str, list[str]] | None = None,
-                profiles: str | None = None) -> StoreInfo:
+                profiles: str | None = None, complete: bool = True) -> StoreInfo:
     """The build info to write after a run; creation time kept, update time only on change.
-    ``profiles``: what the user profiles written by this run hold (None: none written)."""
+    ``profiles``: what the user profiles written by this run hold (None: none written).
+    ``complete``: False for the info a first run records before it writes."""
     from xdretrieve import __version__
 
     now = StoreInfo(encoder=ref.name, fingerprint=ref.fingerprint, dim=dim, version=__version__,
                     domains=sorted(set(domains) | set(previous.domains if previous else [])),
                     text_template=settings.text_template,
                     max_seq_length=settings.max_seq_length, pooling=settings.pooling,
-                    extra={"trained": str(ref.trained)} if ref.trained else {})
+                    extra={"trained": str(ref.trained)} if ref.trained else {},
+                    complete=complete)
     if popular:
         now.extra["popular"] = popular
     elif previous is not None and "popular" in previous.extra:
@@ -169,21 +172,21 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
     ref: ModelRef = encoder.ref if encoder is not None else resolve_model(settings.model)
     if ref.trained is not None:  # before any work: the model adapts items of its domains only
         check_domains(ref.trained, read_manifest(ref.trained)["domains"], dataset.domains)
-    info = store.read_info()
-    if recreate:
-        for collection in (ITEMS, USERS):
-            if store.exists(collection):
-                store.drop(collection)
-        info = None
-    elif info is not None:
+    info = None if recreate else store.read_info()
+    if info is not None:
         info.check_encoder(ref.name, ref.fingerprint,
                            f"index with --model '{info.encoder}', add --recreate to replace what "
                            f"the store holds with the new encoder's vectors, or index into a new "
                            f"store")
+    # Without build info (a new store, --recreate, or a store an older release left half built)
+    # no stored vector is known to be this encoder's: everything is embedded, and what the
+    # store holds is dropped only then, so an interrupted --recreate leaves the old store whole.
+    replace = info is None
+    report.resumed = info is not None and not info.complete
 
     # What the store has: item id -> (text hash, domain, fields hash, vector)
     stored: dict[str, tuple[int | None, str | None, int | None, np.ndarray]] = {}
-    if store.exists(ITEMS):
+    if not replace and store.exists(ITEMS):
         for p in store.scroll(ITEMS, with_vectors=True,
                               fields=["item_id", TEXT_HASH, "domain", FIELDS_HASH]):
             stored[p.payload["item_id"]] = (p.payload.get(TEXT_HASH), p.payload.get("domain"),
@@ -220,7 +223,15 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
         raise AssertionError("no vectors and nothing to embed")  # read_items rejects empty files
 
     t = time.perf_counter()
+    if replace:
+        for collection in (ITEMS, USERS):
+            if store.exists(collection):
+                store.drop(collection)
     store.ensure(ITEMS, dim, ("domain",))
+    if info is None:  # recorded before the first point: a rerun after an interruption knows
+        # whose vectors the store holds, and a query knows the store is not complete yet
+        info = _store_info(ref, dim, dataset.domains, settings, None, True, complete=False)
+        store.write_info(info)
     written = todo + rewrite
     if written:
         store.upsert(ITEMS, [item_point_id(i) for i in written],
@@ -243,7 +254,7 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
                      depends)
 
     t = time.perf_counter()
-    if report.changed or info is None:
+    if report.changed or not info.complete:
         for collection in (ITEMS, USERS):
             if store.exists(collection):
                 store.build_index(collection)
@@ -303,7 +314,7 @@ def upsert_items(items: Sequence[Item], settings: Settings, store: VectorStore,
     if created:
         store.build_index(ITEMS)
     now = _store_info(ref, encoder.dim, (item.domain for item in unique), settings, info,
-                      changed=True)
+                      changed=True, complete=info is None or info.complete)
     store.write_info(now)
     return now
 

@@ -134,9 +134,10 @@ class Retriever:
         self._own_store = store is None
         self.store = store or open_store(self.settings)
         info = self.store.read_info()
+        where = self.settings.url or self.settings.store
         if info is None or not self.store.exists(ITEMS):
-            where = self.settings.url or self.settings.store
             raise StoreError(f"no xdretrieve store at {where}: run `xdretrieve index` first")
+        info.check_complete(where)
         self.info: StoreInfo = info
         given = None
         if "model" in self.settings.model_fields_set:

@@ -317,10 +317,12 @@ class Service:
 
     def ready(self) -> ReadyResponse:
         try:
-            if self.store.read_info() is None or not self.store.exists(ITEMS):
+            info = self.store.read_info()
+            if info is None or not self.store.exists(ITEMS):
                 return ReadyResponse(ready=False, items=0,
                                      reason="the store is empty: run `xdretrieve index` "
                                             "or PUT /items")
+            info.check_complete(self.settings.url or self.settings.store)
             items = self.store.count(ITEMS)
         except StoreError as e:
             return ReadyResponse(ready=False, items=0, reason=str(e))

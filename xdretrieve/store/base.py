@@ -91,6 +91,8 @@ class StoreInfo:
     updated_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     extra: dict[str, Any] = field(default_factory=dict)
     layout: int = STORE_LAYOUT
+    # False from a first `index` run's start (or --recreate's) until it has written everything
+    complete: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,6 +115,14 @@ class StoreInfo:
                 f"layout {STORE_LAYOUT}: index the data again into a new store directory")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    def check_complete(self, where: object) -> None:
+        """Raise :class:`StoreError` while the `index` run that builds the store (a first run,
+        or one with --recreate) has not finished: it holds only part of the catalog."""
+        if not self.complete:
+            raise StoreError(f"the store at {where} is not complete: the `xdretrieve index` run "
+                             f"that builds it did not finish; run it again (it keeps what was "
+                             f"written)")
 
     def check_encoder(self, name: str, fingerprint: str, remedy: str | None = None) -> None:
         """Raise :class:`EncoderMismatchError` unless the encoder is the one that built this;
