@@ -114,7 +114,7 @@ def test_an_interrupted_index_is_said_incomplete_until_rerun(
              "--model", tiny_model, "-q")
     with monkeypatch.context() as m:
         m.setattr(indexer, "_index_users", stop)  # the items are written by then
-        assert "Aborted!" in run(*index, ok=False).output
+        assert "interrupted: the same command goes on" in run(*index, ok=False).output
     assert json.loads(run("info", "--store", str(tmp_path / "s")).output)["complete"] is False
     r = run("query", "--store", str(tmp_path / "s"), "--user", "u1-0", "--domain", "movies",
             ok=False)

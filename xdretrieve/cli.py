@@ -143,8 +143,14 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
     click.echo(f"read {len(dataset.items):,} items in {len(dataset.domains)} domains "
                f"({', '.join(dataset.domains)}), {len(dataset.interactions):,} interactions "
                f"of {len(dataset.histories):,} users", err=True)
-    report = index_dataset(dataset, settings, users=not no_users, recreate=recreate,
-                           progress=not quiet)
+    try:
+        report = index_dataset(dataset, settings, users=not no_users, recreate=recreate,
+                               progress=not quiet)
+    except KeyboardInterrupt:  # click then prints "Aborted!"
+        click.echo("\ninterrupted: the same command goes on from where this one stopped (the "
+                   "embedding cache keeps what was embedded, the store what was written)",
+                   err=True)
+        raise
     t = report.timings
     rows = [
         ("items", f"{report.items:,}", f"{report.items_embedded:,} embedded, "
