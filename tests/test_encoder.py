@@ -73,6 +73,34 @@ def test_a_template_with_an_unknown_field_is_refused_in_the_settings(
     assert Settings(text_template="{{{title}}}: {text}").text_template == "{{{title}}}: {text}"
 
 
+def test_a_device_that_is_not_there_is_refused_in_one_line(
+        paired_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, torch's traceback ('Torch not compiled with CUDA enabled', 'Expected one of cpu,
+    cuda, ipu, ...'), from the model's loading."""
+    import torch
+
+    from xdretrieve import encoder
+    from xdretrieve.errors import ConfigError
+
+    with pytest.raises(ValueError, match="'tpu' is not a device xdretrieve runs on"):
+        Settings(device="tpu")
+    assert Settings(device="cuda:1").device == "cuda:1"
+    monkeypatch.setattr(encoder, "has_cuda", lambda: False)
+    assert pick_device("auto") == "cpu" and pick_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="'cuda': torch sees no CUDA device"):
+        pick_device("cuda")
+    index = ["index", "--data", str(paired_dir), "--store", str(tmp_path / "s"), "-q"]
+    r = CliRunner().invoke(main, [*index, "--device", "cuda:0"])
+    assert r.exit_code == 1 and "torch sees no CUDA device" in r.output
+    r = CliRunner().invoke(main, [*index, "--device", "mps"])
+    assert r.exit_code == 2 and "'mps' is not a device xdretrieve runs on" in r.output
+    monkeypatch.setattr(encoder, "has_cuda", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda:1") == "cuda:1"
+    with pytest.raises(ConfigError, match="has 2 CUDA device.*cuda:0 to cuda:1"):
+        pick_device("cuda:2")
+
+
 def test_cache_is_used_and_can_be_bypassed(tiny_model: str, tmp_path: Path) -> None:
     enc = Encoder.from_settings(Settings(model=tiny_model, cache_dir=tmp_path))
     assert enc.device == pick_device("auto")

@@ -6,6 +6,7 @@ Precedence: arguments > environment (``XDR_...``) > ``xdretrieve.toml`` in the w
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from string import Formatter
 from typing import Literal
@@ -79,6 +80,16 @@ class Settings(BaseSettings):
     candidates: int = Field(200, ge=1, description="Candidates handed to the re-ranker (half "
                             "nearest neighbours, half items co-occurring with the history).")
     rerank: bool = Field(True, description="Use the trained model's re-ranker when it has one.")
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, device: str) -> str:
+        """Refused here, not as torch's traceback when the model is loaded; whether this
+        machine has the device is checked where it is used (:func:`encoder.pick_device`)."""
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+            raise ValueError(f"'{device}' is not a device xdretrieve runs on; expected auto, cpu, "
+                             f"cuda or cuda:N")
+        return device
 
     @field_validator("text_template")
     @classmethod

@@ -20,7 +20,7 @@ import numpy as np
 from xdretrieve.config import DEFAULT_MODEL, Settings
 from xdretrieve.data.records import Item
 from xdretrieve.embedding_cache import EmbeddingCache
-from xdretrieve.errors import MissingDependencyError, XDRetrieveError
+from xdretrieve.errors import ConfigError, MissingDependencyError, XDRetrieveError
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +144,26 @@ def has_cuda() -> bool:
 
 
 def pick_device(device: str) -> str:
-    """'auto' -> 'cuda' when present, else 'cpu'; anything else is passed through."""
+    """'auto' -> 'cuda' when present, else 'cpu'; 'cuda' or 'cuda:N' only where torch sees it.
+
+    Raises:
+        ConfigError: a CUDA device this machine does not have (before, torch's traceback).
+    """
     if device == "auto":
         return "cuda" if has_cuda() else "cpu"
+    if device.startswith("cuda"):
+        import torch
+
+        if not has_cuda():
+            build = (f"CUDA {torch.version.cuda}" if torch.version.cuda
+                     else "a CPU-only build")
+            raise ConfigError(f"device '{device}': torch sees no CUDA device on this machine "
+                              f"(torch {torch.__version__}, {build}); use --device cpu or auto")
+        count = torch.cuda.device_count()
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            raise ConfigError(f"device '{device}': this machine has {count} CUDA device(s), "
+                              f"cuda:0 to cuda:{count - 1}")
     return device
 
 
