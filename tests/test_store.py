@@ -274,6 +274,18 @@ def test_a_server_that_cannot_be_reached_is_named(tmp_path: Path) -> None:
             thread.join(timeout=30)
 
 
+def test_a_url_that_is_not_a_server_url_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Before, qdrant-client's ValueError (or urllib3's) came out as a traceback."""
+    from click.testing import CliRunner
+
+    from xdretrieve.cli import main
+
+    for url, why in [("ftp://x", "Unknown scheme: ftp"), ("not a url", "invalid character")]:
+        r = CliRunner().invoke(main, ["info", "--url", url])
+        assert r.exit_code == 1, r.output
+        assert f"Error: '{url}' is not a Qdrant server URL (" in r.output and why in r.output
+
+
 def test_a_closed_edge_store_refuses_use_and_holds_no_lock(tmp_path: Path, points) -> None:
     from xdretrieve.errors import StoreError
 

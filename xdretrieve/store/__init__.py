@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING
 
+from xdretrieve.errors import StoreError
 from xdretrieve.store.base import (
     ITEMS,
     STORE_LAYOUT,
@@ -47,7 +48,11 @@ def open_store(settings: Settings) -> VectorStore:
             # cannot reach it: the first call says so, with the address, as one error
             warnings.filterwarnings("ignore", message="Failed to obtain server version",
                                     category=UserWarning)
-            client = QdrantClient(url=settings.url, api_key=settings.api_key)
+            try:
+                client = QdrantClient(url=settings.url, api_key=settings.api_key)
+            except ValueError as e:  # an unknown scheme, a host that cannot be one
+                raise StoreError(f"'{settings.url}' is not a Qdrant server URL ({e}); expected "
+                                 f"http(s)://HOST:PORT, e.g. http://localhost:6333") from None
         return ServerStore(client, settings.collection_prefix, shards=settings.shards,
                            replicas=settings.replicas, url=settings.url, **index_args)
     from xdretrieve.store.edge import EdgeStore
