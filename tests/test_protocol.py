@@ -4,6 +4,7 @@ see (and a leaky fit caught); then the protocol run end to end: runner, report, 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -273,6 +274,24 @@ def test_report_files(tmp_path: Path) -> None:
     table = format_table(results).splitlines()
     assert table[0].split()[:4] == ["direction", "method", "users", "recall@10"]
     assert len(table) == 2 + 4
+
+
+def test_without_the_eval_extra_the_report_has_the_figures_and_no_plot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Before, the whole evaluation ran, then ended in matplotlib's ImportError: no report.md;
+    and a missing `implicit` stopped it only once emcdr's turn came."""
+    results = evaluate(make_dataset(), methods=["popularity"], progress=False)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # an import of it fails
+    paths = write_report(results, tmp_path / "out")
+    assert set(paths) == {"json", "markdown"} and not (tmp_path / "out" / "metrics.png").exists()
+    markdown = paths["markdown"].read_text()
+    assert "| popularity |" in markdown and "metrics.png" not in markdown
+    assert "not drawn (the plot needs matplotlib: pip install" in caplog.text
+    monkeypatch.setitem(sys.modules, "implicit.cpu.als", None)
+    result = CliRunner().invoke(evaluate_command, [
+        "--data", str(write_dataset_dir(tmp_path / "data")), "--out", str(tmp_path / "ev"), "-q"])
+    assert result.exit_code == 1 and "emcdr baseline needs the 'implicit' library" in result.output
+    assert not (tmp_path / "ev").exists()  # before the data is read
 
 
 def write_dataset_dir(directory: Path) -> Path:

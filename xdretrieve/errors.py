@@ -42,5 +42,10 @@ class MissingDependencyError(XDRetrieveError):
     """An optional dependency is not installed; the message gives the install command."""
 
 
+# xdretrieve is installed from its repository, not PyPI: `pip install 'xdretrieve[serve]'` fails
+SERVE_MISSING = ("the HTTP service needs FastAPI and uvicorn: pip install 'fastapi>=0.115' "
+                 "'uvicorn>=0.30' (or, in xdretrieve's repository, pip install -e '.[serve]')")
+
+
 class ConfigError(XDRetrieveError, ValueError):
     """A setting or hyper-parameter outside its range."""

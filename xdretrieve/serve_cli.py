@@ -11,7 +11,7 @@ import click
 
 from xdretrieve.cli import make_settings, store_options
 from xdretrieve.cli_checks import fail_cleanly
-from xdretrieve.errors import MissingDependencyError
+from xdretrieve.errors import SERVE_MISSING
 
 
 @click.command()
@@ -40,8 +40,7 @@ def serve(host: str, port: int, store: Path | None, url: str | None, model: str 
 
         from xdretrieve.service import create_app
     except ImportError as e:
-        raise click.ClickException(str(MissingDependencyError(
-            "the HTTP service needs FastAPI and uvicorn: pip install 'xdretrieve[serve]'"))) from e
+        raise click.ClickException(SERVE_MISSING) from e
     settings = make_settings(store=store, url=url, model=model)
     app = create_app(settings)
     click.echo(f"serving {settings.url or settings.store} on http://{host}:{port} "

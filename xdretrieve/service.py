@@ -36,6 +36,7 @@ import numpy as np
 from xdretrieve import __version__
 from xdretrieve.config import Settings
 from xdretrieve.errors import (
+    SERVE_MISSING,
     DataError,
     EncoderMismatchError,
     MissingDependencyError,
@@ -75,7 +76,7 @@ try:
     from fastapi.responses import JSONResponse
 except ImportError as e:  # pragma: no cover - exercised by test_service's subprocess check
     raise MissingDependencyError(
-        "the HTTP service needs FastAPI and uvicorn: pip install 'xdretrieve[serve]'") from e
+        SERVE_MISSING) from e
 
 if TYPE_CHECKING:
     from xdretrieve.encoder import Encoder

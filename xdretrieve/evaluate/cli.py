@@ -98,10 +98,14 @@ def evaluate(data: Path, directions: tuple[str, ...], methods: tuple[str, ...],
     from xdretrieve.evaluate.report import format_table, write_report
     from xdretrieve.evaluate.runner import evaluate as run
 
-    dataset = Dataset.from_dir(data)
-    out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails now, not after
     chosen = list(methods) or [*BASELINES, *RETRIEVER_METHODS]
     chosen += [name for name in extra if name not in chosen]
+    if "emcdr" in chosen:  # a missing library fails now, not after the methods before it
+        from xdretrieve.evaluate.emcdr import als_class
+
+        als_class()
+    dataset = Dataset.from_dir(data)
+    out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails now, not after
     results = run(dataset, directions=parsed or None, methods=chosen,
                   max_users=max_users, seed=seed, progress=not quiet)
     paths = write_report(results, out)

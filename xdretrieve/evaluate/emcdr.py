@@ -49,12 +49,14 @@ class EMCDRConfig:
     ridge: float = 1.0  # linear mapping L2 weight
 
 
-def _als_class() -> Any:
+def als_class() -> Any:
+    """implicit's CPU ALS (the `eval` extra); checked before an evaluation starts."""
     try:
         from implicit.cpu.als import AlternatingLeastSquares
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise MissingDependencyError(
-            "the emcdr baseline needs the 'implicit' library: pip install implicit") from e
+            "the emcdr baseline needs the 'implicit' library: pip install 'implicit>=0.7' (or "
+            "leave emcdr out: --method for each method to run)") from e
     return AlternatingLeastSquares
 
 
@@ -64,7 +66,7 @@ class DomainFactors:
     def __init__(self, interactions: sp.csr_matrix, config: EMCDRConfig, seed: int):
         import threadpoolctl
 
-        als = _als_class()  # imported first: the limit below covers the BLAS libraries loaded
+        als = als_class()  # imported first: the limit below covers the BLAS libraries loaded
         # A threaded BLAS under implicit slows it down (and implicit warns). One solver thread:
         # about 1 s per domain on 8,000 users; more threads were slower on 2 cores (OpenMP
         # start-up in every iteration).

@@ -10,11 +10,15 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+from xdretrieve.errors import MissingDependencyError
 from xdretrieve.evaluate.metrics import METRICS
 from xdretrieve.evaluate.runner import Results
+
+PLOT_MISSING = "the plot needs matplotlib: pip install 'matplotlib>=3.8'"
 
 PLOTTED = ("ndcg@10", "recall@10")
 
@@ -116,8 +120,12 @@ def plot(results: Results, path: str | Path, metrics: tuple[str, ...] = PLOTTED)
     """Grouped bars, one panel per metric: directions on the x axis, one bar per method, values
     written on the bars. Uses the Agg canvas directly (no pyplot, no global backend change)."""
     import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:  # the `eval` extra
+        raise MissingDependencyError(PLOT_MISSING) from e
 
     directions, methods = results.directions, results.methods
     panel_width = max(4.5, 1.5 + 0.45 * len(methods) * len(directions))  # inches
@@ -152,7 +160,8 @@ def plot(results: Results, path: str | Path, metrics: tuple[str, ...] = PLOTTED)
 
 
 def write_report(results: Results, out_dir: str | Path) -> dict[str, Path]:
-    """Write results.json, report.md and metrics.png into ``out_dir`` (created if needed).
+    """Write results.json, report.md and metrics.png into ``out_dir`` (created if needed);
+    without matplotlib, the first two (the plot is left out of the report, not the figures).
 
     Returns:
         name -> path of each file written.
@@ -162,6 +171,10 @@ def write_report(results: Results, out_dir: str | Path) -> dict[str, Path]:
     paths = {"json": out / "results.json", "markdown": out / "report.md",
              "plot": out / "metrics.png"}
     paths["json"].write_text(json.dumps(to_dict(results), indent=2) + "\n", encoding="utf-8")
-    plot(results, paths["plot"])
-    paths["markdown"].write_text(to_markdown(results, paths["plot"].name), encoding="utf-8")
+    try:
+        plot(results, paths["plot"])
+    except MissingDependencyError as e:
+        logging.getLogger(__name__).warning("%s: not drawn (%s)", paths.pop("plot"), e)
+    plot_name = paths["plot"].name if "plot" in paths else None
+    paths["markdown"].write_text(to_markdown(results, plot_name), encoding="utf-8")
     return paths
