@@ -121,8 +121,8 @@ class StoreInfo:
         or one with --recreate) has not finished: it holds only part of the catalog."""
         if not self.complete:
             raise StoreError(f"the store at {where} is not complete: the `xdretrieve index` run "
-                             f"that builds it did not finish; run it again (it keeps what was "
-                             f"written)")
+                             f"that builds it has not finished (it is running, or was "
+                             f"interrupted: then run it again; it keeps what was written)")
 
     def check_encoder(self, name: str, fingerprint: str, remedy: str | None = None) -> None:
         """Raise :class:`EncoderMismatchError` unless the encoder is the one that built this;
