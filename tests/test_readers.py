@@ -51,6 +51,49 @@ def test_formats_give_the_same_records(tmp_path: Path) -> None:
     assert [x.domain for x in got[0]] == ["movies", "books"]
 
 
+def test_parquet_fields_of_any_type_are_kept_as_json_and_stored(
+        tmp_path: Path, tiny_model: str) -> None:
+    """Before, a Parquet catalog with a time, a date or a decimal column (an 'added' date, a
+    price) crashed `index` in the store's write, with Qdrant Edge's TypeError."""
+    import datetime as dt
+    from decimal import Decimal
+
+    from xdretrieve.config import Settings
+    from xdretrieve.indexer import index_dataset
+    from xdretrieve.retriever import Retriever
+
+    added = dt.datetime(2020, 5, 17, 8, 30, tzinfo=dt.timezone.utc)
+    rows = [{"item_id": f"{d}{k}", "domain": d, "title": f"{d} {k}", "added": added,
+             "day": dt.date(2020, 5, 17), "price": Decimal("9.99"), "missing": None,
+             "score": float("nan"), "tags": ["a", "b"], "size": {"w": Decimal("1.5")},
+             "open": dt.time(9, 0), "keep": dt.timedelta(days=1)}
+            for d in ("books", "movies") for k in range(2)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "items.parquet")
+    items = read_items(tmp_path / "items.parquet")
+    expected = {"added": "2020-05-17T08:30:00+00:00", "day": "2020-05-17", "price": 9.99,
+                "tags": ["a", "b"], "size": {"w": 1.5}, "open": "09:00:00",
+                "keep": 86400.0}
+    assert items["books0"].extra == expected
+    big = read_items(write_jsonl(tmp_path / "big.jsonl", [{**ITEMS[0], "n": 2**70, "m": -3}]))
+    assert big["b1"].extra == {"year": 1965, "n": str(2**70), "m": -3}  # Qdrant's are 64-bit
+    (tmp_path / "interactions.csv").write_text(
+        "user_id,item_id,position\nu1,books0,0\nu1,movies0,1\nu2,books1,0\nu2,movies1,1\n")
+    dataset = Dataset.load(tmp_path / "items.parquet", tmp_path / "interactions.csv")
+    for where in ({"store": tmp_path / "store"}, {"url": ":memory:"}):
+        from xdretrieve.store import open_store
+
+        settings = Settings(model=tiny_model, cache_dir=tmp_path / "cache", **where)
+        with open_store(settings) as store:
+            index_dataset(dataset, settings, store=store)
+            with Retriever(settings, store=store) as r:
+                (hit,) = r.search_text("movies 1", "movies", 1)
+                assert {k: hit.fields[k] for k in expected} == expected
+    pq.write_table(pa.Table.from_pylist([{**rows[0], "raw": b"\x00"}]), tmp_path / "b.parquet")
+    with pytest.raises(DataError, match=r"b\.parquet, row 1, field 'raw': a bytes value cannot "
+                                        r"be stored as payload"):
+        read_items(tmp_path / "b.parquet")
+
+
 @pytest.mark.parametrize(
     ("rows", "expected"),
     [

@@ -12,7 +12,8 @@ import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +210,34 @@ def _text(row: dict[str, Any], key: str, where: Where, required: bool) -> str:
     return value
 
 
+_INT64 = 2**63
+
+
+def _payload(value: Any, where: Where, key: str) -> Any:
+    """A field kept as payload, as JSON has it, which is what both Qdrant backends store:
+    times as ISO-8601 text, decimals as floats, an integer beyond 64 bits as text, NaN (a
+    Parquet file's missing number) as None. Parquet gives the others as Python objects."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return value if -_INT64 <= value < _INT64 else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Decimal):
+        return _payload(float(value), where, key)
+    if isinstance(value, (list, tuple)):
+        return [_payload(v, where, key) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _payload(v, where, key) for k, v in value.items()}
+    raise _error(where, key, f"a {type(value).__name__} value cannot be stored as payload "
+                             f"(text, numbers, booleans, times, lists and objects can); "
+                             f"leave the field out")
+
+
 def _seconds(moment: datetime) -> float:
     """Unix seconds; a time without a zone is UTC (not this machine's zone, which would order a
     user's interactions differently from one machine to the next around a DST change)."""
@@ -263,8 +292,9 @@ def read_items(path: str | Path, rejects: RejectLog | None = None) -> dict[str, 
         text = _text(row, "text", where, required=False)
         if item_id in items:
             raise _error(where, "item_id", f"duplicate item id '{item_id}'")
-        extra = {k: v for k, v in row.items()
-                 if k not in ("item_id", "domain", "title", "text") and v is not None}
+        extra = {k: _payload(v, where, k) for k, v in row.items()
+                 if k not in ("item_id", "domain", "title", "text")}
+        extra = {k: v for k, v in extra.items() if v is not None}
         for key in INDEX_FIELDS:
             if key in extra:  # the index would overwrite it with its own
                 raise _error(where, key, f"'{key}' is a name xdretrieve keeps for itself in the "
