@@ -170,6 +170,18 @@ def test_malformed_and_misrouted_requests_are_4xx(client: httpx.Client) -> None:
                       ).status_code == 422  # payload values are flat scalars
     assert client.get("/recommend/user").status_code == 405
     assert client.get("/nowhere").status_code == 404
+    # a NaN (Python's json reads it) was echoed back in FastAPI's 422, which then failed to
+    # write it: a 500; and a wrong value is not echoed (a 1,000,000-character text was, whole)
+    r = client.put("/items", content=b'{"items": [{"item_id": "x", "domain": "movies", '
+                                     b'"title": "t", "extra": {"price": NaN}}]}',
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][:5] == [
+        "body", "items", 0, "extra", "price"]
+    r = client.post("/search/text", json={"text": "jazz " * 200_000, "domain": "movies"})
+    assert r.status_code == 422 and len(r.content) < 1000
+    assert r.json()["detail"] == [{"type": "string_too_long", "loc": ["body", "text"],
+                                   "msg": "String should have at most 10000 characters",
+                                   "ctx": {"max_length": 10000}}]
 
 
 # -- writes ---------------------------------------------------------------------------------------

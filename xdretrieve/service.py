@@ -73,6 +73,8 @@ from xdretrieve.store import (
 
 try:
     from fastapi import FastAPI, Request
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 except ImportError as e:  # pragma: no cover - exercised by test_service's subprocess check
     raise MissingDependencyError(
@@ -375,6 +377,13 @@ def create_app(settings: Settings | None = None, *, store: VectorStore | None = 
     async def library_error(request: Request, exc: XDRetrieveError) -> JSONResponse:
         status = next(code for cls, code in _STATUS if isinstance(exc, cls))
         return JSONResponse(status_code=status, content={"detail": str(exc)})
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own 422 echoes each wrong value: a 1,000,000-character text whole, and a
+        # NaN, which it then cannot write as JSON (a 500 instead of the 422)
+        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(
+            [{k: v for k, v in err.items() if k != "input"} for err in exc.errors()])})
 
     @app.post("/recommend/user", response_model=HitsResponse, responses=_ERRORS,
               tags=["recommend"])
