@@ -99,7 +99,9 @@ def main(verbose: int) -> None:
 @click.option("--interactions", type=click.Path(path_type=Path), help="Interactions file.")
 @store_options
 @click.option("--pooling", type=click.Choice(["mean", "recency"]), default=None,
-              help="How a history becomes a user vector. [default: recency]")
+              help="How the pretrained encoder's item vectors of a history become a user "
+                   "vector (with a trained model of two domains its user tower does that, "
+                   "and this is not used). [default: recency]")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N. [default: auto]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Encoder batch size. [default: 64]")

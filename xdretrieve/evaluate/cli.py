@@ -44,7 +44,8 @@ from xdretrieve.errors import XDRetrieveError
               help="Encoder or trained model of the 'xdretrieve' method. [default: the packaged "
                    "all-MiniLM-L6-v2]")
 @click.option("--pooling", type=click.Choice(["mean", "recency"]), default=None,
-              help="User pooling of the 'xdretrieve' method. [default: recency]")
+              help="User pooling of the 'xdretrieve' method over the pretrained encoder "
+                   "(a trained --model's user tower pools instead). [default: recency]")
 @click.option("--compare", "variants", multiple=True, metavar="NAME=DIR",
               help="Also evaluate method 'xdretrieve-NAME': the pipeline with the encoder or "
                    "trained model DIR (e.g. one trained without a part, for an ablation); "
