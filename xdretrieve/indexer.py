@@ -228,8 +228,8 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
             if store.exists(collection):
                 store.drop(collection)
     store.ensure(ITEMS, dim, ("domain",))
-    if info is None:  # recorded before the first point: a rerun after an interruption knows
-        # whose vectors the store holds, and a query knows the store is not complete yet
+    if replace:  # recorded before the first point: a rerun after an interruption knows whose
+        # vectors the store holds, and a query knows the store is not complete yet
         info = _store_info(ref, dim, dataset.domains, settings, None, True, complete=False)
         store.write_info(info)
     written = todo + rewrite
