@@ -252,6 +252,12 @@ def test_light_imports() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_python_dash_m_runs_the_cli() -> None:
+    done = subprocess.run([sys.executable, "-m", "xdretrieve", "query", "--help"],
+                          capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.startswith("Usage: xdretrieve query [OPTIONS]")
+
+
 def test_demo_trains_indexes_and_answers(tmp_path: Path, monkeypatch, minilm_model: str) -> None:
     """`xdretrieve demo`, the README's first command: a model trained on the packaged sample,
     the sample indexed with it, two cold-start users answered with some of their held-out
