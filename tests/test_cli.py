@@ -217,6 +217,30 @@ def test_bad_input_writes_nothing(tmp_path: Path, paired_dir: Path) -> None:
     assert json.loads(rejects.read_text())["field"] == "title"
 
 
+def test_running_out_of_memory_is_one_line(tmp_path: Path, paired_dir: Path,
+                                           monkeypatch) -> None:
+    """Before, torch's traceback (`finetune --dim 100000` asked for 37 GiB at once)."""
+    from xdretrieve.cli_checks import out_of_memory
+    from xdretrieve.train import finetune
+
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                       "can't allocate memory: you tried to allocate 40000000000 bytes.")
+    assert out_of_memory(cpu).startswith("out of memory (37.3 GiB asked for at once): ")
+    gpu = RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB.\nGPU 0 has ...")
+    assert out_of_memory(gpu).startswith("out of memory (CUDA out of memory. Tried to allocate "
+                                         "2.00 GiB.): ")
+    assert out_of_memory(MemoryError()).startswith("out of memory: ")
+    assert out_of_memory(RuntimeError("shapes do not match")) is None  # a bug stays a traceback
+
+    def exhausted(*_args: object, **_kwargs: object) -> None:
+        raise cpu
+
+    monkeypatch.setattr(finetune, "finetune", exhausted)
+    r = run("finetune", "--data", str(paired_dir), "--out", str(tmp_path / "m"), ok=False)
+    assert r.exit_code == 1 and "Error: out of memory (37.3 GiB asked for at once)" in r.output
+    assert "Traceback" not in r.output
+
+
 def test_paths_that_cannot_be_written_fail_before_the_work(tmp_path: Path, paired_dir: Path,
                                                            monkeypatch) -> None:
     """An output folder under a file is refused when the option is read (a usage error: no data

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,12 @@ def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(str(e)) from e
         except BrokenPipeError:  # the reader went away (`| head`): click ends quietly
             raise
+        except (MemoryError, RuntimeError) as e:  # torch's allocators raise RuntimeErrors
+            message = out_of_memory(e)
+            if message is None:
+                raise
+            logging.getLogger(__name__).debug("out of memory", exc_info=True)
+            raise click.ClickException(message) from e
         except OSError as e:
             logging.getLogger(__name__).debug("system error", exc_info=True)
             if e.filename is None:
@@ -37,6 +44,19 @@ def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(f"{names}: {e.strerror or e}") from e
 
     return wrapper
+
+
+def out_of_memory(error: BaseException) -> str | None:
+    """One line for an allocation that failed (the CPU's or a GPU's), else None."""
+    text = str(error)
+    if not (isinstance(error, MemoryError)
+            or re.search(r"out of memory|can't allocate memory", text, re.IGNORECASE)):
+        return None
+    asked = re.search(r"tried to allocate (\d+) bytes", text)
+    what = (f"{int(asked[1]) / 2**30:.1f} GiB asked for at once" if asked
+            else text.splitlines()[0][:200] if text else "")
+    return (f"out of memory{f' ({what})' if what else ''}: a smaller batch or space needs "
+            f"less (--batch-size, --dim)")
 
 
 class OutputDir(click.Path):
