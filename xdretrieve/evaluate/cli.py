@@ -35,7 +35,9 @@ from xdretrieve.errors import XDRetrieveError
 @click.option("--max-users", type=click.IntRange(min=1), default=None,
               help="Only the first N test users of each direction (users.csv order).")
 @click.option("--out", type=OutputDir(), default=Path("results"),
-              show_default=True, help="Folder for results.json, report.md and metrics.png.")
+              show_default=True, help="Folder for results.json, report.md and metrics.png, and "
+                   "stores/ (the retriever-backed methods' Qdrant stores, about 50 MB each on "
+                   "amazon-arts-office, which a rerun reuses).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seeds the methods. (A dataset without users.csv gets one fixed seeded split, "
                    "the one finetune trains on: 10% of the users active in two domains test, "
