@@ -284,6 +284,9 @@ def test_cli_full_mode_with_a_time_budget(tiny_model: str, tmp_path: Path, monke
     assert "pairs/s on 1 x cpu (fp32)" in result.output and f"wrote {out}" in result.output
     manifest = json.loads((out / "xdretrieve_model.json").read_text())
     assert manifest["kind"] == "full" and manifest["finetune"]["steps"] == 1  # the budget: 1 step
+    ft = manifest["finetune"]  # epoch 0 is the encoder before fine-tuning: said in words
+    assert (f"best epoch {ft['best_epoch']} of {ft['epochs']}" if ft["best_epoch"]
+            else "kept the encoder as it was: none of 1 epoch(s) did better") in result.output
     assert manifest["finetune"]["config"]["num_workers"] == 1  # a tokenizing process fed the step
     assert (out / ENCODER_DIR / "modules.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "data", "model"]  # no

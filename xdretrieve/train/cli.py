@@ -145,8 +145,10 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
         ft = manifest["finetune"]
         click.echo(f"fine-tuned the encoder in {ft['seconds']:.0f} s: {ft['pairs_seen']} pairs "
                    f"({ft['pairs']} per epoch) at {ft['pairs_per_s']:.0f} pairs/s on "
-                   f"{ft['world_size']} x {ft['device']} ({ft['precision']}); best epoch "
-                   f"{ft['best_epoch']} of {ft['epochs']}")
+                   f"{ft['world_size']} x {ft['device']} ({ft['precision']}); "
+                   + (f"best epoch {ft['best_epoch']} of {ft['epochs']}" if ft["best_epoch"]
+                      else f"kept the encoder as it was: none of {ft['epochs']} epoch(s) "
+                           f"did better on valid users"))
     best = manifest["history"][manifest["best_epoch"] - 1]
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if "/" in k)
     click.echo(f"trained in {manifest['train_seconds']:.0f} s; best epoch {manifest['best_epoch']}"
