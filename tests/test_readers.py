@@ -51,6 +51,36 @@ def test_formats_give_the_same_records(tmp_path: Path) -> None:
     assert [x.domain for x in got[0]] == ["movies", "books"]
 
 
+def test_gzipped_text_files_read_as_the_plain_ones(tmp_path: Path) -> None:
+    """Exports often come as .csv.gz or .jsonl.gz: before, 'unknown file type .gz'."""
+    import gzip
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    write_jsonl(plain / "items.jsonl", ITEMS)
+    (plain / "interactions.csv").write_text("user_id,item_id,position\nu1,m1,1\nu1,b1,0\n")
+    zipped = tmp_path / "zipped"
+    zipped.mkdir()
+    for name in ("items.jsonl", "interactions.csv"):
+        (zipped / f"{name}.gz").write_bytes(gzip.compress((plain / name).read_bytes()))
+    a, b = Dataset.from_dir(plain), Dataset.from_dir(zipped)
+    assert list(a.items.values()) == list(b.items.values()) and a.interactions == b.interactions
+    assert b.histories == {"u1": {"books": ("b1",), "movies": ("m1",)}}
+    cut = tmp_path / "cut.jsonl.gz"  # a download cut short: refused whole, not read in part
+    cut.write_bytes(gzip.compress((plain / "items.jsonl").read_bytes())[:-12])
+    with pytest.raises(DataError, match=r"cut\.jsonl\.gz: unreadable gzip file"):
+        read_items(cut, RejectLog())
+    (tmp_path / "fake.csv.gz").write_text("item_id,domain,title\n")
+    with pytest.raises(DataError, match=r"fake\.csv\.gz: unreadable gzip file: Not a gzipped"):
+        read_items(tmp_path / "fake.csv.gz")
+    (tmp_path / "latin.csv.gz").write_bytes(gzip.compress(
+        "item_id,domain,title\nb1,books,Café\n".encode("latin-1")))
+    with pytest.raises(DataError, match=r"latin\.csv\.gz, line 2: not UTF-8 text \(byte 0xe9\)"):
+        read_items(tmp_path / "latin.csv.gz")
+    with pytest.raises(DataError, match=r"unknown file type '\.json\.gz'"):
+        read_items(tmp_path / "items.json.gz")
+
+
 def test_parquet_fields_of_any_type_are_kept_as_json_and_stored(
         tmp_path: Path, tiny_model: str) -> None:
     """Before, a Parquet catalog with a time, a date or a decimal column (an 'added' date, a
@@ -277,10 +307,10 @@ def test_a_time_without_a_zone_is_utc_whatever_the_machine_s_zone(tmp_path: Path
 def test_a_folder_without_a_file_of_a_kind_names_the_formats_and_what_it_has(
         tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"no items file \(items\.jsonl, items\.ndjson, items\.csv, "
-                                        r"items\.parquet\)$"):
+                                        r"items\.parquet; \.gz for a gzipped text one\)$"):
         Dataset.from_dir(tmp_path)
     (tmp_path / "items.tsv").write_text("item_id\tdomain\ttitle\n")
-    with pytest.raises(DataError, match=r"items\.parquet\); found items\.tsv: not one of these "
+    with pytest.raises(DataError, match=r"text one\); found items\.tsv: not one of these "
                                         r"formats$"):
         Dataset.from_dir(tmp_path)
     write_jsonl(tmp_path / "items.jsonl", ITEMS)

@@ -95,7 +95,8 @@ def main(verbose: int) -> None:
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A folder with items.*, interactions.* and optionally users.* "
                    "(instead of --items/--interactions).")
-@click.option("--items", type=click.Path(path_type=Path), help="Items file (.jsonl, .csv, .parquet).")
+@click.option("--items", type=click.Path(path_type=Path),
+              help="Items file (.jsonl, .csv, .parquet; .jsonl.gz, .csv.gz).")
 @click.option("--interactions", type=click.Path(path_type=Path), help="Interactions file.")
 @store_options
 @click.option("--pooling", type=click.Choice(["mean", "recency"]), default=None,

@@ -80,8 +80,9 @@ class Dataset:
             if required:
                 others = sorted(p.name for p in directory.glob(f"{stem}.*") if p.is_file())
                 also = f"; found {', '.join(others)}: not one of these formats" if others else ""
+                names = ", ".join(stem + e for e in FORMATS if not e.endswith(".gz"))
                 raise DataError(str(directory), None, None,
-                                f"no {stem} file ({', '.join(stem + e for e in FORMATS)}){also}")
+                                f"no {stem} file ({names}; .gz for a gzipped text one){also}")
             return None
 
         return cls.load(find("items", True), find("interactions", True), find("users", False),

@@ -8,8 +8,10 @@ is skipped, counted and recorded, never dropped silently.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
@@ -20,7 +22,9 @@ from typing import Any
 from xdretrieve.data.records import INDEX_FIELDS, Interaction, Item
 from xdretrieve.errors import DataError
 
-FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+# Text files may come gzipped, as exports often do (Parquet compresses inside the file).
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
+           ".jsonl.gz": "jsonl", ".ndjson.gz": "jsonl", ".csv.gz": "csv"}
 SPLITS = ("train", "valid", "test")
 
 
@@ -45,11 +49,17 @@ class RejectLog:
                 f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
 
 
+def _extension(path: Path) -> str:
+    """'.csv', or '.csv.gz' for a gzipped one."""
+    suffixes = [x.lower() for x in path.suffixes]
+    return "".join(suffixes[-2:]) if suffixes[-1:] == [".gz"] else "".join(suffixes[-1:])
+
+
 def _format_of(path: Path) -> str:
-    fmt = FORMATS.get(path.suffix.lower())
+    fmt = FORMATS.get(_extension(path))
     if fmt is None:
-        raise DataError(str(path), None, None,
-                        f"unknown file type '{path.suffix}'; expected one of {sorted(FORMATS)}")
+        raise DataError(str(path), None, None, f"unknown file type '{_extension(path)}'; "
+                                               f"expected one of {sorted(FORMATS)}")
     if not path.is_file():
         raise DataError(str(path), None, None, "no such file")
     return fmt
@@ -74,11 +84,17 @@ def _check_columns(name: str, line: int | None, have: list[str],
                                               f"{', '.join(have) or 'none'}{hint}")
 
 
+def _open_text(path: Path, newline: str | None) -> Any:
+    if _extension(path).endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline=newline)
+    return open(path, encoding="utf-8-sig", newline=newline)
+
+
 def _not_utf8(path: Path) -> DataError:
     """The first line of ``path`` that is not UTF-8 (a text reader fails at a chunk of the file,
     not at a line). Such a file stops the read even with rejects: its rows would be misread,
     not merely skipped."""
-    with open(path, "rb") as f:
+    with (gzip.open if _extension(path).endswith(".gz") else open)(path, "rb") as f:
         for line_no, raw in enumerate(f, start=1):
             try:
                 raw.decode("utf-8")
@@ -93,7 +109,8 @@ def _rows(path: Path, required: tuple[Column, ...] = ()
           ) -> Iterator[tuple[int, dict[str, Any] | DataError, str]]:
     """Yield (line, row or the DataError that reading it gave, unit) for each row of the file.
 
-    Text files are UTF-8, with or without the byte-order mark that spreadsheets write.
+    Text files are UTF-8, with or without the byte-order mark that spreadsheets write, and may
+    be gzipped (``.csv.gz``, ``.jsonl.gz``).
     """
     fmt = _format_of(path)
     name = str(path)
@@ -101,10 +118,12 @@ def _rows(path: Path, required: tuple[Column, ...] = ()
         yield from _parquet_rows(path, required)
         return
     try:
-        with open(path, encoding="utf-8-sig", newline="" if fmt == "csv" else None) as f:
+        with _open_text(path, "" if fmt == "csv" else None) as f:
             yield from _jsonl_rows(f, name) if fmt == "jsonl" else _csv_rows(f, name, required)
     except UnicodeDecodeError:
         raise _not_utf8(path) from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # not gzip, or cut short
+        raise DataError(name, None, None, f"unreadable gzip file: {e or 'cut short'}") from None
 
 
 def _jsonl_rows(f: Any, name: str) -> Iterator[tuple[int, dict[str, Any] | DataError, str]]:
