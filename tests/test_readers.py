@@ -77,7 +77,7 @@ def test_gzipped_text_files_read_as_the_plain_ones(tmp_path: Path) -> None:
         "item_id,domain,title\nb1,books,Café\n".encode("latin-1")))
     with pytest.raises(DataError, match=r"latin\.csv\.gz, line 2: not UTF-8 text \(byte 0xe9\)"):
         read_items(tmp_path / "latin.csv.gz")
-    with pytest.raises(DataError, match=r"unknown file type '\.json\.gz'"):
+    with pytest.raises(DataError, match=r"unknown file type '\.json\.gz'.*name it \.jsonl\)$"):
         read_items(tmp_path / "items.json.gz")
 
 

@@ -58,8 +58,10 @@ def _extension(path: Path) -> str:
 def _format_of(path: Path) -> str:
     fmt = FORMATS.get(_extension(path))
     if fmt is None:
+        hint = (" (a file of one JSON object a line is JSON Lines: name it .jsonl)"
+                if _extension(path) in (".json", ".json.gz") else "")
         raise DataError(str(path), None, None, f"unknown file type '{_extension(path)}'; "
-                                               f"expected one of {sorted(FORMATS)}")
+                                               f"expected one of {sorted(FORMATS)}{hint}")
     if not path.is_file():
         raise DataError(str(path), None, None, "no such file")
     return fmt
