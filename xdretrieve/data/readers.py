@@ -86,8 +86,12 @@ def _check_columns(name: str, line: int | None, have: list[str],
                                               f"{', '.join(have) or 'none'}{hint}")
 
 
+def _gzipped(path: Path) -> bool:
+    return _extension(path).endswith(".gz")
+
+
 def _open_text(path: Path, newline: str | None) -> Any:
-    if _extension(path).endswith(".gz"):
+    if _gzipped(path):
         return gzip.open(path, "rt", encoding="utf-8-sig", newline=newline)
     return open(path, encoding="utf-8-sig", newline=newline)
 
@@ -96,7 +100,7 @@ def _not_utf8(path: Path) -> DataError:
     """The first line of ``path`` that is not UTF-8 (a text reader fails at a chunk of the file,
     not at a line). Such a file stops the read even with rejects: its rows would be misread,
     not merely skipped."""
-    with (gzip.open if _extension(path).endswith(".gz") else open)(path, "rb") as f:
+    with (gzip.open if _gzipped(path) else open)(path, "rb") as f:
         for line_no, raw in enumerate(f, start=1):
             try:
                 raw.decode("utf-8")
