@@ -43,6 +43,22 @@ def test_bad_settings_are_usage_errors_a_line_each(tmp_path: Path, monkeypatch) 
     assert r.exit_code == 1 and "no xdretrieve store" in r.output
 
 
+def test_a_home_folder_path_from_the_settings_file_is_the_home_folder(
+        paired_dir: Path, tmp_path: Path, tiny_model: str, monkeypatch) -> None:
+    """Before, `store = "~/shop.xdr"` in xdretrieve.toml made a folder named '~' here."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("XDR_CACHE_DIR", "~/cache")
+    (work / "xdretrieve.toml").write_text('store = "~/shop.xdr"\n')
+    out = run("index", "--data", str(paired_dir), "--model", tiny_model, "-q").output
+    assert f"store: {home / 'shop.xdr'}" in out
+    assert sorted(p.name for p in work.iterdir()) == ["xdretrieve.toml"]
+    assert (home / "shop.xdr" / "xdretrieve.json").is_file() and (home / "cache").is_dir()
+
+
 @pytest.mark.parametrize("command", sorted(main.commands))
 def test_help_of_every_command(command: str) -> None:
     out = run(command, "--help").output

@@ -81,6 +81,18 @@ class Settings(BaseSettings):
                             "nearest neighbours, half items co-occurring with the history).")
     rerank: bool = Field(True, description="Use the trained model's re-ranker when it has one.")
 
+    @field_validator("store", "cache_dir")
+    @classmethod
+    def _home_folder(cls, path: Path) -> Path:
+        """'~' is the home folder, as in a shell: from xdretrieve.toml, an environment variable
+        or ``--store=~/x`` it arrives unexpanded (and a folder named '~' was made)."""
+        return path.expanduser()
+
+    @field_validator("model")
+    @classmethod
+    def _model_home_folder(cls, model: str) -> str:
+        return str(Path(model).expanduser()) if model.startswith("~") else model
+
     @field_validator("device")
     @classmethod
     def _device_name(cls, device: str) -> str:
