@@ -57,6 +57,11 @@ def test_a_home_folder_path_from_the_settings_file_is_the_home_folder(
     assert f"store: {home / 'shop.xdr'}" in out
     assert sorted(p.name for p in work.iterdir()) == ["xdretrieve.toml"]
     assert (home / "shop.xdr" / "xdretrieve.json").is_file() and (home / "cache").is_dir()
+    # and in an option the shell left as it was (`--out=~/x`: no expansion after '=')
+    assert json.loads(run("info", "--store=~/shop.xdr").output)["points"]["items"] == 24
+    run("evaluate", f"--data={paired_dir}", "--method=popularity", "--out=~/results", "-q")
+    assert (home / "results" / "results.json").is_file()
+    assert sorted(p.name for p in work.iterdir()) == ["xdretrieve.toml"]
 
 
 @pytest.mark.parametrize("command", sorted(main.commands))

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import click
 
 from xdretrieve import __version__
-from xdretrieve.cli_checks import OutputDir, fail_cleanly
+from xdretrieve.cli_checks import OutputDir, UserPath, fail_cleanly
 from xdretrieve.paths import output_dir_problem
 
 DEMO_DIR = Path(__file__).parent / "demo_data"
@@ -45,7 +45,7 @@ def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--url", default=None, metavar="URL",
                         help="Qdrant server URL (e.g. http://localhost:6333); overrides --store. "
                              "[env XDR_URL]")(func)
-    func = click.option("--store", default=None, type=click.Path(file_okay=False, path_type=Path),
+    func = click.option("--store", default=None, type=UserPath(file_okay=False, path_type=Path),
                         help="Directory of the embedded Qdrant store. [default: .xdretrieve; "
                              "env XDR_STORE]")(func)
     return func
@@ -92,12 +92,12 @@ def main(verbose: int) -> None:
 
 
 @main.command()
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--data", type=UserPath(exists=True, file_okay=False, path_type=Path),
               help="A folder with items.*, interactions.* and optionally users.* "
                    "(instead of --items/--interactions).")
-@click.option("--items", type=click.Path(path_type=Path),
+@click.option("--items", type=UserPath(path_type=Path),
               help="Items file (.jsonl, .csv, .parquet; .jsonl.gz, .csv.gz).")
-@click.option("--interactions", type=click.Path(path_type=Path), help="Interactions file.")
+@click.option("--interactions", type=UserPath(path_type=Path), help="Interactions file.")
 @store_options
 @click.option("--pooling", type=click.Choice(["mean", "recency"]), default=None,
               help="How the pretrained encoder's item vectors of a history become a user "
@@ -110,7 +110,7 @@ def main(verbose: int) -> None:
 @click.option("--recreate", is_flag=True, help="Drop what the store holds first (to change encoder).")
 @click.option("--skip-bad-rows", is_flag=True,
               help="Skip invalid rows instead of stopping; they are counted and written to --rejects.")
-@click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--rejects", type=UserPath(dir_okay=False, path_type=Path),
               default=Path("rejects.jsonl"), show_default=True,
               help="Where --skip-bad-rows writes the skipped rows.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -187,7 +187,7 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
                    "blank lines, '#' comments and a first line 'user_id', a column's header, "
                    "skipped). Writes JSON Lines, one object per "
                    "user in the file's order, as --json writes one.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", type=UserPath(dir_okay=False, path_type=Path),
               help="With --users: write the JSON Lines here (replaced whole when the batch is "
                    "done, untouched if it fails) instead of to standard output.")
 @click.option("--domain", required=True, help="The target domain to recommend from.")

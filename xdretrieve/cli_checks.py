@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -59,7 +60,18 @@ def out_of_memory(error: BaseException) -> str | None:
             f"less (--batch-size, --dim)")
 
 
-class OutputDir(click.Path):
+class UserPath(click.Path):
+    """A path option whose '~' is the home folder: a shell leaves ``--out=~/x`` as it is, and a
+    folder named '~' was made."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.startswith("~"):
+            value = os.path.expanduser(value)
+        return super().convert(value, param, ctx)
+
+
+class OutputDir(UserPath):
     """A folder the command creates or writes: refused when the option is read if that cannot
     be done."""
 

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import click
 
-from xdretrieve.cli_checks import OutputDir, fail_cleanly
+from xdretrieve.cli_checks import OutputDir, UserPath, fail_cleanly
 from xdretrieve.errors import XDRetrieveError
 
 
 @click.command("evaluate", context_settings={"help_option_names": ["-h", "--help"],
                                              "max_content_width": 100})
 @click.option("--data", required=True,
-              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              type=UserPath(exists=True, file_okay=False, path_type=Path),
               help="Dataset folder: items.*, interactions.* and optionally users.* (the split).")
 @click.option("--direction", "directions", multiple=True, metavar="S->T",
               help="Direction to evaluate, e.g. 'arts->office'; repeatable. "

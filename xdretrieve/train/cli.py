@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from xdretrieve.cli_checks import OutputDir, fail_cleanly
+from xdretrieve.cli_checks import OutputDir, UserPath, fail_cleanly
 from xdretrieve.train import POOLINGS
 
 
 @click.command("finetune", context_settings={"help_option_names": ["-h", "--help"],
                                              "max_content_width": 100})
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--data", required=True, type=UserPath(exists=True, file_okay=False, path_type=Path),
               help="Dataset folder with items.*, interactions.* and optionally users.* (the "
                    "split; without it, the seeded split that `evaluate` draws too).")
 @click.option("--out", required=True, type=OutputDir(),
