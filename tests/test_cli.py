@@ -64,6 +64,19 @@ def test_a_home_folder_path_from_the_settings_file_is_the_home_folder(
     assert sorted(p.name for p in work.iterdir()) == ["xdretrieve.toml"]
 
 
+def test_an_empty_environment_variable_is_an_unset_one(tmp_path: Path, monkeypatch) -> None:
+    """Before, `XDR_STORE=` put the store in the working folder ('.'), and `XDR_BATCH_SIZE=`
+    was a bad integer."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("XDR_STORE", "XDR_BATCH_SIZE", "XDR_URL", "XDR_MODEL"):
+        monkeypatch.setenv(name, "")
+    r = run("info", ok=False)
+    assert r.exit_code == 1 and "no xdretrieve store at .xdretrieve" in r.output
+    from xdretrieve import Settings
+
+    assert Settings().batch_size == 64 and Settings().model == "all-MiniLM-L6-v2"
+
+
 @pytest.mark.parametrize("command", sorted(main.commands))
 def test_help_of_every_command(command: str) -> None:
     out = run(command, "--help").output

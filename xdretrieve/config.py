@@ -39,8 +39,9 @@ class Settings(BaseSettings):
         'mean'
     """
 
-    model_config = SettingsConfigDict(env_prefix="XDR_", toml_file="xdretrieve.toml",
-                                      extra="forbid")
+    # an empty XDR_ variable (`XDR_STORE=`, a compose file's `${XDR_STORE:-}`) is an unset one
+    model_config = SettingsConfigDict(env_prefix="XDR_", env_ignore_empty=True,
+                                      toml_file="xdretrieve.toml", extra="forbid")
 
     # where vectors live
     store: Path = Field(Path(".xdretrieve"), description="Directory of the embedded Qdrant Edge store.")
