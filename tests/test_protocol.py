@@ -337,3 +337,11 @@ def test_cli_errors(tmp_path: Path) -> None:
     result = CliRunner().invoke(evaluate_command, ["--data", str(data), "--direction",
                                                    "books->music", "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "unknown domain 'music'" in result.output
+    # a split without test users: one error, not a warning per direction and an empty table
+    users = (data / "users.csv").read_text()
+    (data / "users.csv").write_text(users.replace(",test", ",train"))
+    result = CliRunner().invoke(evaluate_command, ["--data", str(data), "--method", "popularity",
+                                                   "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "users.* names no test user: nothing to evaluate" in (
+        result.output)
+    assert not (tmp_path / "o" / "results.json").exists()

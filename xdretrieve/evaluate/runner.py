@@ -133,6 +133,11 @@ def evaluate(
 
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     protocol = Protocol(dataset)
+    if not protocol.split.test:  # every direction would be skipped, each with its own warning
+        raise XDRetrieveError(
+            "users.* names no test user: nothing to evaluate (mark some users 'test', or leave "
+            "users.* out for a seeded split)" if protocol.split.from_file else
+            "no user has interactions in two domains: nothing to evaluate")
     chosen = _directions(protocol, directions)
     methods = list(BASELINES if methods is None else methods)
     names = _names(methods)
