@@ -1031,6 +1031,13 @@ def test_cli_finetune_draws_valid_users_when_users_csv_names_none(tiny_model: st
     assert all(u.endswith("-0") for u in split.test)  # as users.csv lists them
     stats = ItemStats.load(out / "item_stats.npz")
     assert stats.popularity.sum() == 2 * len(split.train)  # a book and a movie each
+    # one of test users only: said so (before: 'no valid users ... too few train users')
+    users = (data / "users.csv").read_text()
+    (data / "users.csv").write_text(users.replace(",train", ",test"))
+    result = CliRunner().invoke(main, ["finetune", "--data", str(data), "--out",
+                                       str(tmp_path / "m2"), "--model", tiny_model, "-q"])
+    assert result.exit_code == 1
+    assert "no train users to learn from (users.* marks none 'train')" in result.output
 
 
 def test_evaluate_refuses_a_model_trained_on_another_split(

@@ -58,10 +58,13 @@ def finetune(dataset: Dataset, out_dir: str | Path, settings: Settings | None = 
     config = config or AdapterConfig()
     protocol = Protocol(dataset)
     protocol.directions()  # a dataset of one domain is refused before anything else
+    name = dataset.name or "the dataset"
+    if not protocol.split.train:
+        why = "users.* marks none 'train'" if protocol.split.from_file else "too few users"
+        raise XDRetrieveError(f"{name}: no train users to learn from ({why})")
     if not protocol.split.valid:
-        raise XDRetrieveError(f"{dataset.name or 'the dataset'}: no valid users to select the "
-                              f"model with (too few train users are active in two domains to "
-                              f"draw any)")
+        raise XDRetrieveError(f"{name}: no valid users to select the model with (too few train "
+                              f"users are active in two domains to draw any)")
     ref = resolve_model(settings.model)
     if ref.trained is not None:
         raise XDRetrieveError("the base encoder (--model) must be an encoder, not a trained "
