@@ -105,7 +105,7 @@ def test_index_query_round_trip(paired_dir: Path, tmp_path: Path, monkeypatch) -
     assert rows[0] == "history of 1 item(s) -> movies" and len(rows) == 3 + 3
     assert rows[3].split()[:2] == ["1", "movie-3"]
     # a stored user never gets what they already watched
-    user = run("query", "--store", store, "--user", "u3-0", "--domain", "movies").output
+    user = run("query", "--store", store, "--user", " u3-0 ", "--domain", "movies").output
     assert user.startswith("user u3-0 (books history) -> movies") and "movie-3" not in user
     data = json.loads(run("query", "--store", store, "--history", "book-5,book-6",
                           "--domain", "movies", "-k", "5", "--json").output)

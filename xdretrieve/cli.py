@@ -225,7 +225,7 @@ def query(user_id: str | None, history: str | None, text: str | None, users_file
         if users_file is not None:
             return _query_batch(retriever, users_file, out, domain, limit, explain)
         if user_id is not None:
-            q = retriever.user_query(user_id, domain)
+            q = retriever.user_query(user_id.strip(), domain)  # ids are read stripped
         elif history is not None:
             q = retriever.history_query([i.strip() for i in history.split(",") if i.strip()],
                                         domain)
