@@ -251,6 +251,26 @@ def test_bad_input_writes_nothing(tmp_path: Path, paired_dir: Path) -> None:
     assert json.loads(rejects.read_text())["field"] == "title"
 
 
+def test_finetune_and_evaluate_skip_bad_rows_as_index_does(tmp_path: Path, paired_dir: Path,
+                                                          tiny_model: str, monkeypatch) -> None:
+    """Before, only `index` had --skip-bad-rows: data it indexed could not be trained on or
+    evaluated without cleaning it first."""
+    monkeypatch.setenv("XDR_CACHE_DIR", str(tmp_path / "cache"))
+    data = data_with_an_empty_title(tmp_path, paired_dir)
+    for args in (["finetune", "--out", str(tmp_path / "m"), "--model", tiny_model,
+                  "--dim", "8", "--epochs", "1"],
+                 ["evaluate", "--method", "popularity", "--out", str(tmp_path / "ev")]):
+        r = run(*args, "--data", str(data), "-q", ok=False)
+        assert r.exit_code == 1 and "line 25, field 'title': must not be empty" in r.output
+        rejects = tmp_path / f"{args[0]}-rejects.jsonl"
+        out = run(*args, "--data", str(data), "-q", "--skip-bad-rows", "--rejects",
+                  str(rejects)).output
+        assert f"skipped 1 bad row(s), written to {rejects}" in out
+        assert json.loads(rejects.read_text())["field"] == "title"
+    assert (tmp_path / "m" / "xdretrieve_model.json").is_file()
+    assert (tmp_path / "ev" / "results.json").is_file()
+
+
 def test_running_out_of_memory_is_one_line(tmp_path: Path, paired_dir: Path,
                                            monkeypatch) -> None:
     """Before, torch's traceback (`finetune --dim 100000` asked for 37 GiB at once)."""

@@ -19,7 +19,13 @@ from typing import Any, TextIO
 import click
 
 from xdretrieve import __version__
-from xdretrieve.cli_checks import OutputDir, UserPath, fail_cleanly
+from xdretrieve.cli_checks import (
+    OutputDir,
+    UserPath,
+    bad_rows_options,
+    fail_cleanly,
+    read_dataset,
+)
 from xdretrieve.paths import output_dir_problem
 
 DEMO_DIR = Path(__file__).parent / "demo_data"
@@ -108,11 +114,7 @@ def main(verbose: int) -> None:
               help="Encoder batch size. [default: 64]")
 @click.option("--no-users", is_flag=True, help="Store items only, no user profiles.")
 @click.option("--recreate", is_flag=True, help="Drop what the store holds first (to change encoder).")
-@click.option("--skip-bad-rows", is_flag=True,
-              help="Skip invalid rows instead of stopping; they are counted and written to --rejects.")
-@click.option("--rejects", type=UserPath(dir_okay=False, path_type=Path),
-              default=Path("rejects.jsonl"), show_default=True,
-              help="Where --skip-bad-rows writes the skipped rows.")
+@bad_rows_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @fail_cleanly
 def index(data: Path | None, items: Path | None, interactions: Path | None, store: Path | None,
@@ -125,7 +127,6 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
     line and field (or is skipped with --skip-bad-rows). Rerunning on the same input changes
     nothing; on a changed catalog only changed items are re-embedded and updated.
     """
-    from xdretrieve.data import Dataset, RejectLog
     from xdretrieve.indexer import index_dataset
 
     if data is None and (items is None or interactions is None):
@@ -135,14 +136,7 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
     problem = None if settings.url else output_dir_problem(Path(settings.store))
     if problem is not None:  # before the data is read, not after
         raise click.BadParameter(problem, param_hint="'--store'")
-    log = RejectLog() if skip_bad_rows else None
-    if data is not None:
-        dataset = Dataset.from_dir(data, log)
-    else:
-        dataset = Dataset.load(items, interactions, rejects=log)
-    if log is not None and len(log):
-        log.write(rejects)
-        click.echo(f"skipped {len(log)} bad row(s), written to {rejects}", err=True)
+    dataset = read_dataset(data, skip_bad_rows, rejects, items, interactions)
     click.echo(f"read {len(dataset.items):,} items in {len(dataset.domains)} domains "
                f"({', '.join(dataset.domains)}), {len(dataset.interactions):,} interactions "
                f"of {len(dataset.histories):,} users", err=True)

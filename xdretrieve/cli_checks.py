@@ -47,6 +47,33 @@ def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def bad_rows_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--skip-bad-rows and --rejects, for every command that reads a dataset."""
+    func = click.option("--rejects", type=UserPath(dir_okay=False, path_type=Path),
+                        default=Path("rejects.jsonl"), show_default=True,
+                        help="Where --skip-bad-rows writes the skipped rows.")(func)
+    return click.option("--skip-bad-rows", is_flag=True,
+                        help="Skip invalid rows instead of stopping; they are counted and "
+                             "written to --rejects.")(func)
+
+
+def read_dataset(data: Path | None, skip_bad_rows: bool, rejects: Path,
+                 items: Path | None = None, interactions: Path | None = None) -> Any:
+    """The dataset of ``data`` (or of the two files), its skipped rows written to ``rejects``
+    and counted on standard error."""
+    from xdretrieve.data import Dataset, RejectLog
+
+    log = RejectLog() if skip_bad_rows else None
+    if data is not None:
+        dataset = Dataset.from_dir(data, log)
+    else:
+        dataset = Dataset.load(items, interactions, rejects=log)
+    if log is not None and len(log) and os.environ.get("RANK", "0") == "0":  # torchrun: once
+        log.write(rejects)
+        click.echo(f"skipped {len(log)} bad row(s), written to {rejects}", err=True)
+    return dataset
+
+
 def out_of_memory(error: BaseException) -> str | None:
     """One line for an allocation that failed (the CPU's or a GPU's), else None."""
     text = str(error)

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import click
 
-from xdretrieve.cli_checks import OutputDir, UserPath, fail_cleanly
+from xdretrieve.cli_checks import (
+    OutputDir,
+    UserPath,
+    bad_rows_options,
+    fail_cleanly,
+    read_dataset,
+)
 from xdretrieve.errors import XDRetrieveError
 
 
@@ -55,12 +61,13 @@ from xdretrieve.errors import XDRetrieveError
 @click.option("--no-rerank-row", is_flag=True,
               help="Also evaluate 'xdretrieve-no-rerank': the --model pipeline without its "
                    "re-ranker.")
+@bad_rows_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @fail_cleanly
 def evaluate(data: Path, directions: tuple[str, ...], methods: tuple[str, ...],
              max_users: int | None, out: Path, seed: int, model: str | None,
              pooling: str | None, variants: tuple[str, ...], no_rerank_row: bool,
-             quiet: bool) -> None:
+             skip_bad_rows: bool, rejects: Path, quiet: bool) -> None:
     """Evaluate cold-start cross-domain recommendation (shared/EVALUATION.md).
 
     Test users are known only by their source-domain history; every method ranks every
@@ -97,7 +104,6 @@ def evaluate(data: Path, directions: tuple[str, ...], methods: tuple[str, ...],
         parsed = [Direction.parse(d) for d in directions]
     except XDRetrieveError as e:
         raise click.BadParameter(str(e), param_hint="'--direction'") from e
-    from xdretrieve.data import Dataset
     from xdretrieve.evaluate.report import format_table, write_report
     from xdretrieve.evaluate.runner import evaluate as run
 
@@ -107,7 +113,7 @@ def evaluate(data: Path, directions: tuple[str, ...], methods: tuple[str, ...],
         from xdretrieve.evaluate.emcdr import als_class
 
         als_class()
-    dataset = Dataset.from_dir(data)
+    dataset = read_dataset(data, skip_bad_rows, rejects)
     out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails now, not after
     results = run(dataset, directions=parsed or None, methods=chosen,
                   max_users=max_users, seed=seed, progress=not quiet)

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from xdretrieve.cli_checks import OutputDir, UserPath, fail_cleanly
+from xdretrieve.cli_checks import (
+    OutputDir,
+    UserPath,
+    bad_rows_options,
+    fail_cleanly,
+    read_dataset,
+)
 from xdretrieve.train import POOLINGS
 
 
@@ -66,6 +72,7 @@ from xdretrieve.train import POOLINGS
               help="Full mode: recompute activations in the backward pass (one more forward "
                    "pass, a fraction of the memory). [default: on the CPU, off on CUDA]")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@bad_rows_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @fail_cleanly
 def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | None,
@@ -74,7 +81,7 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
              device: str | None, batch_size: int | None, lr: float | None,
              ft_epochs: int | None, max_pairs: int | None, hard_negatives: int | None,
              workers: int | None, gradient_checkpointing: bool | None, seed: int,
-             quiet: bool) -> None:
+             skip_bad_rows: bool, rejects: Path, quiet: bool) -> None:
     """Train a model directory on train users; valid users pick the epochs.
 
     adapter mode: an item adapter per domain, a user tower and an item bias over the frozen,
@@ -95,7 +102,6 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
           --data DIR --out MODEL_DIR
     """
     from xdretrieve.cli import make_settings
-    from xdretrieve.data import Dataset
     from xdretrieve.evaluate.protocol import Protocol
     from xdretrieve.train.adapter import AdapterConfig
     from xdretrieve.train.finetune import finetune as train_model  # (this command's namesake)
@@ -121,7 +127,7 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
             "hard_negatives": hard_negatives, "num_workers": workers,
             "gradient_checkpointing": gradient_checkpointing}.items() if v is not None})
     settings = make_settings(model=model, device=device)
-    dataset = Dataset.from_dir(data)
+    dataset = read_dataset(data, skip_bad_rows, rejects)
     split = Protocol(dataset).split
     source = ("users.*, which names no valid users: drawn from its train users, as "
               "`evaluate` draws them" if split.valid_drawn else "users.*" if split.from_file
