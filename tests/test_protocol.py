@@ -291,7 +291,11 @@ def test_without_the_eval_extra_the_report_has_the_figures_and_no_plot(
     result = CliRunner().invoke(evaluate_command, [
         "--data", str(write_dataset_dir(tmp_path / "data")), "--out", str(tmp_path / "ev"), "-q"])
     assert result.exit_code == 1 and "emcdr baseline needs the 'implicit' library" in result.output
-    assert not (tmp_path / "ev").exists()  # before the data is read
+    assert not (tmp_path / "ev" / "results.json").exists()
+    recorder = Recorder()  # the library says it as early: before any method's work
+    with pytest.raises(XDRetrieveError, match="emcdr baseline needs the 'implicit' library"):
+        evaluate(make_dataset(), methods=[recorder, "emcdr"], progress=False)
+    assert not hasattr(recorder, "seen")  # never fitted
 
 
 def write_dataset_dir(directory: Path) -> Path:

@@ -109,10 +109,6 @@ def evaluate(data: Path, directions: tuple[str, ...], methods: tuple[str, ...],
 
     chosen = list(methods) or [*BASELINES, *RETRIEVER_METHODS]
     chosen += [name for name in extra if name not in chosen]
-    if "emcdr" in chosen:  # a missing library fails now, not after the methods before it
-        from xdretrieve.evaluate.emcdr import als_class
-
-        als_class()
     dataset = read_dataset(data, skip_bad_rows, rejects)
     out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails now, not after
     results = run(dataset, directions=parsed or None, methods=chosen,

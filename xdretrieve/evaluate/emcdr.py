@@ -49,8 +49,8 @@ class EMCDRConfig:
     ridge: float = 1.0  # linear mapping L2 weight
 
 
-def als_class() -> Any:
-    """implicit's CPU ALS (the `eval` extra); checked before an evaluation starts."""
+def _als_class() -> Any:
+    """implicit's CPU ALS (the `eval` extra)."""
     try:
         from implicit.cpu.als import AlternatingLeastSquares
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -66,7 +66,7 @@ class DomainFactors:
     def __init__(self, interactions: sp.csr_matrix, config: EMCDRConfig, seed: int):
         import threadpoolctl
 
-        als = als_class()  # imported first: the limit below covers the BLAS libraries loaded
+        als = _als_class()  # imported first: the limit below covers the BLAS libraries loaded
         # A threaded BLAS under implicit slows it down (and implicit warns). One solver thread:
         # about 1 s per domain on 8,000 users; more threads were slower on 2 cores (OpenMP
         # start-up in every iteration).
@@ -175,6 +175,9 @@ class EMCDR(ScoringMethod):
             raise ValueError(f"unknown mapping '{self.params.mapping}'; expected mlp or linear")
         self.seed = seed
         self._view: TrainView | None = None
+
+    def check(self, view: TrainView) -> None:
+        _als_class()  # a missing library fails before any method's work, not at this one's turn
 
     def fit(self, view: TrainView) -> None:
         import threadpoolctl  # comes with implicit
