@@ -242,7 +242,16 @@ def test_bad_input_writes_nothing(tmp_path: Path, paired_dir: Path) -> None:
     r = run("index", "--data", str(data), "--store", str(store), ok=False)
     assert r.exit_code == 1
     assert "items.jsonl, line 25, field 'title': must not be empty" in r.output
+    # the way on without cleaning the file first (before, a user had to find it in --help)
+    assert "(--skip-bad-rows skips such rows, writing them to rejects.jsonl)" in r.output
     assert not store.exists()
+    # a file wrong as a whole cannot be skipped a row at a time: no such hint
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    (whole / "items.jsonl").write_text((paired_dir / "items.jsonl").read_text())
+    (whole / "interactions.csv").write_text("user_id,item\nu0,book-0\n")
+    r = run("index", "--data", str(whole), "--store", str(store), ok=False)
+    assert "no 'item_id' column" in r.output and "--skip-bad-rows" not in r.output
 
     rejects = tmp_path / "rejects.jsonl"
     out = run("index", "--data", str(data), "--store", str(store), "--skip-bad-rows",

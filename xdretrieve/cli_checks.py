@@ -62,12 +62,20 @@ def read_dataset(data: Path | None, skip_bad_rows: bool, rejects: Path,
     """The dataset of ``data`` (or of the two files), its skipped rows written to ``rejects``
     and counted on standard error."""
     from xdretrieve.data import Dataset, RejectLog
+    from xdretrieve.errors import DataError
 
     log = RejectLog() if skip_bad_rows else None
-    if data is not None:
-        dataset = Dataset.from_dir(data, log)
-    else:
-        dataset = Dataset.load(items, interactions, rejects=log)
+    try:
+        if data is not None:
+            dataset = Dataset.from_dir(data, log)
+        else:
+            dataset = Dataset.load(items, interactions, rejects=log)
+    except DataError as e:
+        if not e.skippable:
+            raise
+        # a real catalog often has a few such rows: say how to go on without them
+        raise DataError(e.path, e.line, e.field, f"{e.message} (--skip-bad-rows skips such "
+                        f"rows, writing them to {rejects})", e.unit) from e
     if log is not None and len(log) and os.environ.get("RANK", "0") == "0":  # torchrun: once
         log.write(rejects)
         click.echo(f"skipped {len(log)} bad row(s), written to {rejects}", err=True)

@@ -12,12 +12,16 @@ class DataError(XDRetrieveError):
     """Bad input data, located by file, line and field.
 
     Example message: ``items.jsonl, line 12, field 'title': must not be empty``.
+    ``skippable``: the row alone is bad (a reader given rejects skips it), not the file.
     """
+
+    skippable = False
 
     def __init__(
         self, path: str, line: int | None, field: str | None, message: str, unit: str = "line"
     ):
         self.path, self.line, self.field, self.message = str(path), line, field, message
+        self.unit = unit
         where = self.path
         if line is not None:
             where += f", {unit} {line}"

@@ -215,6 +215,7 @@ def _parse_rows(path: Path, rejects: RejectLog | None,
             parse(row, (str(path), line, unit))
         except DataError as e:
             if rejects is None:
+                e.skippable = True
                 raise
             rejects.add(e, None if isinstance(row, DataError) else row)
 
