@@ -43,7 +43,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -395,6 +395,89 @@ def _objective(metrics: dict[str, float]) -> float:
 
 # -- stage 1 -------------------------------------------------------------------------------------
 
+@dataclass
+class _Task:
+    """What stage 1 trains and validates on, built alike on every process from the dataset."""
+
+    pairs: Pairs
+    doc_texts: list[str]  # every item's text as `index` embeds it, by catalog row
+    rows_by_domain: list[np.ndarray]
+    logq: np.ndarray  # an item's log probability of being a column (its share of positives)
+    # per direction with valid users: (name, target domain, query texts, truth, log-popularity)
+    valid: list[tuple]
+
+
+def _task(dataset: Dataset, config: FullConfig, text_template: str) -> _Task:
+    from xdretrieve.evaluate.protocol import Protocol
+
+    protocol = Protocol(dataset)  # the split evaluate uses (the training seed does not move it)
+    catalog = Catalog.of(dataset)
+    domains, ids, row_of = catalog.domains, catalog.ids, catalog.row_of
+    directions = protocol.directions()
+    views = {d: protocol.train_view(d) for d in directions}
+    histories = views[directions[0]].histories
+    pairs = build_pairs(histories, list(protocol.split.train), domains, dataset.items, row_of,
+                        config.history_titles, config.same_domain)
+    if not len(pairs):
+        raise XDRetrieveError("no training pairs: train users need histories")
+    counts = np.bincount(pairs.item, minlength=len(ids)).astype(np.float64)
+    logq = np.zeros(len(ids))
+    for rows in catalog.rows_by_domain:
+        logq[rows] = np.log((counts[rows] + 1.0) / (counts[rows].sum() + len(rows)))
+    valid = []
+    for d in directions:
+        task, view = views[d].valid, views[d]
+        if not len(task):
+            continue
+        texts = [query_text([dataset.items[i].title for i in q], d.source, d.target,
+                            config.history_titles) for q in task.queries]
+        valid.append((str(d), domains.index(d.target), texts, list(task.truth),
+                      np.log1p(view.popularity(d.target))[None, :]))
+    return _Task(pairs, [item_text(dataset.items[i], text_template) for i in ids],
+                 catalog.rows_by_domain, logq, valid)
+
+
+@dataclass
+class _Progress:
+    """What the epochs so far have left: the selection and the counters. An epoch's checkpoint
+    keeps it whole (the keys of the checkpoint are its fields)."""
+
+    history: list[dict] = field(default_factory=list)
+    best_state: dict | None = None  # the best epoch's weights, on rank 0 only
+    best: float = -1.0
+    best_epoch: int = 0
+    stale: int = 0  # epochs since the best
+    step_seconds: float = 0.0  # time in training steps, data loading included
+    n_seen: int = 0  # pairs over every process
+    step: int = 0
+    done: bool = False  # stopped early, out of time, or through every epoch
+
+    def keep_if_best(self, score: float, epoch: int, model) -> None:
+        if score > self.best:
+            self.best, self.best_epoch, self.stale = score, epoch, 0
+            self.best_state = {k: v.detach().to("cpu", copy=True)
+                               for k, v in model.state_dict().items()}
+        else:
+            self.stale += 1
+
+    def state(self) -> dict:
+        """The fields as a checkpoint keeps them (the same objects: no copy of the weights)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _optimiser(model, config: FullConfig, device: torch.device, total_steps: int):
+    """AdamW (no decay of biases and norms) with linear warm-up and linear decay to 0."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=config.lr,
+                            fused=device.type == "cuda")
+    warm = max(1, int(config.warmup * total_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (total_steps - s) / max(1, total_steps - warm))))
+    return opt, sched
+
+
 def finetune_encoder(dataset: Dataset, base_path: str | Path, out_path: str | Path,
                      config: FullConfig | None = None, *, device: str = "auto",
                      text_template: str = "{title}. {text}", max_seq_length: int = 128,
@@ -435,39 +518,12 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
               resume_dir: Path | None) -> dict | None:
     from tqdm.auto import tqdm
 
-    from xdretrieve.evaluate.protocol import Protocol
-
     t_start = time.perf_counter()
     config = config.on(ctx.device)
     rng = np.random.default_rng(config.seed)  # the same on every process: the same batches
-    protocol = Protocol(dataset)  # the split evaluate uses (the training seed does not move it)
-    catalog = Catalog.of(dataset)
-    domains, ids, row_of, rows_by_domain = (catalog.domains, catalog.ids, catalog.row_of,
-                                            catalog.rows_by_domain)
-    directions = protocol.directions()
-    views = {d: protocol.train_view(d) for d in directions}
-    histories = views[directions[0]].histories
-    pairs = build_pairs(histories, list(protocol.split.train), domains, dataset.items, row_of,
-                        config.history_titles, config.same_domain)
-    if not len(pairs):
-        raise XDRetrieveError("no training pairs: train users need histories")
-    doc_texts = [item_text(dataset.items[i], text_template) for i in ids]
-
-    # logQ: an item's probability of being a column = its share of the positives of its domain
-    counts = np.bincount(pairs.item, minlength=len(ids)).astype(np.float64)
-    logq = np.zeros(len(ids))
-    for rows in rows_by_domain:
-        logq[rows] = np.log((counts[rows] + 1.0) / (counts[rows].sum() + len(rows)))
-    valid = []  # (direction, target domain, query texts, truth, log-popularity prior)
-    for d in directions:
-        task, view = views[d].valid, views[d]
-        if not len(task):
-            continue
-        texts = [query_text([dataset.items[i].title for i in q], d.source, d.target,
-                            config.history_titles) for q in task.queries]
-        valid.append((str(d), domains.index(d.target), texts, list(task.truth),
-                      np.log1p(view.popularity(d.target))[None, :]))
-    if not valid:
+    task = _task(dataset, config, text_template)
+    pairs = task.pairs
+    if not task.valid:
         log.warning("no valid users in any direction: the last epoch is kept")
     if ctx.device.type == "cpu" and config.max_pairs is None and config.time_budget_s is None:
         log.warning("full fine-tuning on the CPU, unbounded: %d pairs per epoch (all-MiniLM-L6-v2 "
@@ -481,33 +537,24 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
         _checkpoint_layers(model)
     model.train(config.dropout)  # eval mode only switches dropout off
     net = wrap_ddp(model, ctx)
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=config.lr,
-                            fused=ctx.device.type == "cuda")
     epoch_batches = global_batches(pairs.target, config.batch_size, ctx.world_size, rng,
                                    config.max_pairs)
     if not epoch_batches:
         raise XDRetrieveError(f"too few pairs ({len(pairs)}) for a step: every target domain "
                               f"needs at least 2 pairs per process")
-    total_steps = max(1, config.epochs * len(epoch_batches))
-    warm = max(1, int(config.warmup * total_steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (total_steps - s) / max(1, total_steps - warm))))
+    opt, sched = _optimiser(model, config, ctx.device,
+                            max(1, config.epochs * len(epoch_batches)))
     if config.num_workers:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked tokenizers
 
-    history: list[dict] = []
-    best_state, best, best_epoch, stale = None, -1.0, 0, 0
+    run = _Progress()
     item_vecs: dict[int, torch.Tensor] = {}  # target items under the current weights
-    step_seconds, n_seen, step, stop, first_epoch = 0.0, 0, 0, False, 1
-    checkpoints = saved = None
+    first_epoch, checkpoints, saved = 1, None, None
     if resume_dir is not None:
         checkpoints = EpochCheckpoints(resume_dir, run_key(
             str(base_path.resolve()), {k: v for k, v in asdict(config).items()
                                        if k not in ("num_workers", "time_budget_s")},
-            ctx.world_size, max_seq_length, doc_texts, pairs.query_texts, pairs.query,
+            ctx.world_size, max_seq_length, task.doc_texts, pairs.query_texts, pairs.query,
             pairs.item, pairs.target))
         saved = checkpoints.load()
         if 0 < how_many_say(saved is not None, ctx) < ctx.world_size:  # every process stops
@@ -519,26 +566,23 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])
         rng.bit_generator.state = saved["rng"]
-        history, best, best_epoch, stale = (saved["history"], saved["best"],
-                                            saved["best_epoch"], saved["stale"])
-        best_state = saved["best_state"] if ctx.main else None
-        step_seconds, n_seen, step, stop = (saved["step_seconds"], saved["n_seen"], saved["step"],
-                                            saved["done"])
+        run = _Progress(**{f.name: saved[f.name] for f in fields(_Progress)})
+        if not ctx.main:
+            run.best_state = None
         first_epoch = saved["epoch"] + 1
         t_start -= saved["seconds"]  # the time budget counts the run's time before
         _say(progress, tqdm, f"resuming encoder fine-tuning after epoch {saved['epoch']} "
              f"(checkpoint in {resume_dir})")
         del saved
     elif ctx.main:
-        metrics, item_vecs = _validate(model, valid, doc_texts, rows_by_domain, config,
-                                       ctx.device, progress)
-        best = _objective(metrics)
-        best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        history.append({"epoch": 0, **metrics, "seconds": time.perf_counter() - t_start})
+        metrics, item_vecs = _validate(model, task.valid, task.doc_texts, task.rows_by_domain,
+                                       config, ctx.device, progress)
+        run.keep_if_best(_objective(metrics), 0, model)
+        run.history.append({"epoch": 0, **metrics, "seconds": time.perf_counter() - t_start})
         _say(progress, tqdm, f"encoder before fine-tuning: valid {_fmt(metrics)}")
     n_neg = config.hard_negatives
     for epoch in range(first_epoch, config.epochs + 1):
-        if stop:  # a resumed run that had finished its epochs
+        if run.done:  # a resumed run that had finished its epochs
             break
         if epoch > 1:
             epoch_batches = global_batches(pairs.target, config.batch_size, ctx.world_size, rng,
@@ -546,107 +590,109 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
         used = np.concatenate(epoch_batches) if epoch_batches else np.zeros(0, dtype=np.int64)
         rng_u = rng.random((len(pairs), n_neg))  # drawn on every process alike
         if n_neg:
-            negatives = _mine(model, pairs, used, doc_texts, rows_by_domain, config, rng_u, ctx,
-                              item_vecs, progress)
+            negatives = _mine(model, pairs, used, task.doc_texts, task.rows_by_domain, config,
+                              rng_u, ctx, item_vecs, progress)
         else:
             negatives = np.zeros((len(pairs), 0), dtype=np.int64)
         item_vecs = {}  # stale once the weights move
         # dropout's stream starts here each epoch: a resumed run, which embeds for mining what
         # the validation before had embedded (a data loader draws a seed), trains the same
         torch.manual_seed(config.seed + ctx.rank + 7919 * epoch)
-        steps = _Steps(epoch_batches, pairs, negatives, doc_texts, logq,
+        steps = _Steps(epoch_batches, pairs, negatives, task.doc_texts, task.logq,
                        _preprocess_fn(model), ctx.rank, ctx.world_size)
         loader = torch.utils.data.DataLoader(steps, batch_size=None, shuffle=False,
                                              num_workers=config.num_workers,
                                              pin_memory=ctx.device.type == "cuda")
-        total, n_steps = 0.0, 0
         bar = tqdm(loader, desc=f"fine-tuning epoch {epoch}", unit="step", disable=not progress,
                    leave=False)
-        t_loop = time.perf_counter()  # pairs/s counts tokenizing and waiting on data too
-        for q_feats, d_feats, labels, mask, lq in bar:
-            with _autocast(ctx.device):
-                q = net(_to(q_feats, ctx.device))["sentence_embedding"]
-                d = net(_to(d_feats, ctx.device))["sentence_embedding"]
-            q = F.normalize(q.float(), dim=-1)  # (b, dim)
-            d = gather(F.normalize(d.float(), dim=-1), ctx.world_size)  # (n_cols, dim)
-            loss = info_nce(q, d, labels.to(ctx.device), mask.to(ctx.device),
-                            lq.to(ctx.device) if config.logq else None, config.scale)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-            opt.step()
-            sched.step()
-            value = loss.detach()
-            if ctx.world_size > 1:
-                dist.all_reduce(value)
-                value = value / ctx.world_size
-            total += float(value)
-            n_steps += 1
-            step += 1
-            n_seen += len(labels) * ctx.world_size
-            pace = n_seen / (step_seconds + time.perf_counter() - t_loop)
-            bar.set_postfix(loss=f"{float(value):.3f}", pairs_s=f"{pace:.0f}")
-            if config.time_budget_s is not None:
-                over = time.perf_counter() - t_start > config.time_budget_s
-                stop = rank0_says(over, ctx)
-                if stop:
-                    break
-        step_seconds += time.perf_counter() - t_loop
+        loss, n_steps = _train_epoch(net, model, opt, sched, bar, config, ctx, run, t_start)
         bar.close()
         del loader
-        score = None
         if ctx.main:
-            metrics, item_vecs = _validate(model, valid, doc_texts, rows_by_domain, config,
-                                           ctx.device, progress)
+            metrics, item_vecs = _validate(model, task.valid, task.doc_texts,
+                                           task.rows_by_domain, config, ctx.device, progress)
+            run.history.append({"epoch": epoch, "loss": loss, "steps": n_steps, **metrics,
+                                "seconds": time.perf_counter() - t_start})
+            _say(progress, tqdm, f"fine-tuning epoch {epoch}: loss {loss:.4f}, "
+                 f"{run.n_seen / max(run.step_seconds, 1e-9):.0f} pairs/s, valid {_fmt(metrics)}")
             # without valid users of any direction: the last epoch
-            score = _objective(metrics) if valid else float(epoch)
-            history.append({"epoch": epoch, "loss": total / max(1, n_steps), "steps": n_steps,
-                            **metrics, "seconds": time.perf_counter() - t_start})
-            _say(progress, tqdm, f"fine-tuning epoch {epoch}: loss {total / max(1, n_steps):.4f}, "
-                 f"{n_seen / max(step_seconds, 1e-9):.0f} pairs/s, valid {_fmt(metrics)}")
-            if score > best:
-                best, best_epoch, stale = score, epoch, 0
-                best_state = {k: v.detach().to("cpu", copy=True)
-                              for k, v in model.state_dict().items()}
-            else:
-                stale += 1
-        stop = rank0_says(stop or stale >= config.patience, ctx)
+            run.keep_if_best(_objective(metrics) if task.valid else float(epoch), epoch, model)
+        run.done = rank0_says(run.done or run.stale >= config.patience, ctx)
         if checkpoints is not None and ctx.main:
             checkpoints.save({
-                "epoch": epoch, "done": stop or epoch == config.epochs,
+                **run.state(),
+                "epoch": epoch, "done": run.done or epoch == config.epochs,
                 "model": {k: v.detach().to("cpu") for k, v in model.state_dict().items()},
                 "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "rng": rng.bit_generator.state, "history": history, "best_state": best_state,
-                "best": best, "best_epoch": best_epoch, "stale": stale,
-                "step_seconds": step_seconds, "n_seen": n_seen, "step": step,
-                "seconds": time.perf_counter() - t_start})
-        if stop:
+                "rng": rng.bit_generator.state, "seconds": time.perf_counter() - t_start})
+        if run.done:
             break
     if not ctx.main:
         return None
-    model.load_state_dict(best_state)
-    out_path = Path(out_path)
+    model.load_state_dict(run.best_state)
     if out_path.exists():
         shutil.rmtree(out_path)
     model.save(str(out_path), create_model_card=False)
-    seconds = time.perf_counter() - t_start
-    report = {
-        "pairs": len(pairs), "cross_domain_pairs": int(pairs.cross.sum()),
-        "same_domain_pairs": int((~pairs.cross).sum()), "pairs_seen": n_seen,
-        "epochs": len(history) - 1, "best_epoch": best_epoch, "steps": step,
-        "seconds": round(seconds, 1), "step_seconds": round(step_seconds, 1),
-        "pairs_per_s": round(n_seen / step_seconds, 1) if step_seconds else 0.0,
-        "device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu",
-        "world_size": ctx.world_size, "global_batch": config.batch_size * ctx.world_size,
-        "precision": "bf16" if ctx.device.type == "cuda" else "fp32",
-        "gradient_checkpointing": config.gradient_checkpointing, "frozen": frozen,
-        "config": asdict(config), "history": history,
-    }
-    del net, model, opt, best_state
+    report = _report(pairs, run, time.perf_counter() - t_start, config, ctx, frozen)
+    del net, model, opt, run
     gc.collect()
     if ctx.device.type == "cuda":
         torch.cuda.empty_cache()
     return report
+
+
+def _train_epoch(net, model, opt, sched, steps, config: FullConfig, ctx: Dist, run: _Progress,
+                 t_start: float) -> tuple[float, int]:
+    """One pass over an epoch's ``steps``; returns the mean loss and the number of steps. The
+    time budget, by rank 0's clock, ends the pass (and sets ``run.done``) on every process."""
+    total, n_steps = 0.0, 0
+    t_loop = time.perf_counter()  # pairs/s counts tokenizing and waiting on data too
+    for q_feats, d_feats, labels, mask, lq in steps:
+        with _autocast(ctx.device):
+            q = net(_to(q_feats, ctx.device))["sentence_embedding"]
+            d = net(_to(d_feats, ctx.device))["sentence_embedding"]
+        q = F.normalize(q.float(), dim=-1)  # (b, dim)
+        d = gather(F.normalize(d.float(), dim=-1), ctx.world_size)  # (n_cols, dim)
+        loss = info_nce(q, d, labels.to(ctx.device), mask.to(ctx.device),
+                        lq.to(ctx.device) if config.logq else None, config.scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        sched.step()
+        value = loss.detach()
+        if ctx.world_size > 1:
+            dist.all_reduce(value)
+            value = value / ctx.world_size
+        total += float(value)
+        n_steps += 1
+        run.step += 1
+        run.n_seen += len(labels) * ctx.world_size
+        pace = run.n_seen / (run.step_seconds + time.perf_counter() - t_loop)
+        steps.set_postfix(loss=f"{float(value):.3f}", pairs_s=f"{pace:.0f}")
+        if config.time_budget_s is not None:
+            run.done = rank0_says(time.perf_counter() - t_start > config.time_budget_s, ctx)
+            if run.done:
+                break
+    run.step_seconds += time.perf_counter() - t_loop
+    return total / max(1, n_steps), n_steps
+
+
+def _report(pairs: Pairs, run: _Progress, seconds: float, config: FullConfig, ctx: Dist,
+            frozen: list[str]) -> dict:
+    """What the manifest's ``finetune`` entry records of stage 1."""
+    return {
+        "pairs": len(pairs), "cross_domain_pairs": int(pairs.cross.sum()),
+        "same_domain_pairs": int((~pairs.cross).sum()), "pairs_seen": run.n_seen,
+        "epochs": len(run.history) - 1, "best_epoch": run.best_epoch, "steps": run.step,
+        "seconds": round(seconds, 1), "step_seconds": round(run.step_seconds, 1),
+        "pairs_per_s": round(run.n_seen / run.step_seconds, 1) if run.step_seconds else 0.0,
+        "device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu",
+        "world_size": ctx.world_size, "global_batch": config.batch_size * ctx.world_size,
+        "precision": "bf16" if ctx.device.type == "cuda" else "fp32",
+        "gradient_checkpointing": config.gradient_checkpointing, "frozen": frozen,
+        "config": asdict(config), "history": run.history,
+    }
 
 
 def _fmt(metrics: dict[str, float]) -> str:
