@@ -288,7 +288,7 @@ def test_saved_statistics_reload_their_texts_and_token_index(tmp_path: Path,
 def test_the_reranker_is_kept_per_target_domain_where_valid_users_gain(tmp_path: Path) -> None:
     """Kept for the target domains where it lifts valid users' ndcg@10 in every direction
     into them, saved with them; a re-ranker saved without the list serves every domain."""
-    from xdretrieve.train.adapter import _compare_on_valid, describe_rerank
+    from xdretrieve.train.rerank_fit import _compare_on_valid, describe_rerank
 
     stats = ItemStats.fit(IDS, HISTORIES)
     by_cooc = np.eye(len(FEATURES), dtype=np.float32)[FEATURES.index("cooccurrence")]

@@ -349,8 +349,8 @@ def demo(store: Path) -> None:
     from xdretrieve.data import Dataset
     from xdretrieve.indexer import index_dataset
     from xdretrieve.retriever import Retriever
-    from xdretrieve.train.adapter import describe_rerank
     from xdretrieve.train.finetune import finetune
+    from xdretrieve.train.rerank_fit import describe_rerank
 
     dataset = Dataset.from_dir(DEMO_DIR)
     model_dir = store.with_name(store.name + ".model")

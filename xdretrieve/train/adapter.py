@@ -13,6 +13,9 @@ What is learned, on train users only (valid users select the epoch):
 
 Loss: for a user with source history H and target items G, the mean over g in G of the full
 softmax cross-entropy over every target item (no sampled negatives).
+
+The trained module is :class:`xdretrieve.train.tower.Tower`; the re-ranker saved beside it is
+fitted on its candidates by :mod:`xdretrieve.train.rerank_fit`.
 """
 
 from __future__ import annotations
@@ -32,11 +35,11 @@ from xdretrieve.model import MANIFEST, WEIGHTS
 from xdretrieve.train import POOLINGS
 from xdretrieve.train.catalog import Catalog
 from xdretrieve.train.checks import above, at_least, check_fields, fraction, one_of
+from xdretrieve.train.rerank_fit import SCORE_CHUNK, fit_served_reranker
 
 log = logging.getLogger(__name__)
 
 
-SCORE_CHUNK = 1024  # users whose scores over every target item are held at once
 # A batch's logits over a large target domain are computed in blocks of columns. One (batch,
 # items) tensor above about 32 MB is mapped afresh from the OS at every step (glibc's
 # allocator keeps blocks up to that size for reuse), and zeroing the fresh pages of the logits,
@@ -133,15 +136,16 @@ class _Examples:
     targets: list[np.ndarray]
 
 
-def _examples(users, histories, row_of, local_of, domains, s, t, max_history) -> _Examples:
+def _examples(users, histories, catalog: Catalog, d, max_history: int) -> _Examples:
+    """The users of ``users`` active in both domains of direction ``d``."""
     hs, ts = [], []
     for u in users:
         h = histories.get(u, {})
-        src, tgt = h.get(domains[s], ()), h.get(domains[t], ())
+        src, tgt = h.get(d.source, ()), h.get(d.target, ())
         if src and tgt:
-            hs.append(np.array([row_of[i] for i in src[-max_history:]], dtype=np.int64))
-            ts.append(np.unique(np.array([local_of[i] for i in tgt], dtype=np.int64)))
-    return _Examples(s, t, hs, ts)
+            hs.append(np.array([catalog.row_of[i] for i in src[-max_history:]], dtype=np.int64))
+            ts.append(np.unique(np.array([catalog.local_of[i] for i in tgt], dtype=np.int64)))
+    return _Examples(catalog.domains.index(d.source), catalog.domains.index(d.target), hs, ts)
 
 
 def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_model: str,
@@ -161,30 +165,27 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
         The manifest written (with the best epoch's validation metrics).
     """
     import torch
-    import torch.nn.functional as F
-    from torch import nn
-    from tqdm.auto import tqdm
 
-    from xdretrieve.evaluate.methods import stable_top
-    from xdretrieve.evaluate.metrics import score_rankings
     from xdretrieve.evaluate.protocol import Protocol
+    from xdretrieve.train.tower import Tower
 
     config = config or AdapterConfig()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     protocol = Protocol(dataset)  # the split evaluate uses (the training seed does not move it)
     catalog = Catalog.of(dataset)
-    domains, ids, row_of = catalog.domains, catalog.ids, catalog.row_of
-    rows_by_domain, local_of = catalog.rows_by_domain, catalog.local_of
     directions = protocol.directions()
     views = {d: protocol.train_view(d) for d in directions}
     train_users = list(protocol.split.train)
     fold = set(rng.choice(train_users, size=int(config.rerank_fraction * len(train_users)),
                           replace=False).tolist()) if config.rerank_fraction > 0 else set()
     tower_users = [u for u in train_users if u not in fold]
-    train = [_examples(tower_users, views[d].histories, row_of, local_of, domains,
-                       domains.index(d.source), domains.index(d.target), config.max_history)
-             for d in directions]
+
+    def examples(users: list[str]) -> list[_Examples]:
+        return [_examples(users, views[d].histories, catalog, d, config.max_history)
+                for d in directions]
+
+    train = examples(tower_users)
     untaken = [str(d) for d, ex in zip(directions, train, strict=True) if not ex.histories]
     if len(untaken) == len(directions):
         raise XDRetrieveError("no train user has interactions in two domains, so there is "
@@ -194,105 +195,48 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
         log.warning("no train user has both domains of %s: those directions are not trained",
                     ", ".join(untaken))
         train = [ex for ex in train if ex.histories]
-    held = [_examples(sorted(fold), views[d].histories, row_of, local_of, domains,
-                      domains.index(d.source), domains.index(d.target), config.max_history)
-            for d in directions]
-    valid = []
-    for d in directions:
-        task = views[d].valid
-        valid.append((domains.index(d.source), domains.index(d.target),
-                      [np.array([row_of[i] for i in q[-config.max_history:]]) for q in task.queries],
-                      list(task.truth)))
-    E = torch.from_numpy(np.ascontiguousarray(base, dtype=np.float32))
-    rows_t = [torch.from_numpy(r) for r in rows_by_domain]
-    # each domain's vectors gathered once: every step projects the whole target domain (full
-    # softmax), and gathering it anew each time copied the domain's vectors at every step
-    E_domain = [E[r] for r in rows_t]
-    L, D = config.max_history, config.dim
+    held = examples(sorted(fold))
+    valid = [(catalog.domains.index(d.source), catalog.domains.index(d.target),
+              [np.array([catalog.row_of[i] for i in q[-config.max_history:]])
+               for q in views[d].valid.queries],
+              list(views[d].valid.truth)) for d in directions]
 
-    class Model(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.proj = nn.ModuleList([nn.Linear(E.shape[1], D) for _ in domains])
-            self.bias = nn.Parameter(torch.zeros(len(ids)))
-            self.pos = nn.Parameter(torch.zeros(L, D))
-            self.att = nn.Sequential(nn.Linear(D, D), nn.Tanh(), nn.Linear(D, 1))
-            self.tgt = nn.Parameter(torch.zeros(len(domains), D))
-            self.mlp = nn.Sequential(nn.Linear(D, 2 * D), nn.GELU(approximate="tanh"),
-                                     nn.Linear(2 * D, D))
-            self.drop = nn.Dropout(config.dropout)
-            self.logit_scale = nn.Parameter(torch.tensor(2.5))
-
-        def items(self, rows: torch.Tensor, d: int) -> torch.Tensor:
-            """(..., D) unit vectors of items (global rows) of domain d."""
-            return F.normalize(self.proj[d](E[rows]), dim=-1)
-
-        def domain_items(self, d: int, index=slice(None)) -> torch.Tensor:
-            """(n_items of d, D) unit vectors of every item of domain d, in ``rows_t[d]`` order
-            (``index``: only those at these positions)."""
-            return F.normalize(self.proj[d](E_domain[d][index]), dim=-1)
-
-        def users(self, X: torch.Tensor, M: torch.Tensor, s: int, t: int) -> torch.Tensor:
-            x = self.items(X, s) + self.pos[L - X.shape[1]:]  # (B, l, D); right-aligned
-            a = self.att(x).squeeze(-1) if config.pooling == "attention" else \
-                torch.zeros(M.shape)  # mean pooling: equal weights
-            a = a.masked_fill(~M, -1e9)
-            pooled = self.drop((torch.softmax(a, dim=1).unsqueeze(-1) * x).sum(1))
-            return F.normalize(pooled + self.mlp(pooled + self.tgt[t]), dim=-1)
-
-        def user_scores(self, U: torch.Tensor, t: int, V: torch.Tensor | None = None,
-                        index=slice(None)) -> torch.Tensor:
-            """(B, n_target_items) logits of user vectors ``U`` (B, D) over every item of
-            domain t (``index``: only those at these positions; ``V``: those items' vectors,
-            if the caller has them)."""
-            V = self.domain_items(t, index) if V is None else V
-            return self.logit_scale.exp() * (U @ V.T) + self.bias[rows_t[t][index]]
-
-    def pad(hs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(h) for h in hs)
-        X = np.zeros((len(hs), width), dtype=np.int64)
-        M = np.zeros((len(hs), width), dtype=bool)
-        for r, h in enumerate(hs):
-            X[r, width - len(h):] = h
-            M[r, width - len(h):] = True
-        return torch.from_numpy(X), torch.from_numpy(M)
-
-    def coral() -> torch.Tensor:
-        return coral_distance([model.items(rows[torch.randint(len(rows), (2048,))], d)
-                               for d, rows in enumerate(rows_t)])
-
-    model = Model()
+    model = Tower(torch.from_numpy(np.ascontiguousarray(base, dtype=np.float32)),
+                  catalog.rows_by_domain, config)
     # Start the bias at log popularity (the softmax then begins as the popularity ranking,
     # which the content term has to beat), counted over the tower's users.
-    counts = np.zeros(len(ids), dtype=np.float32)
+    counts = np.zeros(len(catalog.ids), dtype=np.float32)
     for ex in train:
         for t in ex.targets:
-            counts[rows_by_domain[ex.target][t]] += 1
+            counts[catalog.rows_by_domain[ex.target][t]] += 1
     with torch.no_grad():
         model.bias.copy_(torch.from_numpy(np.log1p(counts)))
+    best_epoch, history, tower_seconds = _fit_tower(model, train, valid, directions, config, rng,
+                                                    progress)
+
+    reranker, rerank_report = None, {}
+    if fold:
+        reranker, rerank_report = fit_served_reranker(
+            model, dataset, catalog, views[directions[0]].histories,
+            [(ex.source, ex.target, ex.histories, ex.targets) for ex in held], valid,
+            tower_users, train_users, directions, config.seed, config.rerank_candidates,
+            progress)
+    return _save(model, out_dir, catalog.domains, catalog.ids, config, base_model,
+                 base_fingerprint, best_epoch, history, tower_seconds, reranker, rerank_report,
+                 protocol.split)
+
+
+def _fit_tower(model, train: list[_Examples], valid, directions, config: AdapterConfig,
+               rng: np.random.Generator, progress: bool) -> tuple[int, list[dict], float]:
+    """Train ``model`` on the examples until valid users stop gaining (``patience`` epochs) or
+    the time budget is spent, and leave it at its best epoch. Returns that epoch, every epoch's
+    loss and valid metrics, and the seconds it took."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from xdretrieve.train.tower import pad
+
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
-    def validate() -> dict[str, float]:
-        model.eval()
-        out = {}
-        with torch.no_grad():
-            for (s, t, hs, truth), d in zip(valid, directions, strict=False):
-                if not hs:
-                    continue
-                U, V = model.users(*pad(hs), s, t), model.domain_items(t)
-                top = np.concatenate([  # a chunk of users at a time (memory: see SCORE_CHUNK)
-                    stable_top(model.user_scores(U[lo:lo + SCORE_CHUNK], t, V).numpy(), 50)
-                    for lo in range(0, len(hs), SCORE_CHUNK)])
-                m = score_rankings(top, truth, len(rows_t[t]), ks=(10,))
-                out[f"{d}/ndcg@10"] = float(m["ndcg@10"].mean())
-                out[f"{d}/recall@10"] = float(m["recall@10"].mean())
-        model.train()
-        return out
-
-    def objective(metrics: dict[str, float]) -> float:
-        vals = [v for k, v in metrics.items() if k.endswith("ndcg@10")]
-        return float(np.mean(vals)) if vals else 0.0
-
     best, best_state, best_epoch, stale = -1.0, None, -1, 0
     history = []
     t0 = time.perf_counter()
@@ -307,15 +251,16 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
             X, M = pad([ex.histories[i] for i in idx])
             U, t = model.users(X, M, ex.source, ex.target), ex.target
             loss = softmax_loss(lambda index, U=U, t=t: model.user_scores(U, t, index=index),
-                                len(rows_t[t]), [ex.targets[i] for i in idx])
+                                len(model.rows[t]), [ex.targets[i] for i in idx])
             if config.coral:
-                loss = loss + config.coral * coral()
+                loss = loss + config.coral * coral_distance(model.item_sample())
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item()
-        metrics = validate()
-        score = objective(metrics)
+        metrics = _validate(model, valid, directions)
+        vals = [v for k, v in metrics.items() if k.endswith("ndcg@10")]
+        score = float(np.mean(vals)) if vals else 0.0
         history.append({"epoch": epoch + 1, "loss": total / len(batches), **metrics,
                         "seconds": time.perf_counter() - t0})
         log.info("epoch %d loss %.4f valid ndcg@10 %.4f", epoch + 1, total / len(batches), score)
@@ -330,110 +275,33 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
         if stale >= config.patience or time.perf_counter() - t0 > config.time_budget_s:
             break
     model.load_state_dict(best_state)
-    tower_seconds = time.perf_counter() - t0
-
-    # The re-ranker: fitted on the fold's candidates, kept for the target domains where valid
-    # users gain.
-    reranker, rerank_report = None, {}
-    if fold:
-        from xdretrieve.rerank import ItemStats, candidate_union, fit_reranker, overlap_text
-        from xdretrieve.rerank import features as rerank_features
-
-        item_domains = [dataset.items[i].domain for i in ids]
-        texts = [overlap_text(dataset.items[i].title, dataset.items[i].text) for i in ids]
-        all_histories = views[directions[0]].histories  # train users, every domain
-        model.eval()
-
-        def candidate_groups(examples, stats):
-            """Per user: (direction, features, labels) of the candidates the served path
-            re-ranks (the tower's best and the history's co-occurring items), in the tower's
-            order. ``stats`` must not have counted these users."""
-            groups = []
-            n = config.rerank_candidates
-            with torch.no_grad():
-                for s, t, hs, truths in examples:
-                    if not hs:
-                        continue
-                    X, M = pad(hs)
-                    U = model.users(X, M, s, t).numpy()
-                    V = model.domain_items(t).numpy()
-                    scale, bias = float(model.logit_scale.exp()), \
-                        model.bias[rows_t[t]].detach().numpy()
-                    # users a chunk at a time: (users, target items) scores of a large catalog
-                    # would not fit in memory all at once
-                    for lo in range(0, len(hs), SCORE_CHUNK):
-                        cos = U[lo:lo + SCORE_CHUNK] @ V.T  # (chunk, n_target)
-                        score = scale * cos + bias
-                        top = stable_top(score, n)  # what candidate_union reads of it
-                        for r, h in enumerate(hs[lo:lo + SCORE_CHUNK]):
-                            history = [ids[i] for i in h]
-                            co = [local_of[i]
-                                  for i in stats.cooccurring(history, domains[t], n)]
-                            cand = np.array(candidate_union(top[r].tolist(), co, n))
-                            cand = cand[np.argsort(-score[r, cand], kind="stable")]
-                            x = rerank_features(stats, history, " ".join(texts[i] for i in h),
-                                                [ids[rows_by_domain[t][c]] for c in cand],
-                                                [texts[rows_by_domain[t][c]] for c in cand],
-                                                cos[r, cand], score[r, cand])
-                            groups.append((d_of[(s, t)], x,
-                                           np.isin(cand, truths[lo + r]).astype(np.float32)))
-            return groups
-
-        d_of = {(domains.index(d.source), domains.index(d.target)): str(d) for d in directions}
-        # fitted on the fold with statistics of the other train users (as a new user meets
-        # them), served and checked on valid users with the statistics of every train user
-        fold_stats = ItemStats.fit(ids, {u: dict(all_histories[u]) for u in tower_users},
-                                   item_domains, texts)
-        fit_groups = candidate_groups(
-            [(ex.source, ex.target, ex.histories, ex.targets) for ex in held], fold_stats)
-        stats = ItemStats.fit(ids, {u: dict(all_histories[u]) for u in train_users},
-                              item_domains, texts)
-        reranker = fit_reranker([(x, y) for _, x, y in fit_groups], stats, seed=config.seed)
-        rerank_report = _compare_on_valid(candidate_groups(valid, stats), reranker)
-        # served only where it helps: into a target domain where valid users gain
-        reranker.domains = tuple(rerank_report["kept"])
-        if not reranker.domains:
-            reranker = None
-        said = describe_rerank(rerank_report)
-        log.info("%s", said)
-        if progress:
-            print(said, flush=True)
-    return _save(model, out_dir, domains, ids, config, base_model, base_fingerprint,
-                 best_epoch, history, tower_seconds, reranker, rerank_report, protocol.split)
+    return best_epoch, history, time.perf_counter() - t0
 
 
-def _compare_on_valid(groups, reranker) -> dict:
-    """ndcg@10 among the candidates of valid users who have a relevant one, in the tower's
-    order and in the re-ranker's (the same users and truth for both), per direction; ``kept``:
-    the target domains where every direction into them gains (the re-ranker is served there)."""
-    from xdretrieve.evaluate.metrics import ndcg_at
-    from xdretrieve.evaluate.protocol import Direction
+def _validate(model, valid, directions) -> dict[str, float]:
+    """ndcg@10 and recall@10 of valid users in each direction (full ranking of the target
+    domain by the model's score)."""
+    import torch
 
-    by_direction: dict[str, list[tuple[float, float]]] = {}
-    for direction, x, y in groups:
-        truth = np.flatnonzero(y)  # positions of relevant candidates
-        if not len(truth):
-            continue  # no candidate is relevant: the order cannot matter
-        order = np.argsort(-reranker.score(x), kind="stable")
-        by_direction.setdefault(direction, []).append(
-            (ndcg_at(range(len(y)), truth, 10), ndcg_at(order, truth, 10)))
-    report = {d: {"without": float(np.mean([b for b, _ in v])),
-                  "with": float(np.mean([n for _, n in v]))} for d, v in by_direction.items()}
-    gains: dict[str, bool] = {}
-    for direction, r in report.items():
-        target = Direction.parse(direction).target
-        gains[target] = gains.get(target, True) and r["with"] > r["without"]
-    report["kept"] = sorted(t for t, gain in gains.items() if gain)
-    return report
+    from xdretrieve.evaluate.methods import stable_top
+    from xdretrieve.evaluate.metrics import score_rankings
+    from xdretrieve.train.tower import pad
 
-
-def describe_rerank(report: dict) -> str:
-    """:func:`_compare_on_valid`'s report (a manifest's ``reranker``) as one line for people."""
-    scores = ", ".join(f"{d} {r['without']:.4f} -> {r['with']:.4f}"
-                       for d, r in report.items() if isinstance(r, dict))
-    kept = ", ".join(report.get("kept", ())) or "no domain (none gains)"
-    return (f"re-ranker on valid users, ndcg@10 among their candidates in the user tower's order "
-            f"-> re-ranked: {scores}; served into {kept}")
+    model.eval()
+    out = {}
+    with torch.no_grad():
+        for (s, t, hs, truth), d in zip(valid, directions, strict=True):
+            if not hs:
+                continue
+            U, V = model.users(*pad(hs), s, t), model.domain_items(t)
+            top = np.concatenate([  # a chunk of users at a time (memory: see SCORE_CHUNK)
+                stable_top(model.user_scores(U[lo:lo + SCORE_CHUNK], t, V).numpy(), 50)
+                for lo in range(0, len(hs), SCORE_CHUNK)])
+            m = score_rankings(top, truth, len(model.rows[t]), ks=(10,))
+            out[f"{d}/ndcg@10"] = float(m["ndcg@10"].mean())
+            out[f"{d}/recall@10"] = float(m["recall@10"].mean())
+    model.train()
+    return out
 
 
 def _save(model, out_dir, domains, ids, config, base_model, base_fingerprint, best_epoch,
