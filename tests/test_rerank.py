@@ -110,6 +110,14 @@ def test_features_by_hand() -> None:
     # 'pencil case blue': 2 of its 3 tokens are in the history text
     np.testing.assert_allclose(col["text_overlap"], [2 / 3, 0, 1])
     assert tokens("Pen-Case, 3 pack!") == {"pen", "case", "3", "pack"}
+    # words of any script, whole (an ASCII class made "f" and "r" of "für", shared by every
+    # German text): a German catalog's overlap counts its words
+    assert tokens("Bürobedarf für Künstler_innen, Café") == {
+        "bürobedarf", "für", "künstler", "innen", "café"}
+    x = features(stats, history=["a1"], history_text="Stifte für Künstler",
+                 candidates=["o1", "o2"], candidate_texts=["Hefter für Büro", "Ordner"],
+                 cosines=np.array([0.5, 0.4]), scores=np.array([3.0, 2.0]))
+    np.testing.assert_allclose(x[:, FEATURES.index("text_overlap")], [1 / 3, 0])
 
 
 def test_fit_learns_the_feature_that_marks_the_positive(tmp_path) -> None:

@@ -42,7 +42,9 @@ COND_SHRINK = 50.0  # damps P(item | h) for history items few train users have
 # recent distinct items per domain, up to this many (no amazon-arts-office user has more than
 # 57 in a domain: nothing there changes).
 COOCCURRENCE_HISTORY = 100
-_TOKEN = re.compile(r"[a-z0-9]+")
+# Words of any script: letters and digits (an ASCII class cut "für" into "f" and "r", which
+# then overlapped with every other German text)
+_TOKEN = re.compile(r"[^\W_]+")
 
 
 def tokens(text: str) -> set[str]:
