@@ -304,6 +304,17 @@ def test_running_out_of_memory_is_one_line(tmp_path: Path, paired_dir: Path,
     assert "Traceback" not in r.output
 
 
+def test_a_wrong_model_fails_before_the_data_is_read(tmp_path: Path, paired_dir: Path) -> None:
+    """Before, index and finetune read (and validated) the whole dataset first: on a large
+    catalog a mistyped --model was reported only after that wait, or after its bad rows."""
+    data = data_with_an_empty_title(tmp_path, paired_dir)  # reading it would fail
+    for args in (["index", "--store", str(tmp_path / "s.xdr")],
+                 ["finetune", "--out", str(tmp_path / "m")]):
+        r = run(*args, "--data", str(data), "--model", str(tmp_path / "no-such-model"), ok=False)
+        assert r.exit_code == 1 and "is not a local sentence-transformers model" in r.output
+        assert "title" not in r.output and not (tmp_path / "s.xdr").exists()
+
+
 def test_paths_that_cannot_be_written_fail_before_the_work(tmp_path: Path, paired_dir: Path,
                                                            monkeypatch) -> None:
     """An output folder under a file is refused when the option is read (a usage error: no data

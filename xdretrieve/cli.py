@@ -127,6 +127,7 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
     line and field (or is skipped with --skip-bad-rows). Rerunning on the same input changes
     nothing; on a changed catalog only changed items are re-embedded and updated.
     """
+    from xdretrieve.encoder import resolve_model
     from xdretrieve.indexer import index_dataset
 
     if data is None and (items is None or interactions is None):
@@ -136,6 +137,7 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
     problem = None if settings.url else output_dir_problem(Path(settings.store))
     if problem is not None:  # before the data is read, not after
         raise click.BadParameter(problem, param_hint="'--store'")
+    resolve_model(settings.model)  # a wrong --model, too
     dataset = read_dataset(data, skip_bad_rows, rejects, items, interactions)
     click.echo(f"read {len(dataset.items):,} items in {len(dataset.domains)} domains "
                f"({', '.join(dataset.domains)}), {len(dataset.interactions):,} interactions "

@@ -102,6 +102,7 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
           --data DIR --out MODEL_DIR
     """
     from xdretrieve.cli import make_settings
+    from xdretrieve.encoder import resolve_model
     from xdretrieve.evaluate.protocol import Protocol
     from xdretrieve.train.adapter import AdapterConfig
     from xdretrieve.train.finetune import finetune as train_model  # (this command's namesake)
@@ -127,6 +128,7 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
             "hard_negatives": hard_negatives, "num_workers": workers,
             "gradient_checkpointing": gradient_checkpointing}.items() if v is not None})
     settings = make_settings(model=model, device=device)
+    resolve_model(settings.model)  # a wrong --model fails before the data is read
     dataset = read_dataset(data, skip_bad_rows, rejects)
     split = Protocol(dataset).split
     source = ("users.*, which names no valid users: drawn from its train users, as "
