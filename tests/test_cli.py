@@ -315,6 +315,20 @@ def test_a_wrong_model_fails_before_the_data_is_read(tmp_path: Path, paired_dir:
         assert "title" not in r.output and not (tmp_path / "s.xdr").exists()
 
 
+def test_evaluate_says_when_its_xdretrieve_row_is_an_untrained_encoder(
+        tmp_path: Path, paired_dir: Path, tiny_model: str, monkeypatch) -> None:
+    """Before, `evaluate` without --model reported a row named 'xdretrieve' that was the
+    pretrained encoder alone, with no word that the trained pipeline was not in the table."""
+    monkeypatch.setenv("XDR_CACHE_DIR", str(tmp_path / "cache"))
+    r = run("evaluate", "--data", str(paired_dir), "--model", tiny_model, "--method",
+            "xdretrieve", "--max-users", "2", "--out", str(tmp_path / "ev"), "-q")
+    assert f"note: '{tiny_model}' is not a model `xdretrieve finetune` wrote" in r.output
+    assert "'xdretrieve' row is that encoder untrained" in r.output
+    r = run("evaluate", "--data", str(paired_dir), "--method", "popularity", "--out",
+            str(tmp_path / "ev"), "-q")
+    assert "note:" not in r.output  # no such row, no note
+
+
 def test_paths_that_cannot_be_written_fail_before_the_work(tmp_path: Path, paired_dir: Path,
                                                            monkeypatch) -> None:
     """An output folder under a file is refused when the option is read (a usage error: no data

@@ -84,6 +84,7 @@ def evaluate(data: Path, directions: tuple[str, ...], methods: tuple[str, ...],
     from xdretrieve.evaluate.protocol import Direction
     from xdretrieve.evaluate.registry import BASELINES, METHODS
     from xdretrieve.evaluate.retrieval import RETRIEVER_METHODS, register_retriever_methods
+    from xdretrieve.model import is_model_dir
 
     settings = make_settings(model=model, pooling=pooling)
     extra = {}
@@ -109,6 +110,11 @@ def evaluate(data: Path, directions: tuple[str, ...], methods: tuple[str, ...],
 
     chosen = list(methods) or [*BASELINES, *RETRIEVER_METHODS]
     chosen += [name for name in extra if name not in chosen]
+    if "xdretrieve" in chosen and not is_model_dir(Path(settings.model).expanduser()):
+        # the row's name alone would pass an untrained encoder off as the trained pipeline
+        click.echo(f"note: '{settings.model}' is not a model `xdretrieve finetune` wrote, so the "
+                   f"'xdretrieve' row is that encoder untrained (no user tower, no re-ranker); "
+                   f"give --model MODEL_DIR for the cold-start pipeline", err=True)
     dataset = read_dataset(data, skip_bad_rows, rejects)
     out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails now, not after
     results = run(dataset, directions=parsed or None, methods=chosen,
