@@ -389,7 +389,7 @@ def demo(store: Path) -> None:
     click.echo(f"Try: xdretrieve query --store {store} --history book-01,book-05 --domain movies\n"
                f"     xdretrieve query --store {store} --history book-01,book-05 --domain movies "
                f"--explain\n"
-               f"     xdretrieve query --store {store} --text 'space adventure' --domain movies")
+               f"     xdretrieve query --store {store} --text 'space opera' --domain movies")
 
 
 def _register_optional() -> None:

@@ -70,7 +70,7 @@ class TextRequest(_Body):
     limit: Limit = 10
 
     model_config = ConfigDict(json_schema_extra={
-        "examples": [{"text": "space adventure", "domain": "movies", "limit": 10}]})
+        "examples": [{"text": "space opera", "domain": "movies", "limit": 10}]})
 
 
 class Why(BaseModel):
