@@ -174,6 +174,26 @@ def test_reranker_reads_the_features_it_was_trained_on(tmp_path) -> None:
     np.testing.assert_allclose(again.score(x), [0.2, 0.4], rtol=1e-6)
 
 
+def test_an_explanation_says_when_a_low_value_counted() -> None:
+    """A re-ranker that weighs popularity negatively lifts the unpopular: before, --explain
+    said an item no train user had was there for its 'popularity (+1.53)'."""
+    from types import SimpleNamespace
+
+    from xdretrieve.cli import _explained
+
+    reranker = Reranker(np.array([1.0, -2.0], dtype=np.float32), np.array([0.0, 1.0], np.float32),
+                        np.array([1.0, 0.5], np.float32), ItemStats.fit(IDS, HISTORIES),
+                        ("score", "log_popularity"))
+    row = np.zeros(len(FEATURES), dtype=np.float32)
+    row[FEATURES.index("score")] = 0.5  # 0.5 above its mean: +0.5
+    why = reranker.explain(row)  # log_popularity 0: 2 deviations below its mean, x -2: +4
+    assert why["standardised"] == {"score": 0.5, "log_popularity": -2.0}
+    assert why["contributions"] == {"score": 0.5, "log_popularity": 4.0}
+    assert _explained(SimpleNamespace(why=why))[-1] == "low popularity (+4.00)"
+    row[FEATURES.index("score")], row[FEATURES.index("log_popularity")] = 5.0, 1.5
+    assert _explained(SimpleNamespace(why=reranker.explain(row)))[-1] == "model score (+5.00)"
+
+
 def test_popular_items_of_a_domain_most_first() -> None:
     stats = ItemStats.fit(IDS, HISTORIES, DOMAINS)
     assert stats.popular("office") == ["o1", "o2", "o3"]  # 2, 1, 1: ties in catalog order

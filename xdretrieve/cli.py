@@ -316,9 +316,12 @@ def _explained(hit) -> tuple[str, ...]:
     why = hit.why
     f, parts = why["features"], why["contributions"]
     top = max(parts, key=parts.get)
+    # a part counts for a value below the usual where the weight is negative: say so, or an
+    # item no train user had reads as recommended for its popularity
+    reason = ("low " if why["standardised"][top] < 0 else "") + REASONS.get(top, top)
     return (f"{f['score']:.2f}", f"{round(math.expm1(f['cooccurrence'])):,}",
             f"{round(math.expm1(f['log_popularity'])):,}", f"{f['text_overlap']:.0%}",
-            f"{REASONS.get(top, top)} ({parts[top]:+.2f})")
+            f"{reason} ({parts[top]:+.2f})")
 
 
 @main.command()

@@ -413,12 +413,16 @@ class Reranker:
         return ((x[:, self.columns] - self.mean) / self.std) @ self.weights
 
     def explain(self, row: np.ndarray) -> dict[str, dict[str, float]]:
-        """One candidate's row of :func:`features`: the features by name, and each used one's
-        part of :meth:`score` (they sum to it)."""
-        parts = (row[self.columns] - self.mean) / self.std * self.weights
+        """One candidate's row of :func:`features`: the features by name, each used one's
+        value in standard deviations from its mean over the fitted candidates, and its part of
+        :meth:`score` (weight x that value; they sum to the score). A part is positive for a
+        value below the mean where the weight is negative (a re-ranker may favour the less
+        popular of the co-bought items): the standardised value tells which."""
+        z = (row[self.columns] - self.mean) / self.std
         return {"features": {n: round(float(v), 6) for n, v in zip(FEATURES, row, strict=True)},
+                "standardised": {n: round(float(v), 6) for n, v in zip(self.names, z, strict=True)},
                 "contributions": {n: round(float(v), 6)
-                                  for n, v in zip(self.names, parts, strict=True)}}
+                                  for n, v in zip(self.names, z * self.weights, strict=True)}}
 
     def save(self, directory: Path) -> None:
         (directory / "reranker.json").write_text(json.dumps({

@@ -77,8 +77,11 @@ class Why(BaseModel):
     features: dict[str, float] = Field(description="What the re-ranker saw of the item: the "
                                        "model's score and cosine, log popularity, co-occurrence "
                                        "with the history in train users, text overlap.")
+    standardised: dict[str, float] = Field(description="Each feature's value in standard "
+                                           "deviations from its mean over the candidates the "
+                                           "re-ranker was fitted on (below 0: lower than usual).")
     contributions: dict[str, float] = Field(description="Each feature's part of the score "
-                                            "(they sum to it).")
+                                            "(weight x standardised value; they sum to it).")
 
 
 class HitOut(BaseModel):
