@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,7 +36,11 @@ from xdretrieve.model import MANIFEST, WEIGHTS
 from xdretrieve.train import POOLINGS
 from xdretrieve.train.catalog import Catalog
 from xdretrieve.train.checks import above, at_least, check_fields, fraction, one_of
-from xdretrieve.train.rerank_fit import SCORE_CHUNK, fit_served_reranker
+from xdretrieve.train.rerank_fit import SCORE_CHUNK, Users, fit_served_reranker
+
+if TYPE_CHECKING:
+    from xdretrieve.evaluate.protocol import Direction
+    from xdretrieve.train.tower import Tower
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +141,8 @@ class _Examples:
     targets: list[np.ndarray]
 
 
-def _examples(users, histories, catalog: Catalog, d, max_history: int) -> _Examples:
+def _examples(users: list[str], histories: dict[str, dict[str, tuple[str, ...]]],
+              catalog: Catalog, d: Direction, max_history: int) -> _Examples:
     """The users of ``users`` active in both domains of direction ``d``."""
     hs, ts = [], []
     for u in users:
@@ -226,8 +232,9 @@ def train_adapter(dataset: Dataset, base: np.ndarray, out_dir: str | Path, base_
                  protocol.split)
 
 
-def _fit_tower(model, train: list[_Examples], valid, directions, config: AdapterConfig,
-               rng: np.random.Generator, progress: bool) -> tuple[int, list[dict], float]:
+def _fit_tower(model: Tower, train: list[_Examples], valid: list[Users],
+               directions: list[Direction], config: AdapterConfig, rng: np.random.Generator,
+               progress: bool) -> tuple[int, list[dict], float]:
     """Train ``model`` on the examples until valid users stop gaining (``patience`` epochs) or
     the time budget is spent, and leave it at its best epoch. Returns that epoch, every epoch's
     loss and valid metrics, and the seconds it took."""
@@ -278,7 +285,7 @@ def _fit_tower(model, train: list[_Examples], valid, directions, config: Adapter
     return best_epoch, history, time.perf_counter() - t0
 
 
-def _validate(model, valid, directions) -> dict[str, float]:
+def _validate(model: Tower, valid: list[Users], directions: list[Direction]) -> dict[str, float]:
     """ndcg@10 and recall@10 of valid users in each direction (full ranking of the target
     domain by the model's score)."""
     import torch
