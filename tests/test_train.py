@@ -936,6 +936,29 @@ def test_domain_names_with_spaces_and_signs_go_through_every_command(tiny_model:
                for d in results["directions"])
 
 
+def test_users_missing_from_users_csv_are_reported_once(tiny_model: str, tmp_path: Path,
+                                                        caplog, monkeypatch) -> None:
+    """Training splits its dataset more than once (finetune, then the trainer; the CLI also
+    reports the split): the warning that some users are in no split came as many times."""
+    import logging
+
+    from xdretrieve.config import Settings
+    from xdretrieve.evaluate import protocol
+    from xdretrieve.train.finetune import finetune
+
+    monkeypatch.setattr(protocol, "_TOLD_UNLISTED", set())  # as in a new process
+
+    data = write_paired_dataset(tmp_path / "data", users_per_theme=5)
+    rows = (data / "users.csv").read_text().replace("-1,train", "-1,valid").splitlines()
+    (data / "users.csv").write_text("\n".join(rows[:-3]) + "\n")  # 3 users left out
+    ds = Dataset.from_dir(data)
+    with caplog.at_level(logging.WARNING):
+        finetune(ds, tmp_path / "model", Settings(model=tiny_model, cache_dir=tmp_path / "c"),
+                 AdapterConfig(dim=8, epochs=1, batch_size=8, seed=0))
+    said = [r.getMessage() for r in caplog.records if "not in users.csv" in r.getMessage()]
+    assert said == ["3 user(s) with interactions are not in users.csv; they are not used"]
+
+
 def test_a_domain_nobody_bought_from_is_left_out_of_training(tiny_model: str, tmp_path: Path,
                                                              caplog) -> None:
     """Items of a domain without a single interaction (a catalog not yet sold) do not stop

@@ -70,6 +70,9 @@ class Direction(NamedTuple):
         return cls(parts[0], parts[1])
 
 
+_TOLD_UNLISTED: set[tuple[str, int]] = set()  # (dataset, users) warned of in this process
+
+
 @dataclass(frozen=True)
 class Split:
     """Users of each split, in users.csv order (or order of first interaction without it)."""
@@ -93,7 +96,9 @@ class Split:
             by = {name: tuple(u for u, s in dataset.splits.items() if s == name)
                   for name in ("train", "valid", "test")}
             unlisted = sum(1 for u in dataset.histories if u not in dataset.splits)
-            if unlisted:
+            if unlisted and (dataset.name, unlisted) not in _TOLD_UNLISTED:
+                # once: a command splits its dataset several times (finetune said it thrice)
+                _TOLD_UNLISTED.add((dataset.name, unlisted))
                 log.warning("%d user(s) with interactions are not in users.csv; they are not used",
                             unlisted)
             if by["valid"]:
