@@ -313,6 +313,29 @@ def test_saved_statistics_reload_their_texts_and_token_index(tmp_path: Path,
         features(older, ["a0"], texts[0], ["o0", "o1", "o2"], None, zeros, zeros), expected)
 
 
+def test_a_token_index_of_ascii_words_is_built_anew(tmp_path: Path, monkeypatch) -> None:
+    """A model saved before words of any script kept an index of ASCII words ('crème' as
+    'cr' and 'me'); read as it was, a history's 'crème' would match none of its items."""
+    import re
+
+    ids = ["a0", "o0", "o1"]
+    texts = ["crème brûlée pen", "crème paper", "brûlée ink"]
+    histories = {"u0": {"arts": ("a0",), "office": ("o0", "o1")}}
+    stats = ItemStats.fit(ids, histories, ["arts", "office", "office"], texts)
+    zeros = np.zeros(2, np.float32)
+    expected = features(stats, ["a0"], texts[0], ["o0", "o1"], None, zeros, zeros)
+    np.testing.assert_allclose(expected[:, FEATURES.index("text_overlap")], [0.5, 0.5])
+    with monkeypatch.context() as m:  # as the earlier version indexed and saved them
+        m.setattr(rerank, "_TOKEN", re.compile(r"[a-z0-9]+"))
+        old = ItemStats.fit(ids, histories, ["arts", "office", "office"], texts)
+        old.save(tmp_path / "s.npz")
+    saved = {k: v for k, v in np.load(tmp_path / "s.npz").items() if k != "tokens_version"}
+    np.savez(tmp_path / "s.npz", **saved)
+    again = ItemStats.load(tmp_path / "s.npz")
+    np.testing.assert_array_equal(
+        features(again, ["a0"], texts[0], ["o0", "o1"], None, zeros, zeros), expected)
+
+
 def test_the_reranker_is_kept_per_target_domain_where_valid_users_gain(tmp_path: Path) -> None:
     """Kept for the target domains where it lifts valid users' ndcg@10 in every direction
     into them, saved with them; a re-ranker saved without the list serves every domain."""

@@ -45,6 +45,8 @@ COOCCURRENCE_HISTORY = 100
 # Words of any script: letters and digits (an ASCII class cut "für" into "f" and "r", which
 # then overlapped with every other German text)
 _TOKEN = re.compile(r"[^\W_]+")
+# Saved with a token index: an index of another version (1: ASCII words) is built anew
+TOKENS_VERSION = 2
 
 
 def tokens(text: str) -> set[str]:
@@ -324,6 +326,7 @@ class ItemStats:
             extra["text_bytes"], extra["text_offsets"] = pack_strings(self.texts)
             extra["vocab_bytes"], extra["vocab_offsets"] = pack_strings(list(self._vocab))
             extra["token_ids"], extra["token_ptr"] = self._token_ids, self._token_ptr
+            extra["tokens_version"] = np.array(TOKENS_VERSION)
         np.savez(path, ids=np.array(self.ids), popularity=self.popularity,
                  data=self.cooc.data, indices=self.cooc.indices, indptr=self.cooc.indptr, **extra)
 
@@ -339,7 +342,8 @@ class ItemStats:
             elif "texts" in z.files:  # saved before the texts were packed
                 texts = z["texts"].tolist()
             stats = cls(z["ids"].tolist(), z["popularity"], cooc, domains, texts)
-            if "token_ptr" in z.files:
+            saved = int(z["tokens_version"]) if "tokens_version" in z.files else 1
+            if "token_ptr" in z.files and saved == TOKENS_VERSION:  # else indexed when first read
                 vocab = unpack_strings(z["vocab_bytes"], z["vocab_offsets"])
                 stats._vocab = {token: k for k, token in enumerate(vocab)}
                 stats._token_ids, stats._token_ptr = z["token_ids"], z["token_ptr"]
