@@ -209,6 +209,19 @@ def test_query_batch_answers_each_user_as_its_own_query(paired_dir: Path, tmp_pa
             "--out", str(out), ok=False)
     assert r.exit_code == 1 and f"{users}, line 3: unknown user 'ghost'" in r.output
     assert out.read_text() == before
+    # or a user the store does not know gets what a user with no history gets, said so
+    r = run("query", "--store", store, "--users", str(users), "--domain", "movies",
+            "--unknown-users", "popular", "--out", str(out))
+    assert "1 of 2 users unknown to the store got the most popular items of movies" in r.output
+    known, ghost = (json.loads(line) for line in out.read_text().splitlines())
+    assert known["user_id"] == "u3-0" and known["query"].startswith("user u3-0")
+    nobody = json.loads(run("query", "--store", store, "--history", "", "--domain", "movies",
+                            "--json").output)
+    assert ghost == {**nobody, "user_id": "ghost",
+                     "query": "unknown user ghost: the most popular items"}
+    r = run("query", "--store", store, "--user", "ghost", "--domain", "movies",
+            "--unknown-users", "popular", ok=False)
+    assert r.exit_code == 2 and "--unknown-users goes with --users" in r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "recs.jsonl", "store",
                                                           "users.txt"]
     r = run("query", "--store", store, "--users", "-", "--domain", "music", input="u3-0\n",

@@ -13,6 +13,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -186,6 +187,12 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
 @click.option("--out", type=UserPath(dir_okay=False, path_type=Path),
               help="With --users: write the JSON Lines here (replaced whole when the batch is "
                    "done, untouched if it fails) instead of to standard output.")
+@click.option("--unknown-users", type=click.Choice(["stop", "popular"]), default="stop",
+              show_default=True,
+              help="With --users: what an id the store does not know gets. 'stop': the batch "
+                   "stops naming its line (a typo, or a table given for a column); 'popular': "
+                   "the target domain's most popular items, as a user with no history gets "
+                   "(its answer says so), and a count of such users at the end.")
 @click.option("--domain", required=True, help="The target domain to recommend from.")
 @click.option("--limit", "-k", type=click.IntRange(1, 10_000), default=10, show_default=True,
               help="How many items to return (the k of top-k).")
@@ -199,8 +206,8 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
 @store_options
 @fail_cleanly
 def query(user_id: str | None, history: str | None, text: str | None, users_file: TextIO | None,
-          out: Path | None, domain: str, limit: int, as_json: bool, explain: bool,
-          store: Path | None, url: str | None, model: str | None) -> None:
+          out: Path | None, unknown_users: str, domain: str, limit: int, as_json: bool,
+          explain: bool, store: Path | None, url: str | None, model: str | None) -> None:
     """Recommend items of --domain for a user, a history, a text or a batch of users.
 
     \b
@@ -217,9 +224,13 @@ def query(user_id: str | None, history: str | None, text: str | None, users_file
         raise click.UsageError("give exactly one of --user, --history, --text, --users")
     if out is not None and users_file is None:
         raise click.UsageError("--out goes with --users (one answer prints to standard output)")
+    if unknown_users != "stop" and users_file is None:
+        raise click.UsageError("--unknown-users goes with --users (--user names one user, and "
+                               "--history '' is a user with no history)")
     with Retriever(make_settings(store=store, url=url, model=model)) as retriever:
         if users_file is not None:
-            return _query_batch(retriever, users_file, out, domain, limit, explain)
+            return _query_batch(retriever, users_file, out, domain, limit, explain,
+                                popular_for_unknown=unknown_users == "popular")
         if user_id is not None:
             q = retriever.user_query(user_id.strip(), domain)  # ids are read stripped
         elif history is not None:
@@ -255,10 +266,11 @@ def _answer(q: Any, domain: str, hits: Sequence[Any], explain: bool) -> dict[str
 
 
 def _query_batch(retriever: Any, users_file: TextIO, out: Path | None, domain: str,
-                 limit: int, explain: bool) -> None:
+                 limit: int, explain: bool, popular_for_unknown: bool = False) -> None:
     """Answer every user id of ``users_file`` into JSON Lines. An unknown user stops the batch
-    with the file and line; ``out`` is written to a temporary file beside it and moved over it
-    only when every user is answered, so a failed or interrupted run leaves it as it was."""
+    with the file and line, or (``popular_for_unknown``) gets the answer of a user with no
+    history; ``out`` is written to a temporary file beside it and moved over it only when
+    every user is answered, so a failed or interrupted run leaves it as it was."""
     from tqdm.auto import tqdm
 
     from xdretrieve.errors import NotFoundError
@@ -281,14 +293,19 @@ def _query_batch(retriever: Any, users_file: TextIO, out: Path | None, domain: s
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # the umask's mode, as `out`
         sink = open(tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed below, then moved
+    unknown = 0
     try:
         for n, user in tqdm(users, desc=f"recommending {domain}", unit="user", disable=None):
             try:
                 q = retriever.user_query(user, domain)
             except NotFoundError as e:
-                hint = (" (one id per line: the file looks like a table; give its user_id "
-                        "column)" if "," in user or "\t" in user else "")
-                raise click.ClickException(f"{where}, line {n}: {e}{hint}") from e
+                if not popular_for_unknown:  # (the domain was checked: the user is unknown)
+                    hint = (" (one id per line: the file looks like a table; give its user_id "
+                            "column)" if "," in user or "\t" in user else "")
+                    raise click.ClickException(f"{where}, line {n}: {e}{hint}") from e
+                unknown += 1
+                q = replace(retriever.history_query([], domain),
+                            source=f"unknown user {user}: the most popular items")
             answer = _answer(q, domain, retriever.search(q, domain, limit), explain)
             sink.write(json.dumps({"user_id": user, **answer}) + "\n")
         if tmp is not None:
@@ -297,6 +314,9 @@ def _query_batch(retriever: Any, users_file: TextIO, out: Path | None, domain: s
             tmp = None
             click.echo(f"wrote {len(users):,} answer{'' if len(users) == 1 else 's'} to {out}",
                        err=True)
+        if unknown:
+            click.echo(f"{unknown:,} of {len(users):,} users unknown to the store got the most "
+                       f"popular items of {domain}", err=True)
     finally:
         if tmp is not None:
             sink.close()
