@@ -342,6 +342,44 @@ def test_evaluate_says_when_its_xdretrieve_row_is_an_untrained_encoder(
     assert "note:" not in r.output  # no such row, no note
 
 
+def test_a_full_disk_is_one_line_and_index_writes_nothing_first(
+        tmp_path: Path, paired_dir: Path, monkeypatch) -> None:
+    """Before: 'Bus error' (the engine's memory-mapped write on a full disk, exit 135), or its
+    'No space left on device' as a traceback."""
+    from collections import namedtuple
+
+    from xdretrieve import indexer
+    from xdretrieve.store import edge
+
+    monkeypatch.setenv("XDR_CACHE_DIR", str(tmp_path / "cache"))
+    store = tmp_path / "store"
+    full = namedtuple("usage", "total used free")(1 << 30, 1 << 30, 4096)
+    with monkeypatch.context() as m:
+        m.setattr(edge.shutil, "disk_usage", lambda path: full)
+        r = run("index", "--data", str(paired_dir), "--store", str(store), "-q", ok=False)
+    assert r.exit_code == 1 and "Error: not enough disk space for the store" in r.output
+    assert "0.0 MB are free; free some, or give --store another disk" in r.output
+    assert not store.exists()  # refused before the first write
+
+    def engine_out_of_space(*_args: object, **_kwargs: object) -> None:
+        raise Exception("Service runtime error: IO Error: Failed to flush segment.json: No space "
+                        "left on device (os error 28)")
+
+    monkeypatch.setattr(indexer, "index_dataset", engine_out_of_space)
+    r = run("index", "--data", str(paired_dir), "--store", str(store), "-q", ok=False)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert ("Error: out of disk space (Service runtime error: IO Error: Failed to flush "
+            "segment.json: No space left on device (os error 28)): free some and run the command "
+            "again (index goes on from what it wrote)") in r.output
+
+    def engine_bug(*_args: object, **_kwargs: object) -> None:
+        raise Exception("Service runtime error: something else")
+
+    monkeypatch.setattr(indexer, "index_dataset", engine_bug)
+    with pytest.raises(Exception, match="something else"):  # a bug stays a traceback
+        run("index", "--data", str(paired_dir), "--store", str(store), "-q", ok=False)
+
+
 def test_paths_that_cannot_be_written_fail_before_the_work(tmp_path: Path, paired_dir: Path,
                                                            monkeypatch) -> None:
     """An output folder under a file is refused when the option is read (a usage error: no data

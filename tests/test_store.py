@@ -213,6 +213,36 @@ def test_edge_store_persists(tmp_path: Path, points) -> None:
     again.close()
 
 
+def test_an_edge_store_refuses_points_its_disk_has_no_room_for(tmp_path: Path, points,
+                                                                monkeypatch) -> None:
+    """The engine writes through memory maps: on a full disk it died of SIGBUS ('Bus error',
+    exit 135, no message) in the middle of the write. Now the points' size is checked first:
+    one line, nothing written, the store as it was."""
+    from collections import namedtuple
+
+    from xdretrieve.errors import StoreError
+    from xdretrieve.store import edge
+
+    ids, vectors, payloads = points
+    s = EdgeStore(tmp_path / "edge")
+    load(s, points)
+    held = sum(f.stat().st_blocks * 512 for f in (tmp_path / "edge").rglob("*") if f.is_file())
+    more = [{**p, "item_id": p["item_id"] + "x"} for p in payloads]
+    need = 2 * N * DIM * 4 + sum(len(json.dumps(p)) for p in more)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(edge.shutil, "disk_usage", lambda path: usage(1 << 40, 0, need - 1))
+    with pytest.raises(StoreError, match=rf"not enough disk space for the store .*edge: 600 "
+                                         rf"points take about {need / 2**20:.1f} MB"):
+        s.upsert(ITEMS, [item_point_id(p["item_id"]) for p in more], vectors, more)
+    assert s.count(ITEMS) == N
+    s.check_space(DIM, more, replacing=True)  # what the store holds would be freed first
+    assert held > 1  # (the case is not trivial: the store's files hold something)
+    monkeypatch.setattr(edge.shutil, "disk_usage", lambda path: usage(1 << 40, 0, need))
+    s.upsert(ITEMS, [item_point_id(p["item_id"]) for p in more], vectors, more)
+    assert s.count(ITEMS) == 2 * N
+    s.close()
+
+
 def test_edge_store_open_twice_is_a_clear_error(tmp_path: Path, points) -> None:
     from xdretrieve.errors import StoreError
 

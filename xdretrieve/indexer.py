@@ -223,6 +223,9 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
         raise AssertionError("no vectors and nothing to embed")  # read_items rejects empty files
 
     t = time.perf_counter()
+    written = todo + rewrite
+    # before anything is dropped or written: a full disk is refused, not met halfway
+    store.check_space(dim, [payloads[i] for i in written], replacing=replace)
     if replace:
         for collection in (ITEMS, USERS):
             if store.exists(collection):
@@ -232,7 +235,6 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
         # vectors the store holds, and a query knows the store is not complete yet
         info = _store_info(ref, dim, dataset.domains, settings, None, True, complete=False)
         store.write_info(info)
-    written = todo + rewrite
     if written:
         store.upsert(ITEMS, [item_point_id(i) for i in written],
                      np.stack([vectors[i] for i in written]), [payloads[i] for i in written],

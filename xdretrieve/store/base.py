@@ -231,6 +231,12 @@ class VectorStore(ABC):
     def close(self) -> None:  # noqa: B027 - optional for backends
         """Release files and connections."""
 
+    def check_space(self, dim: int, payloads: Sequence[dict[str, Any]],  # noqa: B027
+                    replacing: bool = False) -> None:
+        """Refuse, before writing, points of ``dim`` and these payloads that cannot fit where
+        the store keeps its files (``replacing``: what the store holds is dropped first, so its
+        space counts as free). A server keeps its own disk: nothing to check here."""
+
     # -- shared logic ------------------------------------------------------------------------
     def ensure(self, collection: str, dim: int, keyword_fields: Sequence[str] = ("domain",)) -> None:
         if not self.exists(collection):

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
@@ -208,8 +209,6 @@ class EdgeStore(VectorStore):
         self._sets[collection] = ShardSet.create(self._dir(collection), self.path, spec, by_domain)
 
     def drop(self, collection: str) -> None:
-        import shutil
-
         sset = self._sets.pop(collection, None)
         if sset is not None:
             sset.close()
@@ -227,9 +226,31 @@ class EdgeStore(VectorStore):
             write_points(sset.shard_for_writing(domain), [ids[k] for k in rows], vectors[rows],
                          [payloads[k] for k in rows])
 
+    def check_space(self, dim: int, payloads: Sequence[dict[str, Any]],
+                    replacing: bool = False) -> None:
+        # The engine writes through memory maps of files it sized in advance (sparse): on a
+        # full disk a write to one kills the process with SIGBUS ("Bus error"), no message.
+        # About what the points' files take is checked first: twice their float32 vectors
+        # and their payloads' JSON (the files of stores measured 1.6-2.2 times the vectors and
+        # half the JSON, with the index; building it needs room of its own besides).
+        need = 2 * len(payloads) * dim * 4 + sum(len(json.dumps(p, default=str))
+                                                 for p in payloads)
+        where = self.path
+        while not where.exists():
+            where = where.parent
+        free = shutil.disk_usage(where).free
+        if replacing and self.path.is_dir():  # what the store's files hold now is freed first
+            free += sum(f.stat().st_blocks * 512 for f in self.path.rglob("*") if f.is_file())
+        if need > free:
+            raise StoreError(f"not enough disk space for the store {self.path}: {len(payloads):,} "
+                             f"points take about {need / 2**20:,.1f} MB, "
+                             f"{free / 2**20:,.1f} MB are free; free some, or give --store "
+                             f"another disk")
+
     def upsert(self, collection: str, ids: Sequence[PointId], vectors: np.ndarray,
                payloads: Sequence[dict[str, Any]], progress: bool = False) -> None:
         vectors = checked_vectors(ids, vectors, payloads)
+        self.check_space(vectors.shape[1] if vectors.ndim == 2 else 0, payloads)
         sset = self._set(collection)
         large = sset.by_domain and len(ids) > edge_load.PARALLEL_MIN_POINTS
         groups = sset.route(payloads) if large else {}
