@@ -688,6 +688,25 @@ def test_evaluate_runs_ablation_rows_side_by_side(trained, tmp_path: Path,
     assert bad.exit_code == 2 and "is not NAME=DIR" in bad.output
 
 
+def test_finetune_refuses_a_trained_model_as_its_base_before_reading_data(
+        trained, tmp_path: Path) -> None:
+    """Before: the data was read (and a bad row in it reported first), then the refusal."""
+    from click.testing import CliRunner
+
+    from xdretrieve.cli import main
+
+    tmp, _, _, _ = trained
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "items.jsonl").write_text('{"item_id": "x", "domain": "books", "title": ""}\n')
+    (data / "interactions.csv").write_text("user_id,item_id\nu,x\n")
+    r = CliRunner().invoke(main, ["finetune", "--data", str(data), "--out", str(tmp_path / "m"),
+                                  "--model", str(tmp / "model")])
+    assert r.exit_code == 2 and "a model directory `xdretrieve finetune` wrote cannot be " \
+        "trained again: give the encoder it started from" in r.output
+    assert "title" not in r.output and not (tmp_path / "m").exists()
+
+
 def test_items_by_bias_beyond_the_search_are_scored_in_memory(trained, tmp_path: Path,
                                                               monkeypatch) -> None:
     """Items beyond the search (the re-ranker's co-occurring candidates) are scored exactly as

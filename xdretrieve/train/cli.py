@@ -128,7 +128,10 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
             "hard_negatives": hard_negatives, "num_workers": workers,
             "gradient_checkpointing": gradient_checkpointing}.items() if v is not None})
     settings = make_settings(model=model, device=device)
-    resolve_model(settings.model)  # a wrong --model fails before the data is read
+    if resolve_model(settings.model).trained is not None:  # (a wrong one fails here too)
+        raise click.BadParameter("a model directory `xdretrieve finetune` wrote cannot be "
+                                 "trained again: give the encoder it started from",
+                                 param_hint="'--model'")
     dataset = read_dataset(data, skip_bad_rows, rejects)
     split = Protocol(dataset).split
     source = ("users.*, which names no valid users: drawn from its train users, as "
