@@ -707,6 +707,35 @@ def test_finetune_refuses_a_trained_model_as_its_base_before_reading_data(
     assert "title" not in r.output and not (tmp_path / "m").exists()
 
 
+def test_info_summarises_the_trained_model_of_a_store(trained, tmp_path: Path) -> None:
+    """Before, `info` named the model's folder and nothing it had learned."""
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from xdretrieve.cli import main
+    from xdretrieve.config import Settings
+    from xdretrieve.indexer import index_dataset
+
+    tmp, ds, _, manifest = trained
+    model = tmp_path / "model"
+    shutil.copytree(tmp / "model", model)
+    store = tmp_path / "store"
+    index_dataset(ds, Settings(store=store, model=str(model), cache_dir=tmp / "cache"))
+    out = json.loads(CliRunner().invoke(main, ["info", "--store", str(store)]).output)["model"]
+    best = manifest["history"][manifest["best_epoch"] - 1]
+    assert out["kind"] == "adapter" and out["best_epoch"] == manifest["best_epoch"]
+    assert out["users"] == manifest["split"] and out["epochs"] == len(manifest["history"])
+    assert out["valid"] == {k: round(v, 4) for k, v in best.items() if "/" in k}
+    kept = manifest["reranker"]["kept"]
+    assert out["reranker"] == (f"served into {', '.join(kept)}" if kept else
+                               "served nowhere (no target domain gained on valid users)")
+    shutil.rmtree(model)
+    out = json.loads(CliRunner().invoke(main, ["info", "--store", str(store)]).output)["model"]
+    assert out == f"not found at {model.resolve()} (moved? give --model where it is now)"
+
+
 def test_items_by_bias_beyond_the_search_are_scored_in_memory(trained, tmp_path: Path,
                                                               monkeypatch) -> None:
     """Items beyond the search (the re-ranker's co-occurring candidates) are scored exactly as
