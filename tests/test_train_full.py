@@ -246,12 +246,20 @@ def test_saved_encoder_is_the_selected_epoch(trained) -> None:
 
 
 def test_full_model_through_index_and_query(trained, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from xdretrieve.cli import main
     from xdretrieve.config import Settings
 
-    tmp, ds, _ = trained
+    tmp, ds, manifest = trained
     settings = Settings(store=tmp_path / "store", model=str(tmp / "model"),
                         cache_dir=tmp / "cache", device="cpu")
     check_trained_model_store(tmp / "model", ds, settings)
+    said = json.loads(CliRunner().invoke(main, ["info", "--store", str(settings.store)]).output)
+    assert said["model"]["kind"] == "full"  # and what the encoder's fine-tuning did
+    assert said["model"]["base_model"] == manifest["finetune"]["base_model"]
+    assert said["model"]["encoder_fine_tuning"] == {k: manifest["finetune"][k] for k in (
+        "device", "world_size", "pairs", "epochs", "best_epoch", "pairs_per_s", "seconds")}
 
 
 def test_tokenizing_workers_scale_with_the_cores_of_each_training_process(monkeypatch) -> None:
