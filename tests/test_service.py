@@ -115,6 +115,7 @@ def test_operations_endpoints(client: httpx.Client) -> None:
     assert ready.json()["items"] >= 2 * len(THEMES)
     info = client.get("/info").json()
     assert info["encoder"] == "all-MiniLM-L6-v2" and info["dim"] == 384
+    assert info["model"] is None  # a pretrained encoder: nothing learned to summarise
     assert {"books", "movies"} <= set(info["domains"])
     assert info["points"]["users"] == 2 * 3 * len(THEMES) - len(THEMES)  # test users: books only
     schema = client.get("/openapi.json").json()

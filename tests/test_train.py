@@ -471,12 +471,15 @@ def test_the_http_service_serves_a_trained_store(trained, tmp_path: Path) -> Non
     has no adapter for refused with 400 and the store left as it was."""
     pytest.importorskip("fastapi", reason="the serve extra is not installed")
     httpx = pytest.importorskip("httpx")
+    import json
+
     from tests.test_service import LiveServer
     from xdretrieve.config import Settings
     from xdretrieve.indexer import index_dataset
+    from xdretrieve.model import model_summary
     from xdretrieve.service import create_app
 
-    tmp, ds, _, _ = trained
+    tmp, ds, _, manifest = trained
     settings = Settings(store=tmp_path / "store", model=str(tmp / "model"),
                         cache_dir=tmp / "cache")
     index_dataset(ds, settings)
@@ -501,7 +504,10 @@ def test_the_http_service_serves_a_trained_store(trained, tmp_path: Path) -> Non
         song = {"item_id": "song-1", "domain": "music", "title": "A song"}
         r = c.put("/items", json={"items": [song]})
         assert r.status_code == 400 and "not music" in r.json()["detail"]
-        assert c.get("/info").json()["domains"] == ["books", "movies"]
+        info = c.get("/info").json()
+        assert info["domains"] == ["books", "movies"]
+        assert info["model"] == json.loads(json.dumps(model_summary(tmp / "model")))
+        assert info["model"]["best_epoch"] == manifest["best_epoch"]  # as `info` shows it
 
 
 def test_a_domain_the_model_was_not_trained_on_is_refused_before_any_work(

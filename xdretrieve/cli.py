@@ -358,33 +358,11 @@ def info(store: Path | None, url: str | None, model: str | None) -> None:
             raise click.ClickException(f"no xdretrieve store at {settings.url or settings.store}")
         out = meta.summary()
         out["points"] = {c: s.count(c) for c in (ITEMS, USERS) if s.exists(c)}
-    trained = meta.extra.get("trained")
-    if trained:
-        out["model"] = _model_summary(Path(trained))
+    if meta.extra.get("trained"):
+        from xdretrieve.model import model_summary
+
+        out["model"] = model_summary(Path(meta.extra["trained"]))
     click.echo(json.dumps(out, indent=2))
-
-
-def _model_summary(path: Path) -> dict[str, Any] | str:
-    """What a store's trained model learned, from its manifest: how, on which users, its best
-    epoch's valid metrics, and where its re-ranker serves."""
-    from xdretrieve.model import is_model_dir, read_manifest
-
-    if not is_model_dir(path):
-        return f"not found at {path} (moved? give --model where it is now)"
-    m = read_manifest(path)
-    best = next((h for h in m["history"] if h["epoch"] == m["best_epoch"]), {})
-    kept = (m.get("reranker") or {}).get("kept")
-    summary = {
-        "kind": m["kind"], "base_model": m.get("finetune", {}).get("base_model", m["base_model"]),
-        "trained_at": m["created_at"], "users": m.get("split"), "best_epoch": m["best_epoch"],
-        "epochs": len(m["history"]), "valid": {k: round(v, 4) for k, v in best.items() if "@" in k},
-        "reranker": ("none" if not m.get("reranker") else f"served into {', '.join(kept)}" if kept
-                     else "served nowhere (no target domain gained on valid users)")}
-    if "finetune" in m:  # full mode: the encoder's own fine-tuning
-        ft = m["finetune"]
-        summary["encoder_fine_tuning"] = {k: ft.get(k) for k in (
-            "device", "world_size", "pairs", "epochs", "best_epoch", "pairs_per_s", "seconds")}
-    return summary
 
 
 @main.command()

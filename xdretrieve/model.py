@@ -40,6 +40,27 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return json.loads((Path(path) / MANIFEST).read_text())
 
 
+def model_summary(path: Path) -> dict[str, Any] | str:
+    """What a store's trained model learned, from its manifest: how, on which users, its best
+    epoch's valid metrics, and where its re-ranker serves."""
+    if not is_model_dir(path):
+        return f"not found at {path} (moved? give --model where it is now)"
+    m = read_manifest(path)
+    best = next((h for h in m["history"] if h["epoch"] == m["best_epoch"]), {})
+    kept = (m.get("reranker") or {}).get("kept")
+    summary = {
+        "kind": m["kind"], "base_model": m.get("finetune", {}).get("base_model", m["base_model"]),
+        "trained_at": m["created_at"], "users": m.get("split"), "best_epoch": m["best_epoch"],
+        "epochs": len(m["history"]), "valid": {k: round(v, 4) for k, v in best.items() if "@" in k},
+        "reranker": ("none" if not m.get("reranker") else f"served into {', '.join(kept)}" if kept
+                     else "served nowhere (no target domain gained on valid users)")}
+    if "finetune" in m:  # full mode: the encoder's own fine-tuning
+        ft = m["finetune"]
+        summary["encoder_fine_tuning"] = {k: ft.get(k) for k in (
+            "device", "world_size", "pairs", "epochs", "best_epoch", "pairs_per_s", "seconds")}
+    return summary
+
+
 def pretrained_base(model: str) -> str:
     """The encoder that ``model`` started from before any training: ``model`` itself for an
     encoder; for a trained model directory, the encoder its manifest names (for full mode, the

@@ -29,6 +29,7 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,6 +45,7 @@ from xdretrieve.errors import (
     StoreError,
     XDRetrieveError,
 )
+from xdretrieve.model import model_summary
 from xdretrieve.retriever import Hit, Query, Retriever
 from xdretrieve.service_models import (
     DeleteRequest,
@@ -338,7 +340,9 @@ class Service:
             where = self.settings.url or self.settings.store
             raise StoreError(f"no xdretrieve store at {where}: run `xdretrieve index` first")
         points = {c: self.store.count(c) for c in (ITEMS, USERS) if self.store.exists(c)}
-        return InfoResponse(**info.summary(), points=points)
+        trained = info.extra.get("trained")
+        return InfoResponse(**info.summary(), points=points,
+                            model=model_summary(Path(trained)) if trained else None)
 
     def close(self) -> None:
         if self._retriever is not None:

@@ -167,6 +167,9 @@ class InfoResponse(BaseModel):
     updated_at: str
     extra: dict[str, Any] = Field(default_factory=dict)
     points: dict[str, int] = Field(description="Points per collection (items, users).")
+    model: dict[str, Any] | str | None = Field(
+        default=None, description="What the store's trained model learned (`xdretrieve info`'s "
+                                  "`model`); null for a store of a pretrained encoder.")
 
 
 class ErrorResponse(BaseModel):
