@@ -570,8 +570,17 @@ def test_a_moved_or_changed_trained_model_is_found_or_refused(trained, tmp_path:
         weights = dict(z)
     weights["bias"] = weights["bias"] + 1.0  # as if retrained in place
     np.savez(moved / "weights.npz", **weights)
-    with pytest.raises(EncoderMismatchError, match="changed or retrained since"):
+    with pytest.raises(EncoderMismatchError, match="changed or retrained since; re-index with "
+                       rf"it \(`xdretrieve index --data DIR --model {moved} --recreate`\)"):
         Retriever(plain)
+    # what it says works (before, it said `index --model` alone, which index then refused,
+    # telling to index with --model and the very same directory)
+    with pytest.raises(EncoderMismatchError, match="changed or retrained since it built the "
+                                                   "store: add --recreate"):
+        index_dataset(ds, given)
+    index_dataset(ds, given, recreate=True)
+    with Retriever(plain) as r:
+        assert r.recommend_history(["book-1"], "movies", 1)
 
 
 def test_the_reranker_is_served_the_towers_exact_best(trained, tmp_path: Path) -> None:

@@ -174,10 +174,12 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
         check_domains(ref.trained, read_manifest(ref.trained)["domains"], dataset.domains)
     info = None if recreate else store.read_info()
     if info is not None:
-        info.check_encoder(ref.name, ref.fingerprint,
-                           f"index with --model '{info.encoder}', add --recreate to replace what "
-                           f"the store holds with the new encoder's vectors, or index into a new "
-                           f"store")
+        info.check_encoder(ref.name, ref.fingerprint, (
+            "it was changed or retrained since it built the store: add --recreate to replace "
+            "the store's vectors with its own, or index into a new store"
+            if ref.name == info.encoder else
+            f"index with --model '{info.encoder}', add --recreate to replace what the store "
+            f"holds with the new encoder's vectors, or index into a new store"))
     # Without build info (a new store, --recreate, or a store an older release left half built)
     # no stored vector is known to be this encoder's: everything is embedded, and what the
     # store holds is dropped only then, so an interrupted --recreate leaves the old store whole.

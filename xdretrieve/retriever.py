@@ -179,8 +179,9 @@ class Retriever:
                 raise EncoderMismatchError(
                     f"the trained model at '{path}' is not the one that built this store "
                     f"(fingerprint {found}, the store's {self.info.fingerprint}): it was changed "
-                    f"or retrained since; re-index with it (`xdretrieve index --model {path}`), "
-                    f"or pass --model with the directory of the model that built the store")
+                    f"or retrained since; re-index with it (`xdretrieve index --data DIR --model "
+                    f"{path} --recreate`), or pass --model with the directory of the model that "
+                    f"built the store")
         return model
 
     # -- building queries ----------------------------------------------------------------------
