@@ -560,7 +560,9 @@ def test_a_moved_or_changed_trained_model_is_found_or_refused(trained, tmp_path:
 
     expected = answers(plain)
     model_dir.rename(moved)
-    with pytest.raises(StoreError, match=f"trained model '{model_dir}', which is not there"):
+    with pytest.raises(StoreError, match=f"trained model '{model_dir}', which is not there.*"
+                                         r"another model \(`xdretrieve index --data DIR --model "
+                                         r"MODEL_DIR --recreate`\)"):
         Retriever(plain)
     given = plain.model_copy(update={"model": str(moved)})
     assert answers(given) == expected

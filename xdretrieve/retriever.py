@@ -170,8 +170,9 @@ class Retriever:
         if not is_model_dir(path):
             raise StoreError(
                 f"this store was built with the trained model '{path}', which is not there any "
-                f"more (no {MANIFEST}): pass --model with that model's directory (fingerprint "
-                f"{self.info.fingerprint}), or re-index with `xdretrieve index --model DIR`")
+                f"more (no {MANIFEST}): pass --model with that model's directory where it is "
+                f"now (fingerprint {self.info.fingerprint}), or re-index with another model "
+                f"(`xdretrieve index --data DIR --model MODEL_DIR --recreate`)")
         model = TrainedModel.load(path)
         if given is None:
             found = trained_fingerprint(path, model.manifest["base_fingerprint"])
