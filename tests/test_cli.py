@@ -317,15 +317,26 @@ def test_running_out_of_memory_is_one_line(tmp_path: Path, paired_dir: Path,
     assert "Traceback" not in r.output
 
 
-def test_a_wrong_model_fails_before_the_data_is_read(tmp_path: Path, paired_dir: Path) -> None:
+def test_a_wrong_model_or_output_folder_fails_before_the_data_is_read(
+        tmp_path: Path, paired_dir: Path, tiny_model: str) -> None:
     """Before, index and finetune read (and validated) the whole dataset first: on a large
-    catalog a mistyped --model was reported only after that wait, or after its bad rows."""
+    catalog a mistyped --model, or an --out / --store that is a folder of other files, was
+    reported only after that wait, or after its bad rows."""
     data = data_with_an_empty_title(tmp_path, paired_dir)  # reading it would fail
     for args in (["index", "--store", str(tmp_path / "s.xdr")],
                  ["finetune", "--out", str(tmp_path / "m")]):
         r = run(*args, "--data", str(data), "--model", str(tmp_path / "no-such-model"), ok=False)
         assert r.exit_code == 1 and "is not a local sentence-transformers model" in r.output
         assert "title" not in r.output and not (tmp_path / "s.xdr").exists()
+    others = tmp_path / "others"
+    others.mkdir()
+    (others / "notes.txt").write_text("mine")
+    r = run("index", "--data", str(data), "--store", str(others), ok=False)
+    assert r.exit_code == 2 and "holds other files (notes.txt) and no xdretrieve store" in r.output
+    r = run("finetune", "--data", str(data), "--out", str(others), "--model", tiny_model,
+            ok=False)
+    assert r.exit_code == 2 and "exists and is not an xdretrieve model directory" in r.output
+    assert "title" not in r.output and sorted(p.name for p in others.iterdir()) == ["notes.txt"]
 
 
 def test_evaluate_says_when_its_xdretrieve_row_is_an_untrained_encoder(

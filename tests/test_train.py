@@ -822,7 +822,8 @@ def test_cli_finetune_writes_its_model_directory_whole_or_not_at_all(tiny_model:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "data", "model"]
     listing = sorted(p.name for p in data.iterdir())
     refused = CliRunner().invoke(main, [*args[:3], "--out", str(data), *args[5:]])
-    assert refused.exit_code == 1 and "is not an xdretrieve model directory" in refused.output
+    # a usage error, before the data is read
+    assert refused.exit_code == 2 and "is not an xdretrieve model directory" in refused.output
     assert sorted(p.name for p in data.iterdir()) == listing
     # the current folder, even empty, is refused (publishing renames it; before: a traceback,
     # "PosixPath('.') has an empty name"); a name that leads elsewhere is where it leads
@@ -830,7 +831,7 @@ def test_cli_finetune_writes_its_model_directory_whole_or_not_at_all(tiny_model:
     here.mkdir()
     monkeypatch.chdir(here)
     refused = CliRunner().invoke(main, [*args[:3], "--out", ".", *args[5:]])
-    assert refused.exit_code == 1 and ". is the current folder" in refused.output
+    assert refused.exit_code == 2 and ". is the current folder" in refused.output
     assert finetune().exit_code == 0 and sorted(p.name for p in here.iterdir()) == []
     (here / "sub").mkdir()
     monkeypatch.chdir(here / "sub")

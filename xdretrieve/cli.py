@@ -130,13 +130,15 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
     """
     from xdretrieve.encoder import resolve_model
     from xdretrieve.indexer import index_dataset
+    from xdretrieve.store.edge import store_dir_problem
 
     if data is None and (items is None or interactions is None):
         raise click.UsageError("give --data DIR, or both --items and --interactions")
     settings = make_settings(store=store, url=url, model=model, pooling=pooling, device=device,
                              batch_size=batch_size)
-    problem = None if settings.url else output_dir_problem(Path(settings.store))
-    if problem is not None:  # before the data is read, not after
+    # before the data is read, not after: a folder that cannot be made, or one of other files
+    problem = None if settings.url else store_dir_problem(Path(settings.store))
+    if problem is not None:
         raise click.BadParameter(problem, param_hint="'--store'")
     resolve_model(settings.model)  # a wrong --model, too
     dataset = read_dataset(data, skip_bad_rows, rejects, items, interactions)

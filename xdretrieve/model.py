@@ -84,6 +84,21 @@ def check_domains(path: str | Path, known: Sequence[str], wanted: Sequence[str])
             f"finetune`), or index without --model")
 
 
+def model_out_problem(out: str | Path) -> str | None:
+    """Why a model cannot be written to ``out`` (the current folder, a file, a folder of other
+    things), or None: a typo in ``--out`` must not scatter files into a folder or replace it."""
+    resolved = Path(out).resolve()  # '.', 'models/..': a folder with a name to rename
+    # publishing renames the folder: a shell in it would be left in a deleted folder
+    if resolved == Path.cwd().resolve():
+        return (f"{out} is the current folder: give the model a folder of its own (e.g. "
+                f"--out shop.model)")
+    if resolved.exists() and not (resolved.is_dir() and (
+            is_model_dir(resolved) or not any(resolved.iterdir()))):
+        return (f"{resolved} exists and is not an xdretrieve model directory (no {MANIFEST}): "
+                f"give --out a new or empty folder, or one that a model was written to")
+    return None
+
+
 class StagedModelDir:
     """A model directory written whole or not at all: training writes into ``path``, a hidden
     sibling of ``out``, and :meth:`publish` puts it in ``out``'s place (an earlier model there
@@ -98,15 +113,9 @@ class StagedModelDir:
         from xdretrieve.errors import XDRetrieveError
 
         self.out = Path(out).resolve()  # '.', 'models/..': a folder with a name to rename
-        if self.out == Path.cwd().resolve():  # publishing renames it: the shell would be left
-            raise XDRetrieveError(  # in a deleted folder
-                f"{out} is the current folder: give the model a folder of its own (e.g. "
-                f"--out shop.model)")
-        if self.out.exists() and not (self.out.is_dir() and (
-                is_model_dir(self.out) or not any(self.out.iterdir()))):
-            raise XDRetrieveError(
-                f"{self.out} exists and is not an xdretrieve model directory (no {MANIFEST}): "
-                f"give --out a new or empty folder, or one that a model was written to")
+        problem = model_out_problem(out)
+        if problem is not None:
+            raise XDRetrieveError(problem)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.writing-",
                                           dir=self.out.parent))

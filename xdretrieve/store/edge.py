@@ -84,6 +84,25 @@ _SCROLL_PAGE = 2048
 _NO_PAYLOAD: dict[str, Any] = {}
 
 
+def store_dir_problem(path: Path) -> str | None:
+    """Why an embedded store cannot be written at ``path``, or None. A store is written into a
+    new folder that can be made, an empty one, or one it already holds: never among other
+    files (``--store .`` or a data folder by mistake), whose ``items/`` or ``users/`` a
+    ``--recreate`` would delete."""
+    if not path.is_dir():
+        problem = output_dir_problem(path)
+        return None if problem is None else f"the store {path} cannot be made: {problem}"
+    if (path / INFO_FILE).exists():
+        return None
+    own = (LOCK_FILE, INFO_FILE + ".tmp", "items", "users")  # what a first run leaves
+    others = sorted(p.name for p in path.iterdir() if p.name not in own)
+    if not others:
+        return None
+    shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+    return (f"{path} holds other files ({shown}) and no xdretrieve store: a store is a folder "
+            f"of its own (new or empty before the first index)")
+
+
 class EdgeStore(VectorStore):
     """Store in a local directory, no server.
 
@@ -152,24 +171,9 @@ class EdgeStore(VectorStore):
         self._unlock = weakref.finalize(self, handle.close)
 
     def _refuse_a_foreign_folder(self) -> None:
-        """A store is written into a new folder that can be made, an empty one, or one it
-        already holds: never among other files (``--store .`` or a data folder by mistake),
-        whose ``items/`` or ``users/`` a ``--recreate`` would delete."""
-        if not self.path.is_dir():
-            problem = output_dir_problem(self.path)
-            if problem is not None:
-                raise StoreError(f"the store {self.path} cannot be made: {problem}")
-            return
-        if (self.path / INFO_FILE).exists():
-            return
-        own = (LOCK_FILE, INFO_FILE + ".tmp", "items", "users")  # what a first run leaves
-        others = sorted(p.name for p in self.path.iterdir() if p.name not in own)
-        if others:
-            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3
-                                             else "")
-            raise StoreError(f"{self.path} holds other files ({shown}) and no xdretrieve store: "
-                             f"a store is a folder of its own (new or empty before the first "
-                             f"index)")
+        problem = store_dir_problem(self.path)
+        if problem is not None:
+            raise StoreError(problem)
 
     def _set(self, collection: str) -> ShardSet:
         found = self._sets.get(collection)

@@ -104,6 +104,7 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
     from xdretrieve.cli import make_settings
     from xdretrieve.encoder import resolve_model
     from xdretrieve.evaluate.protocol import Protocol
+    from xdretrieve.model import model_out_problem
     from xdretrieve.train.adapter import AdapterConfig
     from xdretrieve.train.finetune import finetune as train_model  # (this command's namesake)
 
@@ -128,6 +129,9 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
             "hard_negatives": hard_negatives, "num_workers": workers,
             "gradient_checkpointing": gradient_checkpointing}.items() if v is not None})
     settings = make_settings(model=model, device=device)
+    problem = model_out_problem(out)  # before the data is read, as what follows
+    if problem is not None:
+        raise click.BadParameter(problem, param_hint="'--out'")
     if resolve_model(settings.model).trained is not None:  # (a wrong one fails here too)
         raise click.BadParameter("a model directory `xdretrieve finetune` wrote cannot be "
                                  "trained again: give the encoder it started from",
