@@ -505,9 +505,15 @@ def finetune_encoder(dataset: Dataset, base_path: str | Path, out_path: str | Pa
     config = config or FullConfig()
     ctx = setup(device)
     try:
-        return _finetune(dataset, Path(base_path), Path(out_path), config, ctx, text_template,
-                         max_seq_length, progress and ctx.main,
-                         None if resume_dir is None else Path(resume_dir))
+        report = _finetune(dataset, Path(base_path), Path(out_path), config, ctx, text_template,
+                           max_seq_length, progress and ctx.main,
+                           None if resume_dir is None else Path(resume_dir))
+        if ctx.own_group and ctx.world_size > 1:
+            # every process done (rank 0 writes the model last) before any tears its group
+            # down: a process leaving while another still held gloo's connection aborted once
+            # in CI (SIGABRT, "terminate called without an active exception")
+            dist.barrier()
+        return report
     finally:
         if ctx.own_group and dist.is_initialized():
             dist.destroy_process_group()
