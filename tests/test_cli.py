@@ -359,7 +359,6 @@ def test_a_full_disk_is_one_line_and_index_writes_nothing_first(
     'No space left on device' as a traceback."""
     from collections import namedtuple
 
-    from xdretrieve import indexer
     from xdretrieve.store import edge
 
     monkeypatch.setenv("XDR_CACHE_DIR", str(tmp_path / "cache"))
@@ -376,7 +375,8 @@ def test_a_full_disk_is_one_line_and_index_writes_nothing_first(
         raise Exception("Service runtime error: IO Error: Failed to flush segment.json: No space "
                         "left on device (os error 28)")
 
-    monkeypatch.setattr(indexer, "index_dataset", engine_out_of_space)
+    # the engine's own error, where the store writes (as the HTTP service's PUT /items meets it)
+    monkeypatch.setattr(edge, "write_points", engine_out_of_space)
     r = run("index", "--data", str(paired_dir), "--store", str(store), "-q", ok=False)
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert ("Error: out of disk space (Service runtime error: IO Error: Failed to flush "
@@ -386,7 +386,7 @@ def test_a_full_disk_is_one_line_and_index_writes_nothing_first(
     def engine_bug(*_args: object, **_kwargs: object) -> None:
         raise Exception("Service runtime error: something else")
 
-    monkeypatch.setattr(indexer, "index_dataset", engine_bug)
+    monkeypatch.setattr(edge, "write_points", engine_bug)
     with pytest.raises(Exception, match="something else"):  # a bug stays a traceback
         run("index", "--data", str(paired_dir), "--store", str(store), "-q", ok=False)
 

@@ -77,6 +77,34 @@ def client(served: str) -> Iterator[httpx.Client]:
         yield c
 
 
+def test_an_engine_out_of_disk_space_is_a_503_that_says_so(client: httpx.Client,
+                                                           monkeypatch) -> None:
+    """The engine's own out-of-space error (building the index needs room of its own) was a
+    bare Exception: a 500 here, a traceback from the CLI. It is the store's error now."""
+    from xdretrieve.store import edge
+
+    def out_of_space(*_args: object, **_kwargs: object) -> None:
+        raise Exception("Service runtime error: IO Error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(edge, "write_points", out_of_space)
+    r = client.put("/items", json={"items": [{"item_id": "full-1", "domain": "movies",
+                                              "title": "A film on a full disk"}]})
+    assert r.status_code == 503 and r.json()["detail"].startswith("out of disk space (")
+    monkeypatch.undo()
+    # and a disk without room is refused before the engine writes (the service's store held
+    # its writes under a lock around the engine's batches, past the store's own check)
+    from collections import namedtuple
+
+    full = namedtuple("usage", "total used free")(1 << 30, 1 << 30, 0)
+    monkeypatch.setattr(edge.shutil, "disk_usage", lambda path: full)
+    r = client.put("/items", json={"items": [{"item_id": "full-1", "domain": "movies",
+                                              "title": "A film on a full disk"}]})
+    assert r.status_code == 503 and "not enough disk space for the store" in r.json()["detail"]
+    monkeypatch.undo()
+    r = client.post("/recommend/history", json={"item_ids": ["book-0"], "domain": "movies"})
+    assert _top(r)[0] == "movie-0"  # the store answers as before
+
+
 def _top(response: httpx.Response) -> list[str]:
     assert response.status_code == 200, response.text
     return [h["item_id"] for h in response.json()["hits"]]

@@ -43,12 +43,6 @@ def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
                 raise click.ClickException(str(e)) from e
             names = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
             raise click.ClickException(f"{names}: {e.strerror or e}") from e
-        except Exception as e:  # the vector engine's own errors are plain Exceptions
-            message = disk_full(e)
-            if message is None:
-                raise
-            logging.getLogger(__name__).debug("disk full", exc_info=True)
-            raise click.ClickException(message) from e
 
     return wrapper
 
@@ -99,16 +93,6 @@ def out_of_memory(error: BaseException) -> str | None:
             else text.splitlines()[0][:200] if text else "")
     return (f"out of memory{f' ({what})' if what else ''}: a smaller batch or space needs "
             f"less (--batch-size, --dim)")
-
-
-def disk_full(error: BaseException) -> str | None:
-    """One line for a write the disk had no room for, as the vector engine reports it (in its
-    text: a store on a full disk), else None."""
-    text = str(error)
-    if not re.search(r"No space left on device|Not enough space available", text):
-        return None
-    return (f"out of disk space ({text.splitlines()[0][:300]}): free some and run the command "
-            f"again (index goes on from what it wrote)")
 
 
 class UserPath(click.Path):

@@ -79,8 +79,7 @@ try:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 except ImportError as e:  # pragma: no cover - exercised by test_service's subprocess check
-    raise MissingDependencyError(
-        SERVE_MISSING) from e
+    raise MissingDependencyError(SERVE_MISSING) from e
 
 if TYPE_CHECKING:
     from xdretrieve.encoder import Encoder
@@ -164,10 +163,20 @@ class LockedStore(VectorStore):
         with self.lock.write():
             self.inner.drop(collection)
 
+    def upsert(self, collection: str, ids: Sequence[PointId], vectors: np.ndarray,
+               payloads: Sequence[dict[str, Any]], progress: bool = False) -> None:
+        # the inner store's own upsert: its disk-space check, and (embedded) its flush
+        with self.lock.write():
+            self.inner.upsert(collection, ids, vectors, payloads, progress)
+
     def _upsert(self, collection: str, ids: list[PointId], vectors: np.ndarray,
                 payloads: list[dict[str, Any]]) -> None:
         with self.lock.write():
             self.inner._upsert(collection, ids, vectors, payloads)
+
+    def check_space(self, dim: int, payloads: Sequence[dict[str, Any]],
+                    replacing: bool = False) -> None:
+        self.inner.check_space(dim, payloads, replacing)
 
     def delete(self, collection: str, ids: Sequence[PointId]) -> None:
         with self.lock.write():

@@ -45,12 +45,14 @@ measurements behind the defaults):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import shutil
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +103,25 @@ def store_dir_problem(path: Path) -> str | None:
     shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
     return (f"{path} holds other files ({shown}) and no xdretrieve store: a store is a folder "
             f"of its own (new or empty before the first index)")
+
+
+def _out_of_space_is_a_store_error(method: Callable[..., Any]) -> Callable[..., Any]:
+    """The engine's own out-of-space errors (plain Exceptions; building the index needs room of
+    its own) as a :class:`StoreError` that says what to do, for the CLI's one line and the
+    HTTP service's 503. Its other errors pass as they are."""
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except StoreError:
+            raise
+        except Exception as e:
+            text = str(e)
+            if not re.search(r"No space left on device|Not enough space available", text):
+                raise
+            raise StoreError(f"out of disk space ({text.splitlines()[0][:300]}): free some and "
+                             f"run the command again (index goes on from what it wrote)") from e
+    return wrapper
 
 
 class EdgeStore(VectorStore):
@@ -207,6 +228,7 @@ class EdgeStore(VectorStore):
                          quantization=self.quantization, search_threads=self.search_threads,
                          keyword_fields=fields), by_domain
 
+    @_out_of_space_is_a_store_error
     def create(self, collection: str, dim: int, keyword_fields: Sequence[str]) -> None:
         self._lock()
         spec, by_domain = self.spec(dim, keyword_fields)
@@ -251,6 +273,7 @@ class EdgeStore(VectorStore):
                              f"{free / 2**20:,.1f} MB are free; free some, or give --store "
                              f"another disk")
 
+    @_out_of_space_is_a_store_error
     def upsert(self, collection: str, ids: Sequence[PointId], vectors: np.ndarray,
                payloads: Sequence[dict[str, Any]], progress: bool = False) -> None:
         vectors = checked_vectors(ids, vectors, payloads)
@@ -301,6 +324,7 @@ class EdgeStore(VectorStore):
             if found:
                 shard.update(qe.UpdateOperation.delete_points(found))
 
+    @_out_of_space_is_a_store_error
     def delete(self, collection: str, ids: Sequence[PointId]) -> None:
         if ids:
             for shard in self._set(collection).shards():
@@ -424,6 +448,7 @@ class EdgeStore(VectorStore):
         return qe.QuantizationSearchParams(rescore=True,
                                            oversampling=max(1.0, MIN_RESCORED / max(limit, 1)))
 
+    @_out_of_space_is_a_store_error
     def build_index(self, collection: str) -> None:
         for shard in self._set(collection).shards():
             shard.optimize()
@@ -446,6 +471,7 @@ class EdgeStore(VectorStore):
         tmp.write_text(json.dumps(info.to_dict(), indent=2))
         os.replace(tmp, self.path / INFO_FILE)
 
+    @_out_of_space_is_a_store_error
     def close(self) -> None:
         for sset in self._sets.values():
             sset.close()
