@@ -1003,16 +1003,13 @@ def test_domain_names_with_spaces_and_signs_go_through_every_command(tiny_model:
 
 
 def test_users_missing_from_users_csv_are_reported_once(tiny_model: str, tmp_path: Path,
-                                                        caplog, monkeypatch) -> None:
+                                                        caplog) -> None:
     """Training splits its dataset more than once (finetune, then the trainer; the CLI also
     reports the split): the warning that some users are in no split came as many times."""
     import logging
 
     from xdretrieve.config import Settings
-    from xdretrieve.evaluate import protocol
     from xdretrieve.train.finetune import finetune
-
-    monkeypatch.setattr(protocol, "_TOLD_UNLISTED", set())  # as in a new process
 
     data = write_paired_dataset(tmp_path / "data", users_per_theme=5)
     rows = (data / "users.csv").read_text().replace("-1,train", "-1,valid").splitlines()

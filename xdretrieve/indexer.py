@@ -226,9 +226,9 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
 
     t = time.perf_counter()
     written = todo + rewrite
-    # before anything is dropped or written: a full disk is refused, not met halfway
-    store.check_space(dim, [payloads[i] for i in written], replacing=replace)
-    if replace:
+    if replace:  # a full disk is refused before the old store is dropped (the upsert below
+        # checks again, as every upsert does: after the drop, and where nothing was dropped)
+        store.check_space(dim, [payloads[i] for i in written], replacing=True)
         for collection in (ITEMS, USERS):
             if store.exists(collection):
                 store.drop(collection)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from xdretrieve.data.readers import (
     FORMATS,
@@ -31,6 +32,9 @@ class Dataset:
     name: str = ""
     histories: dict[str, dict[str, tuple[str, ...]]] = field(init=False, repr=False)
     domains: tuple[str, ...] = field(init=False)
+    # what is computed from the data once and shared (the split, keyed by its seed): the data
+    # are not changed after loading
+    derived: dict[Any, Any] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         by_user: dict[str, list[tuple[float, int, Interaction]]] = defaultdict(list)

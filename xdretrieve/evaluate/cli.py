@@ -110,7 +110,7 @@ def evaluate(data: Path, directions: tuple[str, ...], methods: tuple[str, ...],
 
     chosen = list(methods) or [*BASELINES, *RETRIEVER_METHODS]
     chosen += [name for name in extra if name not in chosen]
-    if "xdretrieve" in chosen and not is_model_dir(Path(settings.model).expanduser()):
+    if "xdretrieve" in chosen and not is_model_dir(settings.model):  # ('~' read as home)
         # the row's name alone would pass an untrained encoder off as the trained pipeline
         click.echo(f"note: '{settings.model}' is not a model `xdretrieve finetune` wrote, so the "
                    f"'xdretrieve' row is that encoder untrained (no user tower, no re-ranker); "

@@ -70,9 +70,6 @@ class Direction(NamedTuple):
         return cls(parts[0], parts[1])
 
 
-_TOLD_UNLISTED: set[tuple[str, int]] = set()  # (dataset, users) warned of in this process
-
-
 @dataclass(frozen=True)
 class Split:
     """Users of each split, in users.csv order (or order of first interaction without it)."""
@@ -90,15 +87,23 @@ class Split:
         :data:`VALID_FRACTION` of the other such users as valid, the rest train. A users.csv
         without valid users gets them drawn the same way from its train users (model selection
         needs some; its test users stay as they are). Users absent from users.csv are in no
-        split and never used."""
+        split and never used.
+
+        Computed once per dataset and seed: a command that splits its dataset in several places
+        (finetune's report, finetune, the trainer) shares the one split, and its warning."""
+        key = ("split", seed)
+        if key not in dataset.derived:
+            dataset.derived[key] = cls._draw(dataset, seed)
+        return dataset.derived[key]
+
+    @classmethod
+    def _draw(cls, dataset: Dataset, seed: int) -> Split:
         rng = np.random.default_rng(seed)
         if dataset.splits is not None:
             by = {name: tuple(u for u, s in dataset.splits.items() if s == name)
                   for name in ("train", "valid", "test")}
             unlisted = sum(1 for u in dataset.histories if u not in dataset.splits)
-            if unlisted and (dataset.name, unlisted) not in _TOLD_UNLISTED:
-                # once: a command splits its dataset several times (finetune said it thrice)
-                _TOLD_UNLISTED.add((dataset.name, unlisted))
+            if unlisted:
                 log.warning("%d user(s) with interactions are not in users.csv; they are not used",
                             unlisted)
             if by["valid"]:

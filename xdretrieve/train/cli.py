@@ -102,10 +102,11 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
           --data DIR --out MODEL_DIR
     """
     from xdretrieve.cli import make_settings
-    from xdretrieve.encoder import resolve_model
+    from xdretrieve.errors import ConfigError
     from xdretrieve.evaluate.protocol import Protocol
     from xdretrieve.model import model_out_problem
     from xdretrieve.train.adapter import AdapterConfig
+    from xdretrieve.train.finetune import base_encoder
     from xdretrieve.train.finetune import finetune as train_model  # (this command's namesake)
 
     if mode == "adapter":
@@ -132,10 +133,10 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
     problem = model_out_problem(out)  # before the data is read, as what follows
     if problem is not None:
         raise click.BadParameter(problem, param_hint="'--out'")
-    if resolve_model(settings.model).trained is not None:  # (a wrong one fails here too)
-        raise click.BadParameter("a model directory `xdretrieve finetune` wrote cannot be "
-                                 "trained again: give the encoder it started from",
-                                 param_hint="'--model'")
+    try:  # before the data is read, too (a model that is not there fails here as well)
+        base_encoder(settings.model)
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="'--model'") from e
     dataset = read_dataset(data, skip_bad_rows, rejects)
     split = Protocol(dataset).split
     source = ("users.*, which names no valid users: drawn from its train users, as "

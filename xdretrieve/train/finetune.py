@@ -9,7 +9,7 @@ from typing import Any
 
 from xdretrieve.config import Settings
 from xdretrieve.data import Dataset
-from xdretrieve.errors import XDRetrieveError
+from xdretrieve.errors import ConfigError, XDRetrieveError
 
 
 def finetune(dataset: Dataset, out_dir: str | Path, settings: Settings | None = None,
@@ -46,7 +46,7 @@ def finetune(dataset: Dataset, out_dir: str | Path, settings: Settings | None = 
         >>> finetune(shop, "shop.model", progress=True)
         >>> index_dataset(shop, Settings(store="shop.xdr", model="shop.model"))
     """
-    from xdretrieve.encoder import Encoder, item_text, resolve_model
+    from xdretrieve.encoder import Encoder, item_text
     from xdretrieve.evaluate.protocol import Protocol
     from xdretrieve.model import StagedModelDir
     from xdretrieve.train.adapter import AdapterConfig, train_adapter
@@ -65,10 +65,7 @@ def finetune(dataset: Dataset, out_dir: str | Path, settings: Settings | None = 
     if not protocol.split.valid:
         raise XDRetrieveError(f"{name}: no valid users to select the model with (too few train "
                               f"users are active in two domains to draw any)")
-    ref = resolve_model(settings.model)
-    if ref.trained is not None:
-        raise XDRetrieveError("the base encoder (--model) must be an encoder, not a trained "
-                              "model directory")
+    ref = base_encoder(settings.model)
     with StagedModelDir(out_dir) as stage:
         resume = resume_dir_of(stage.out)  # full mode's epoch checkpoints, kept until published
         if mode == "full":
@@ -88,3 +85,20 @@ def finetune(dataset: Dataset, out_dir: str | Path, settings: Settings | None = 
         stage.publish()
     shutil.rmtree(resume, ignore_errors=True)
     return manifest
+
+
+def base_encoder(model: str) -> Any:
+    """The encoder training starts from (:class:`xdretrieve.encoder.ModelRef`).
+
+    Raises:
+        XDRetrieveError: ``model`` is not there, or is a model directory training wrote
+            (:class:`ConfigError`: it cannot be trained again).
+    """
+    from xdretrieve.encoder import resolve_model
+
+    ref = resolve_model(model)
+    if ref.trained is not None:
+        raise ConfigError("a model directory `xdretrieve finetune` wrote cannot be trained "
+                          "again: give the encoder it started from (the base must be an "
+                          "encoder, not a trained model directory)")
+    return ref
