@@ -6,3 +6,12 @@ and ``evaluate`` load with ``--model``."""
 # How the user tower may pool a history's item vectors; here so that the CLI offers the choices
 # the config accepts without importing the training code.
 POOLINGS = ("attention", "mean")
+
+
+def selection_score(metrics: dict[str, float]) -> float:
+    """What picks the best epoch, in both modes: valid users' ndcg@10, averaged over the
+    directions (0 without any)."""
+    import numpy as np
+
+    values = [v for k, v in metrics.items() if k.endswith("/ndcg@10")]
+    return float(np.mean(values)) if values else 0.0

@@ -33,7 +33,7 @@ import numpy as np
 from xdretrieve.data import Dataset
 from xdretrieve.errors import XDRetrieveError
 from xdretrieve.model import MANIFEST, WEIGHTS
-from xdretrieve.train import POOLINGS
+from xdretrieve.train import POOLINGS, selection_score
 from xdretrieve.train.catalog import Catalog
 from xdretrieve.train.checks import above, at_least, check_fields, fraction, one_of
 from xdretrieve.train.rerank_fit import SCORE_CHUNK, Users, fit_served_reranker
@@ -266,8 +266,7 @@ def _fit_tower(model: Tower, train: list[_Examples], valid: list[Users],
             opt.step()
             total += loss.item()
         metrics = _validate(model, valid, directions)
-        vals = [v for k, v in metrics.items() if k.endswith("ndcg@10")]
-        score = float(np.mean(vals)) if vals else 0.0
+        score = selection_score(metrics)
         history.append({"epoch": epoch + 1, "loss": total / len(batches), **metrics,
                         "seconds": time.perf_counter() - t0})
         log.info("epoch %d loss %.4f valid ndcg@10 %.4f", epoch + 1, total / len(batches), score)

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from xdretrieve.data import Dataset
 from xdretrieve.encoder import item_text
 from xdretrieve.errors import XDRetrieveError
+from xdretrieve.train import selection_score
 from xdretrieve.train.catalog import Catalog
 from xdretrieve.train.checks import (
     above,
@@ -388,11 +389,6 @@ def _desc(progress: bool, desc: str) -> str | None:
     return desc if progress else None
 
 
-def _objective(metrics: dict[str, float]) -> float:
-    vals = [v for k, v in metrics.items() if k.endswith("/ndcg@10")]
-    return float(np.mean(vals)) if vals else 0.0
-
-
 # -- stage 1 -------------------------------------------------------------------------------------
 
 @dataclass
@@ -583,7 +579,7 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
     elif ctx.main:
         metrics, item_vecs = _validate(model, task.valid, task.doc_texts, task.rows_by_domain,
                                        config, ctx.device, progress)
-        run.keep_if_best(_objective(metrics), 0, model)
+        run.keep_if_best(selection_score(metrics), 0, model)
         run.history.append({"epoch": 0, **metrics, "seconds": time.perf_counter() - t_start})
         _say(progress, tqdm, f"encoder before fine-tuning: valid {_fmt(metrics)}")
     n_neg = config.hard_negatives
@@ -622,7 +618,7 @@ def _finetune(dataset: Dataset, base_path: Path, out_path: Path, config: FullCon
             _say(progress, tqdm, f"fine-tuning epoch {epoch}: loss {loss:.4f}, "
                  f"{run.n_seen / max(run.step_seconds, 1e-9):.0f} pairs/s, valid {_fmt(metrics)}")
             # without valid users of any direction: the last epoch
-            run.keep_if_best(_objective(metrics) if task.valid else float(epoch), epoch, model)
+            run.keep_if_best(selection_score(metrics) if task.valid else float(epoch), epoch, model)
         run.done = rank0_says(run.done or run.stale >= config.patience, ctx)
         if checkpoints is not None and ctx.main:
             checkpoints.save({
