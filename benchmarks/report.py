@@ -373,6 +373,16 @@ RESULTS_BEGIN = "<!-- performance: written by `python benchmarks/run.py`; edits 
 RESULTS_END = "<!-- end of performance -->"
 
 
+def check_results_md(path: Path) -> None:
+    """Refuse a report that has one of the section's markers without the other (an edit lost
+    it): the section would be appended a second time instead of replaced."""
+    content = path.read_text() if path.is_file() else ""
+    if (RESULTS_BEGIN in content) != (RESULTS_END in content):
+        raise SystemExit(f"{path} has one of the performance section's two markers; put "
+                         f"back the other ({RESULTS_BEGIN!r} or {RESULTS_END!r}) where the "
+                         f"section begins or ends, or remove both")
+
+
 def update_results_md(path: Path, text: str, out: Path) -> None:
     """Put ``text`` (a ``performance.md``) into the performance section of ``path``
     (``benchmarks/RESULTS.md``) between :data:`RESULTS_BEGIN` and :data:`RESULTS_END`, the
@@ -384,8 +394,9 @@ def update_results_md(path: Path, text: str, out: Path) -> None:
     body = re.sub(r"^(#+) ", r"#\1 ", text, flags=re.M)
     body = re.sub(r"\]\(([^)/]+\.png)\)", lambda m: f"]({(rel / m.group(1)).as_posix()})", body)
     section = f"{RESULTS_BEGIN}\n{body.rstrip()}\n{RESULTS_END}\n"
+    check_results_md(path)
     content = path.read_text() if path.is_file() else "# Results\n"
-    if RESULTS_BEGIN in content and RESULTS_END in content:
+    if RESULTS_BEGIN in content:
         head, _, rest = content.partition(RESULTS_BEGIN)
         _, _, tail = rest.partition(RESULTS_END)
         content = head + section.rstrip("\n") + tail

@@ -87,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides["model"] = args.model.resolve()
     if args.threads:
         overrides["threads"] = tuple(int(t) for t in args.threads.split(","))
+    results_md = args.results_md or (None if args.quick else DEFAULT_RESULTS_MD)
+    if args.no_results_md:
+        results_md = None
+    if results_md is not None:  # before the run, not after its 40 minutes
+        report.check_results_md(results_md)
     with tempfile.TemporaryDirectory(prefix="xdr-bench-") as tmp:
         work = args.work or Path(tmp)
         make = Config.quick if args.quick else Config
@@ -104,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "performance.json").write_text(json.dumps(results))  # before any plotting
     text = report.write(results, args.out)  # also moves per-query latencies to latencies.json
     (args.out / "performance.json").write_text(json.dumps(results, indent=1))
-    results_md = args.results_md or (None if args.quick else DEFAULT_RESULTS_MD)
-    if results_md is not None and not args.no_results_md:
+    if results_md is not None:
         report.update_results_md(results_md, text, args.out)
         logging.info("performance section of %s updated", results_md)
     print(text)

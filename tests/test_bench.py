@@ -264,6 +264,28 @@ def test_results_md_gets_one_performance_section(tmp_path: Path) -> None:
     assert "](results/recall.png)" in text
 
 
+def test_results_md_with_one_marker_lost_is_refused(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A section whose begin marker an edit lost would otherwise get a second copy appended;
+    run.py says so before its 40 minutes, not after."""
+    results_md = tmp_path / "RESULTS.md"
+    before = f"# Results\n\n## Performance results\n\nold\n{report.RESULTS_END}\n"
+    results_md.write_text(before)
+    with pytest.raises(SystemExit, match="one of the performance section's two markers"):
+        report.update_results_md(results_md, "# Performance results\n\nnew\n", tmp_path)
+    assert results_md.read_text() == before
+
+    from benchmarks import run
+
+    def suite(*args: object) -> None:
+        raise AssertionError("the suite ran before the report was checked")
+
+    monkeypatch.setattr(run, "run_suite", suite)
+    with pytest.raises(SystemExit, match="one of the performance section's two markers"):
+        run.main(["--quick", "--no-real", "--results-md", str(results_md),
+                  "--out", str(tmp_path / "out")])
+
+
 def test_rerank_cost_reports_both_figures(tiny_trained: Path, paired_dir: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture[str]) -> None:
