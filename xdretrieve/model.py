@@ -81,7 +81,8 @@ def check_domains(path: str | Path, known: Sequence[str], wanted: Sequence[str])
         raise XDRetrieveError(
             f"the trained model '{path}' knows the domains {', '.join(known)}, not "
             f"{', '.join(unknown)}: train a model on data with those domains (`xdretrieve "
-            f"finetune`), or index without --model")
+            f"finetune`) and index with it (a store indexed without a trained model takes "
+            f"items of any domain)")
 
 
 def model_out_problem(out: str | Path) -> str | None:
