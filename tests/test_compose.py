@@ -4,6 +4,7 @@ three-node Qdrant cluster with its own xdretrieve service."""
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
 NODES = ("qdrant-node1", "qdrant-node2", "qdrant-node3")
 
 
@@ -134,6 +136,36 @@ def test_dockerfile_installs_cpu_torch_then_the_serve_extra() -> None:
     assert torch < text.index('pip install ".[serve]"')
     assert 'ENTRYPOINT ["xdretrieve"]' in text
     assert 'CMD ["serve", "--host", "0.0.0.0", "--url", "http://qdrant:6333"]' in text
+
+
+def _sent_to_docker(path: str, rules: list[str]) -> bool:
+    """Whether ``path`` (relative to the build context) is in the context: the last
+    .dockerignore rule that matches it or a folder above it decides (``!`` keeps)."""
+    parts = path.split("/")
+    sent = True
+    for rule in rules:
+        keep = rule.startswith("!")
+        pattern = rule.lstrip("!").strip("/")
+        if any(fnmatch.fnmatch("/".join(parts[:n]), pattern) for n in range(1, len(parts) + 1)):
+            sent = keep
+    return sent
+
+
+def test_build_context_is_what_the_dockerfile_copies() -> None:
+    """Without a .dockerignore, `docker compose up` sends the whole folder to the daemon, the
+    quick start's .venv included (gigabytes with torch)."""
+    rules = [line.strip() for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    copied = [src for line in DOCKERFILE.read_text(encoding="utf-8").splitlines()
+              if line.startswith("COPY ") for src in line.split()[1:-1]]
+    assert copied, "the Dockerfile copies nothing"
+    for path in [*copied, "xdretrieve/cli.py", "xdretrieve/demo_data/items.jsonl"]:
+        assert _sent_to_docker(path, rules), f"{path} is copied by the Dockerfile but ignored"
+    for path in (".venv/lib/python3.11/site-packages/torch/__init__.py", ".git/HEAD",
+                 "results/stores/x/items", "shop.xdr/xdretrieve.json",
+                 "arts-office.model/weights.npz", "xdretrieve/__pycache__/cli.cpython-311.pyc",
+                 "build/lib/xdretrieve/cli.py"):
+        assert not _sent_to_docker(path, rules), f"{path} would be sent to the daemon"
 
 
 def test_every_xdretrieve_service_shares_the_models_and_the_cache(compose: dict) -> None:
