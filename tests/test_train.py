@@ -789,6 +789,8 @@ def test_cli_finetune_writes_its_model_directory_whole_or_not_at_all(tiny_model:
     """`finetune --out` replaces a model only once the new one is complete: an interrupted run
     leaves the earlier model byte for byte and nothing beside it; a folder that is not a model
     directory is refused untouched."""
+    import json
+
     from click.testing import CliRunner
 
     from xdretrieve.cli import main
@@ -805,7 +807,12 @@ def test_cli_finetune_writes_its_model_directory_whole_or_not_at_all(tiny_model:
     def finetune(*extra: str) -> object:
         return CliRunner().invoke(main, [*args, *extra])
 
-    assert finetune().exit_code == 0 and (out / MANIFEST).is_file()
+    first = finetune()
+    assert first.exit_code == 0 and (out / MANIFEST).is_file()
+    # under 10 s (a tiny training takes about 1), said to a tenth (before: 'trained in 0 s')
+    seconds = json.loads((out / MANIFEST).read_text())["train_seconds"]
+    said = f"{seconds:.1f}" if seconds < 10 else f"{seconds:.0f}"
+    assert f"trained in {said} s; best epoch" in first.output
     before = {f.name: f.read_bytes() for f in out.iterdir()}
 
     def interrupted(dataset, base, out_dir, *rest, **options):

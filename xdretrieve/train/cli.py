@@ -167,6 +167,8 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
                            f"did better on valid users"))
     best = manifest["history"][manifest["best_epoch"] - 1]
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if "/" in k)
-    click.echo(f"trained in {manifest['train_seconds']:.0f} s; best epoch {manifest['best_epoch']}"
+    seconds = manifest["train_seconds"]  # a demo-sized catalog trains in under a second
+    click.echo(f"trained in {seconds:.{0 if seconds >= 10 else 1}f} s; best epoch "
+               f"{manifest['best_epoch']}"
                f" on valid users: {metrics}")
     click.echo(f"wrote {out}")
