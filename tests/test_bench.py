@@ -394,3 +394,35 @@ def test_stress_variants_read_as_datasets(tmp_path: Path, paired_dir: Path) -> N
                                                    for d, ids in h.items()}
     item = next(iter(original.items.values()))
     assert tripled.items[f"{item.item_id}~1"].text == item.text
+
+
+@pytest.mark.slow
+def test_new_items_counts_what_a_model_trained_without_them_recommends(
+        tmp_path: Path, paired_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/new_items.py: half the movies left out of training, the whole catalog indexed
+    with the model, and the left-out movies counted among the test users' movies (one each)."""
+    from benchmarks import new_items
+    from xdretrieve.config import Settings
+    from xdretrieve.data import Dataset
+    from xdretrieve.store import ITEMS, open_store
+
+    monkeypatch.setenv("XDR_CACHE_DIR", str(tmp_path / "cache"))
+    work, out = tmp_path / "work", tmp_path / "figures.json"
+    new_items.main(["--data", str(paired_dir), "--domain", "movies", "--share", "0.5",
+                    "--work", str(work), "--out", str(out)])
+    report = json.loads(out.read_text())
+    dataset = Dataset.from_dir(paired_dir)
+    held = new_items.left_out(dataset, "movies", 0.5, 0)
+    movies = dataset.items_in("movies")
+    assert report["left out"] == len(held) == round(len(movies) / 2) and report["of"] == len(movies)
+    trained = np.load(work / "model" / "weights.npz")["bias_ids"].tolist()
+    assert set(trained) == set(dataset.items) - held  # trained without them
+    store = open_store(Settings(store=work / "store"))
+    assert store.count(ITEMS) == len(dataset.items)  # indexed with them
+    store.close()
+    row = report["directions"]["books->movies"]
+    assert set(report["directions"]) == {"books->movies"}
+    assert row["users"] == len(movies) and row["left-out among them"] == len(held)
+    for name in ("re-ranked", "re-ranker off"):
+        assert 0 <= row[f"relevant left-out in top 10, {name}"] \
+            <= row[f"left-out in top 10, {name}"] <= 10 * row["users"]
