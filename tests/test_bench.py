@@ -426,3 +426,19 @@ def test_new_items_counts_what_a_model_trained_without_them_recommends(
     for name in ("re-ranked", "re-ranker off"):
         assert 0 <= row[f"relevant left-out in top 10, {name}"] \
             <= row[f"left-out in top 10, {name}"] <= 10 * row["users"]
+
+
+def test_new_items_trains_on_the_whole_datasets_split(tmp_path: Path) -> None:
+    """Without users.*, the catalog less the left-out items keeps the whole dataset's split: one
+    drawn on it (fewer users active in two domains) would train on users the whole one tests."""
+    from benchmarks import new_items
+    from tests.conftest import write_paired_dataset
+    from xdretrieve.data import Dataset
+    from xdretrieve.evaluate.protocol import Split
+
+    (write_paired_dataset(tmp_path, users_per_theme=6) / "users.csv").unlink()
+    dataset = Dataset.from_dir(tmp_path)
+    cut = new_items.without(dataset, new_items.left_out(dataset, "movies", 0.5, 0))
+    whole, kept = Split.of(dataset), Split.of(cut)
+    assert whole.test and set(kept.test) == set(whole.test)
+    assert set(kept.train) == set(whole.train) and set(kept.valid) == set(whole.valid)

@@ -169,6 +169,5 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if "/" in k)
     seconds = manifest["train_seconds"]  # a demo-sized catalog trains in under a second
     click.echo(f"trained in {seconds:.{0 if seconds >= 10 else 1}f} s; best epoch "
-               f"{manifest['best_epoch']}"
-               f" on valid users: {metrics}")
+               f"{manifest['best_epoch']} on valid users: {metrics}")
     click.echo(f"wrote {out}")
