@@ -994,7 +994,15 @@ def test_domain_names_with_spaces_and_signs_go_through_every_command(tiny_model:
     model, store = str(tmp_path / "model"), str(tmp_path / "store")
     cli("finetune", "--data", str(data), "--out", model, "--model", tiny_model, "--dim", "8",
         "--epochs", "2", "-q")
-    cli("index", "--data", str(data), "--model", model, "--store", store, "-q")
+    assert "new to the trained model" not in cli("index", "--data", str(data), "--model",
+                                                  model, "--store", store, "-q")
+    # an item added to the catalog since: indexed, and said to be unknown to the model
+    with open(data / "items.jsonl", "a") as f:
+        f.write(json.dumps({"item_id": "movie-new", "domain": films, "title": "Brand new"})
+                + "\n")
+    said = cli("index", "--data", str(data), "--model", model, "--store", store, "-q")
+    n_items = len(Dataset.from_dir(data).items)
+    assert f"note: 1 of the {n_items} items are new to the trained model" in said
     hits = json.loads(cli("query", "--store", store, "--history", "book-3", "--domain", films,
                           "-k", "3", "--json"))["hits"]
     assert len(hits) == 3 and all(h["item_id"].startswith("movie-") for h in hits)

@@ -175,6 +175,11 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
     click.echo(f"store: {settings.url or settings.store}"
                + (" (complete now: an interrupted run had written part of it)" if report.resumed
                   else "" if report.changed else " (already up to date: nothing changed)"))
+    if report.items_new_to_model:
+        click.echo(f"note: {report.items_new_to_model:,} of the {report.items:,} items are new "
+                   f"to the trained model (added since it was trained, it learned no bias for "
+                   f"them): they seldom reach a user's top 10 until it is trained again with "
+                   f"them (`xdretrieve finetune`)", err=True)
 
 
 @main.command()

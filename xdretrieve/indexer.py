@@ -23,7 +23,7 @@ from xdretrieve.config import Settings
 from xdretrieve.data import Dataset, Item
 from xdretrieve.data.records import FIELDS_HASH, TEXT_HASH
 from xdretrieve.encoder import Encoder, ModelRef, item_text, resolve_model
-from xdretrieve.model import TrainedModel, check_domains, read_manifest
+from xdretrieve.model import TrainedModel, check_domains, read_manifest, trained_items
 from xdretrieve.store import (
     ITEMS,
     USERS,
@@ -54,6 +54,9 @@ class IndexReport:
     profiles_written: int = 0
     profiles_deleted: int = 0
     resumed: bool = False  # the store was left incomplete by an interrupted run; now it is not
+    # with a trained model: items it learned no bias for (added to the catalog since it was
+    # trained), which seldom reach a user's top 10 until it is trained again with them
+    items_new_to_model: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -172,6 +175,8 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
     ref: ModelRef = encoder.ref if encoder is not None else resolve_model(settings.model)
     if ref.trained is not None:  # before any work: the model adapts items of its domains only
         check_domains(ref.trained, read_manifest(ref.trained)["domains"], dataset.domains)
+        known = trained_items(ref.trained)
+        report.items_new_to_model = sum(iid not in known for iid in dataset.items)
     info = None if recreate else store.read_info()
     if info is not None:
         info.check_encoder(ref.name, ref.fingerprint, (

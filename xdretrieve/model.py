@@ -85,6 +85,13 @@ def check_domains(path: str | Path, known: Sequence[str], wanted: Sequence[str])
             f"items of any domain)")
 
 
+def trained_items(path: str | Path) -> set[str]:
+    """The ids of the items the model at ``path`` learned a bias for (its training catalog);
+    items added since count as bias 0 and seldom reach a user's top 10 (README)."""
+    with np.load(Path(path) / WEIGHTS, allow_pickle=False) as npz:
+        return set(npz["bias_ids"].tolist())
+
+
 def model_out_problem(out: str | Path) -> str | None:
     """Why a model cannot be written to ``out`` (the current folder, a file, a folder of other
     things), or None: a typo in ``--out`` must not scatter files into a folder or replace it."""
