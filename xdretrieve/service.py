@@ -310,7 +310,10 @@ class Service:
             encoder = self.encoder()
             info = upsert_items(items, self.settings, self.store, encoder)  # its own encoder
             self._refresh(info)
-        return UpsertResponse(upserted=len({i.item_id for i in items}), domains=info.domains)
+        ids = {i.item_id for i in items}
+        known = encoder.trained.bias if encoder.trained is not None else None
+        return UpsertResponse(upserted=len(ids), domains=info.domains,
+                              new_to_model=0 if known is None else len(ids - known.keys()))
 
     def delete(self, request: DeleteRequest) -> DeleteResponse:
         from xdretrieve.indexer import delete_items

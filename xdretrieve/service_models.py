@@ -130,6 +130,10 @@ class UpsertRequest(_Body):
 class UpsertResponse(BaseModel):
     upserted: int = Field(description="Distinct items embedded and written.")
     domains: list[str] = Field(description="The store's domains after the write.")
+    new_to_model: int = Field(0, description=(
+        "Of them, items the store's trained model learned no bias for (added since it was "
+        "trained): they seldom reach a user's top 10 until the model is trained again with "
+        "them. 0 for a store without a trained model."))
 
 
 class DeleteRequest(_Body):
