@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -406,6 +407,14 @@ def _worker(rank: int, world: int, port: int, data: str, model: str, out: str,
                               _config(epochs=2, batch_size=4, dropout=False), device="cpu",
                               resume_dir=resume.format(parent=Path(out).parent, rank=rank))
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(report))
+    # Its work done and written, the process leaves without the interpreter's finalization: in
+    # 2 of 14 fresh-clone CI runs a process aborted there (SIGABRT, "terminate called
+    # without an active exception") after writing this file, with its process group already
+    # destroyed; not reproduced in 70 runs here, alone or beside a CPU load. What the test
+    # checks (the training, the files) is all before this line.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _weights(path: Path) -> dict:
