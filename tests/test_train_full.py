@@ -408,8 +408,8 @@ def _worker(rank: int, world: int, port: int, data: str, model: str, out: str,
                               resume_dir=resume.format(parent=Path(out).parent, rank=rank))
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(report))
     # Its work done and written, the process leaves without the interpreter's finalization: in
-    # 2 of 14 fresh-clone CI runs a process aborted there (SIGABRT, "terminate called
-    # without an active exception") after writing this file, with its process group already
+    # 2 of 14 fresh-clone CI runs a worker aborted (SIGABRT, "terminate called without an
+    # active exception"), the one examined after writing this file, its process group already
     # destroyed; not reproduced in 70 runs here, alone or beside a CPU load. What the test
     # checks (the training, the files) is all before this line.
     sys.stdout.flush()
