@@ -49,7 +49,7 @@ def model_summary(path: Path) -> dict[str, Any] | str:
     best = next((h for h in m["history"] if h["epoch"] == m["best_epoch"]), {})
     kept = (m.get("reranker") or {}).get("kept")
     summary = {
-        "kind": m["kind"], "base_model": m.get("finetune", {}).get("base_model", m["base_model"]),
+        "kind": m["kind"], "base_model": _base_of(m),
         "trained_at": m["created_at"], "users": m.get("split"), "best_epoch": m["best_epoch"],
         "epochs": len(m["history"]), "valid": {k: round(v, 4) for k, v in best.items() if "@" in k},
         "reranker": ("none" if not m.get("reranker") else f"served into {', '.join(kept)}" if kept
@@ -65,9 +65,12 @@ def pretrained_base(model: str) -> str:
     """The encoder that ``model`` started from before any training: ``model`` itself for an
     encoder; for a trained model directory, the encoder its manifest names (for full mode, the
     one its encoder was fine-tuned from, not the fine-tuned one inside the directory)."""
-    if not is_model_dir(model):
-        return model
-    manifest = read_manifest(model)
+    return _base_of(read_manifest(model)) if is_model_dir(model) else model
+
+
+def _base_of(manifest: dict[str, Any]) -> str:
+    """The pretrained encoder a model's manifest started from (full mode: the one its encoder
+    was fine-tuned from)."""
     return manifest.get("finetune", {}).get("base_model") or manifest["base_model"]
 
 

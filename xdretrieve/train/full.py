@@ -506,8 +506,10 @@ def finetune_encoder(dataset: Dataset, base_path: str | Path, out_path: str | Pa
                            None if resume_dir is None else Path(resume_dir))
         if ctx.own_group and ctx.world_size > 1:
             # every process done (rank 0 writes the model last) before any tears its group
-            # down: a process leaving while another still held gloo's connection aborted once
-            # in CI (SIGABRT, "terminate called without an active exception")
+            # down, so that none leaves while another still talks to it. (It did not stop a
+            # rare abort at exit, SIGABRT "terminate called without an active exception", that
+            # the two-process test met in CI after this function had returned: not understood;
+            # see tests/test_train_full.py::_worker.)
             dist.barrier()
         return report
     finally:
