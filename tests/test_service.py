@@ -451,24 +451,3 @@ def test_openapi_schema_fuzzed_without_server_errors(paired_dir: Path,
 
             fuzz()
 
-
-def test_an_upsert_to_a_trained_store_counts_the_items_new_to_its_model(
-        paired_dir: Path, tmp_path: Path, tiny_model: str) -> None:
-    """An item the model was not trained on has no learned bias and seldom reaches a top 10
-    (README): the answer to PUT /items says how many of the written items are such."""
-    from xdretrieve.service import create_app
-    from xdretrieve.train.adapter import AdapterConfig
-    from xdretrieve.train.finetune import finetune
-
-    settings = Settings(model=tiny_model, store=tmp_path / "store", cache_dir=tmp_path / "cache")
-    dataset = Dataset.from_dir(paired_dir)
-    finetune(dataset, tmp_path / "model", settings, AdapterConfig(dim=8, epochs=2))
-    trained = settings.model_copy(update={"model": str(tmp_path / "model")})
-    index_dataset(dataset, trained, users=False)
-    with LiveServer(create_app(trained)) as live, httpx.Client(base_url=live.url,
-                                                                timeout=60) as client:
-        r = client.put("/items", json={"items": [
-            {"item_id": "movie-0", "domain": "movies", "title": "Knitting: the movie, again"},
-            {"item_id": "movie-new", "domain": "movies", "title": "A film added since"}]})
-        assert r.status_code == 200, r.text
-        assert r.json() == {"upserted": 2, "domains": ["books", "movies"], "new_to_model": 1}
