@@ -323,3 +323,16 @@ def test_a_folder_without_a_file_of_a_kind_names_the_formats_and_what_it_has(
     with pytest.raises(DataError, match=r"no interactions file .*; found interactions\.txt, "
                                         r"interactions\.xlsx: not one of these formats$"):
         Dataset.from_dir(tmp_path)
+
+
+def test_a_dataset_shows_its_counts_not_its_records(paired_dir: Path) -> None:
+    """A notebook that shows a Dataset printed every item and interaction (7 MB for a sample of
+    the shared data)."""
+    ds = Dataset.from_dir(paired_dir)
+    roles = list(ds.splits.values())
+    assert repr(ds) == (
+        f"Dataset('{paired_dir.name}': {len(ds.items)} items in books, movies, "
+        f"{len(ds.interactions)} interactions of {len(ds.histories)} users, split "
+        f"{roles.count('test')} test / {roles.count('train')} train)")
+    no_split = Dataset(ds.items, ds.interactions, name="x")
+    assert repr(no_split).endswith(f"of {len(ds.histories)} users)")

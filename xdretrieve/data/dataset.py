@@ -49,6 +49,18 @@ class Dataset:
             self.histories[user] = {d: tuple(ids) for d, ids in per_domain.items()}
         self.domains = tuple(sorted({item.domain for item in self.items.values()}))
 
+    def __repr__(self) -> str:
+        # counts, not the records: a notebook that shows a real catalog must not print megabytes
+        split = ""
+        if self.splits is not None:
+            counts = defaultdict(int)
+            for role in self.splits.values():
+                counts[role] += 1
+            split = ", split " + " / ".join(f"{counts[r]:,} {r}" for r in sorted(counts))
+        return (f"Dataset({self.name!r}: {len(self.items):,} items in "
+                f"{', '.join(self.domains) or 'no domain'}, {len(self.interactions):,} "
+                f"interactions of {len(self.histories):,} users{split})")
+
     @classmethod
     def load(
         cls,
