@@ -55,6 +55,7 @@ def check_trained_model_store(model_dir: Path, dataset, settings) -> None:
         assert s.read_info().extra["trained"] == str(model_dir.resolve())
     with Retriever(settings) as r:
         assert r.model is not None
+        assert repr(r).endswith(f"model={str(model_dir.resolve())!r})")
         right = sum(r.recommend_history([f"book-{t}"], "movies", 1)[0].item_id == f"movie-{t}"
                     for t in range(len(THEMES)))
         assert right >= len(THEMES) - 1

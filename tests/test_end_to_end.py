@@ -43,6 +43,9 @@ def test_known_items_are_excluded_and_domain_respected(paired_store) -> None:
         assert len(hits) == len(THEMES) - 1
         assert {h.domain for h in hits} == {"movies"}
         assert r.search_text("a film about volcanoes", "movies", 1)[0].item_id == "movie-10"
+        # what a framework that prints its components shows (before: "<... object at 0x...>")
+        assert repr(r) == (f"Retriever({str(paired_store.store)!r}, domains=['books', "
+                           f"'movies'], model='all-MiniLM-L6-v2')")
 
 
 def test_answer_chosen_from_more_candidates_is_the_same_nearest_items(paired_store) -> None:

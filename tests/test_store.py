@@ -304,6 +304,53 @@ def test_a_server_that_cannot_be_reached_is_named(tmp_path: Path) -> None:
             thread.join(timeout=30)
 
 
+def test_the_api_key_reaches_the_server_and_no_printout(tmp_path: Path, monkeypatch) -> None:
+    """A key in a repr ends up in logs and notebooks (a LangChain retriever prints its
+    fields): the settings hold it as a secret, and the server still receives it."""
+    import threading
+    import warnings
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from xdretrieve.config import Settings
+    from xdretrieve.store import open_store
+
+    received: list[str | None] = []
+
+    class Server(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # the client's version check, then whether items exists
+            received.append(self.headers.get("api-key"))
+            answer = ({"title": "qdrant", "version": "1.16.0"} if self.path == "/" else
+                      {"result": {"exists": False}, "status": "ok", "time": 0})
+            body = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("XDR_API_KEY", "s3cret-key")  # as a deployment gives it
+    settings = Settings(url=f"http://127.0.0.1:{server.server_port}", cache_dir=tmp_path)
+    assert "s3cret-key" not in repr(settings) and "s3cret-key" not in str(settings.model_dump())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # qdrant-client: a key over plain http is insecure
+        store = open_store(settings)
+        try:
+            assert store.read_info() is None  # nothing there yet
+        finally:
+            store.close()
+            for thread in threading.enumerate():  # the client's version check
+                if "_check_compatibility" in thread.name:
+                    thread.join(timeout=30)
+            server.shutdown()
+            server.server_close()
+    assert received and set(received) == {"s3cret-key"}
+
+
 def test_a_url_that_is_not_a_server_url_is_refused_in_one_line(tmp_path: Path) -> None:
     """Before, qdrant-client's ValueError (or urllib3's) came out as a traceback."""
     from click.testing import CliRunner

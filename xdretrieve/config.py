@@ -11,7 +11,7 @@ from pathlib import Path
 from string import Formatter
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     # where vectors live
     store: Path = Field(Path(".xdretrieve"), description="Directory of the embedded Qdrant Edge store.")
     url: str | None = Field(None, description="Qdrant server URL; when set, used instead of `store`.")
-    api_key: str | None = Field(None, description="Qdrant server API key.")
+    # a secret: shown as '**********' wherever the settings are printed or logged
+    api_key: SecretStr | None = Field(None, description="Qdrant server API key.")
     collection_prefix: str = Field("xdr_", description="Prefix of the server's collection names.")
     # server collections (applied when a collection is created)
     shards: int = Field(1, ge=1, description="Shards of a new server collection.")

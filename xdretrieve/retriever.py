@@ -158,6 +158,12 @@ class Retriever:
         self._tower_profiles = (self.model is not None
                                 and info.extra.get(PROFILE_VECTORS) == TOWER_PROFILES)
 
+    def __repr__(self) -> str:
+        # what a framework that prints its components (LangChain) shows: where and what model
+        model = self.model.path if self.model is not None else self.info.encoder
+        return (f"Retriever({self.settings.url or str(self.settings.store)!r}, "
+                f"domains={list(self.info.domains)}, model={str(model)!r})")
+
     def _load_trained(self, given: Path | None) -> Any:
         """The trained model that built the store: the directory given with ``--model`` (already
         checked; the model may have moved since), else the one the store recorded, which must

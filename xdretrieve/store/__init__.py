@@ -49,7 +49,8 @@ def open_store(settings: Settings) -> VectorStore:
             warnings.filterwarnings("ignore", message="Failed to obtain server version",
                                     category=UserWarning)
             try:
-                client = QdrantClient(url=settings.url, api_key=settings.api_key)
+                key = settings.api_key.get_secret_value() if settings.api_key else None
+                client = QdrantClient(url=settings.url, api_key=key)
             except ValueError as e:  # an unknown scheme, a host that cannot be one
                 raise StoreError(f"'{settings.url}' is not a Qdrant server URL ({e}); expected "
                                  f"http(s)://HOST:PORT, e.g. http://localhost:6333") from None
