@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import THEMES
@@ -61,6 +62,9 @@ def test_answer_chosen_from_more_candidates_is_the_same_nearest_items(paired_sto
         assert "movie-4" not in {h.item_id for h in wide}  # still excluded
         with pytest.raises(ValueError, match="candidates"):
             r.search(query, "movies", 10, candidates=0)
+        with pytest.raises(TypeError, match="limit must be a whole number, not 2.5"):
+            r.recommend_user("u4-1", "movies", limit=2.5)
+        assert len(r.recommend_user("u4-1", "movies", limit=np.int64(2))) == 2
 
 
 def test_unknowns_are_clear_errors(paired_store) -> None:

@@ -314,6 +314,10 @@ class Retriever:
         ``candidates`` with a trained model, whose re-ranker orders them; ``limit`` without
         one, where the nearest are the answer)."""
         self.check_domain(domain)
+        for name, value in (("limit", limit), ("candidates", candidates)):
+            if value is not None and (isinstance(value, bool) or not isinstance(
+                    value, (int, np.integer))):  # 3.5 failed deep inside, as a slice index
+                raise TypeError(f"{name} must be a whole number, not {value!r}")
         if limit < 1 or (candidates is not None and candidates < 1):
             raise ValueError("limit and candidates must be at least 1")
         exclude = [self._point_of(i) for i in query.exclude]
