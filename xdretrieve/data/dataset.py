@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,9 +53,7 @@ class Dataset:
         # counts, not the records: a notebook that shows a real catalog must not print megabytes
         split = ""
         if self.splits is not None:
-            counts = defaultdict(int)
-            for role in self.splits.values():
-                counts[role] += 1
+            counts = Counter(self.splits.values())
             split = ", split " + " / ".join(f"{counts[r]:,} {r}" for r in sorted(counts))
         return (f"Dataset({self.name!r}: {len(self.items):,} items in "
                 f"{', '.join(self.domains) or 'no domain'}, {len(self.interactions):,} "
