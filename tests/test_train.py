@@ -118,6 +118,47 @@ def test_saved_model_reloads_and_gives_identical_vectors(trained) -> None:
     np.testing.assert_array_equal(a.user_vector(va[:3], "movies"), b.user_vector(vb[:3], "movies"))
 
 
+@pytest.mark.parametrize("pooling", ["attention", "mean"])
+def test_the_saved_model_computes_what_the_trained_tower_computes(trained, tmp_path: Path,
+                                                                  pooling: str) -> None:
+    """What training holds in memory (the torch tower) and what index and query load (its
+    saved weights, served in NumPy) give the same item vectors, user vectors and scores: a
+    weight saved transposed, under another domain's name or not at all would differ here."""
+    import torch
+
+    from xdretrieve.evaluate.protocol import Split
+    from xdretrieve.train.adapter import _save
+    from xdretrieve.train.catalog import Catalog
+    from xdretrieve.train.tower import Tower, pad
+
+    _, ds, base, _ = trained
+    catalog = Catalog.of(ds)
+    config = AdapterConfig(dim=16, pooling=pooling)
+    torch.manual_seed(1)
+    tower = Tower(torch.from_numpy(base.astype(np.float32)), catalog.rows_by_domain, config)
+    with torch.no_grad():  # every weight away from its start (zeros would hide a mix-up)
+        for p in tower.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    tower.eval()
+    _save(tower, tmp_path, catalog.domains, catalog.ids, config, "base", "f", 1, [], 0.0, None,
+          {}, Split.of(ds))
+    model = TrainedModel.load(tmp_path)
+    vectors = model.item_vectors(base, [ds.items[i].domain for i in catalog.ids])
+    with torch.no_grad():
+        for t, rows in enumerate(catalog.rows_by_domain):
+            np.testing.assert_allclose(vectors[rows], tower.domain_items(t).numpy(), atol=1e-5)
+        for s, t in [(0, 1), (1, 0)]:
+            source, target = catalog.rows_by_domain[s], catalog.rows_by_domain[t]
+            histories = [source[:1], source[2:5], source[-7:]]  # lengths 1, 3 and 7
+            users = tower.users(*pad(histories), s, t)
+            logits = tower.user_scores(users, t).numpy()
+            for h, u, row in zip(histories, users.numpy(), logits, strict=True):
+                served = model.user_vector(vectors[h], catalog.domains[t])
+                np.testing.assert_allclose(served, u, atol=1e-5)
+                scores = model.rescore([catalog.ids[r] for r in target], vectors[target] @ served)
+                np.testing.assert_allclose(scores, row, rtol=1e-4, atol=1e-4)
+
+
 def test_point_id_lookups_match_the_item_id_ones(trained) -> None:
     tmp, ds, _, _ = trained
     model = TrainedModel.load(tmp / "model")
