@@ -102,6 +102,12 @@ def test_itemknn_similarity_by_hand(view: TrainView) -> None:
     assert scores[0] == pytest.approx(2 / (np.sqrt(3) * 4 + 2), rel=1e-5)
     # book-0 and movie-0: 3 common users, n = 3 and 3: 3 / (3 + 2) = 0.6; movie-1: never together
     assert scores[1:3].tolist() == pytest.approx([0.6, 0.0], rel=1e-5)
+    # asymmetric (alpha 0.75): the source item's count weighs alpha, the target's 1 - alpha
+    # (0.5 alone would not tell the two exponents apart)
+    method = ItemKNN(alphas=(0.75,), shrinks=(2.0,))
+    method.fit(view)
+    scores = method.score([("book-0",)])[0]
+    assert scores[0] == pytest.approx(2 / (3 ** 0.75 * 16 ** 0.25 + 2), rel=1e-5)
 
 
 def test_itemknn_counts_each_train_users_most_recent_items_only() -> None:

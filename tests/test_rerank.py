@@ -277,6 +277,21 @@ def test_text_overlap_by_token_ids_equals_the_token_sets() -> None:
         stats.row[i] for i in stats.cooccurring(["a1"], "office", 5)]
 
 
+def test_an_item_the_statistics_do_not_know_counts_by_the_historys_own_text() -> None:
+    """An item indexed after training has no text in the statistics: the overlap then reads
+    the history's text as the query gave it, so that item's words count too."""
+    texts = ["red pencil", "glue", "pencil case", "stapler", "glue stick"]
+    stats = ItemStats.fit(IDS, HISTORIES, DOMAINS, texts)
+    zeros = np.zeros(3, np.float32)
+    col = FEATURES.index("text_overlap")
+    known = features(stats, ["a1"], "red pencil", ["o1", "o2", "o3"], None, zeros, zeros)
+    np.testing.assert_allclose(known[:, col], [1 / 2, 0, 0])  # 'pencil' of 'pencil case'
+    # 'new' (a stapler, added since) is not in the statistics; the history's text has it
+    grown = features(stats, ["a1", "new"], "red pencil heavy stapler", ["o1", "o2", "o3"],
+                     None, zeros, zeros)
+    np.testing.assert_allclose(grown[:, col], [1 / 2, 1, 0])
+
+
 def test_saved_statistics_reload_their_texts_and_token_index(tmp_path: Path,
                                                              monkeypatch) -> None:
     """Saved statistics keep every text exactly (non-ASCII too) at their own size, and their
