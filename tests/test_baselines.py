@@ -127,6 +127,24 @@ def test_itemknn_counts_each_train_users_most_recent_items_only() -> None:
     assert capped.config()["max_history"] == 1
 
 
+def test_userknn_weighs_a_rare_shared_item_above_a_common_one() -> None:
+    """Source profiles are idf-weighted: sharing the rare book with a user says more than
+    sharing the book most users have. Query {rare, common}: user a has the rare book (and
+    another), four users f have only the common one. Unweighted, the f users are nearest
+    (cosine 0.71 against 0.5); weighted, user a is (0.70 against 0.17)."""
+    pairs = [("a", ["b-rare", "b-y"], "m-a"), ("b", ["b-common", "b-z"], "m-b")]
+    pairs += [(f"f{k}", ["b-common"], "m-f") for k in range(4)]
+    items = {i: Item(i, "books", i) for i in ("b-rare", "b-common", "b-y", "b-z")}
+    items |= {i: Item(i, "movies", i) for i in ("m-a", "m-b", "m-f")}
+    events = [Interaction(u, i, "books", float(k)) for u, books, _ in pairs
+              for k, i in enumerate(books)]
+    events += [Interaction(u, m, "movies", 9.0) for u, _, m in pairs]
+    view = Protocol(Dataset(items, events, {u: "train" for u, _, _ in pairs})).train_view(B2M)
+    method = UserKNN(neighbours=(1,))
+    method.fit(view)
+    assert target_ids(view, method.rank([("b-rare", "b-common")])[0])[0] == "m-a"
+
+
 def test_userknn_with_one_neighbour_recommends_that_neighbours_items(view: TrainView) -> None:
     method = UserKNN(neighbours=(1,))
     method.fit(view)
@@ -218,6 +236,11 @@ def test_choose_picks_the_best_on_valid_users_and_sees_only_their_queries(view: 
     assert best == {"good": True}
     assert [v for _, v in table][1] == 1.0
     assert set(seen) == set(view.valid.queries)
+    # a tie keeps the earlier candidate: the default comes first, and a grid that cannot tell
+    # settings apart stays at it
+    best, table = choose([{"good": True, "k": 1}, {"good": False}, {"good": True, "k": 2}],
+                         rank_with, view.valid)
+    assert best == {"good": True, "k": 1} and table[0][1] == table[2][1]
 
 
 def test_choose_refuses_test_users(dataset: Dataset) -> None:

@@ -116,6 +116,11 @@ def test_saved_model_reloads_and_gives_identical_vectors(trained) -> None:
     np.testing.assert_array_equal(va, vb)
     np.testing.assert_allclose(np.linalg.norm(va, axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(a.user_vector(va[:3], "movies"), b.user_vector(vb[:3], "movies"))
+    # a history longer than the model's window is read through it: its last max_history items
+    books = va[[k for k, it in enumerate(ds.items.values()) if it.domain == "books"]]
+    long = books[np.arange(a.max_history + 9) % len(books)]
+    np.testing.assert_allclose(a.user_vector(long, "movies"),
+                               a.user_vector(long[-a.max_history:], "movies"), atol=1e-6)
 
 
 @pytest.mark.parametrize("pooling", ["attention", "mean"])
@@ -654,12 +659,18 @@ def test_the_reranker_is_served_the_towers_exact_best(trained, tmp_path: Path) -
             model.bias, np.random.default_rng(1).normal(0, model.scale, len(model.bias)),
             strict=True)}  # as wide as the cosine's part: the best is not always near
         model.index_points()
+        plain = Retriever(settings.model_copy(update={"rerank": False}), store=r.store)
+        plain.model = model
         beyond = 0  # queries whose best lies outside the 4 nearest by cosine
         for t in range(len(THEMES)):
             query = r.history_query([f"book-{t}"], "movies")
             exact = model.rescore(ids, vectors @ query.vector)
             expected = [ids[k] for k in np.argsort(-exact, kind="stable")[:1]]
             assert [h.item_id for h in r.search(query, "movies", 1)] == expected
+            # the model's own top 3 (re-ranker off): each item once, also one that both the
+            # search and the scan by bias found
+            top3 = [ids[k] for k in np.argsort(-exact, kind="stable")[:3]]
+            assert [h.item_id for h in plain.search(query, "movies", 3)] == top3
             nearest = {ids[k] for k in np.argsort(-(vectors @ query.vector))[:4]}
             beyond += not set(expected) <= nearest
         assert beyond > 0  # the case that approximate candidates got wrong was tested
