@@ -45,6 +45,31 @@ def test_training_improves_its_validation_metric(trained) -> None:
     assert manifest["best_epoch"] == int(np.argmax(scores)) + 1
 
 
+def test_training_stops_after_patience_and_saves_the_best_epoch(trained, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """Valid users' ndcg@10 peaks at epoch 2 of 4 (scripted here): training stops once
+    ``patience`` (2) epochs pass without a gain, and the saved model is epoch 2's, not the
+    last one's."""
+    from xdretrieve.train import adapter
+
+    _, ds, base, _ = trained
+    script, states = iter([0.1, 0.5, 0.2, 0.3, 0.9]), []
+
+    def validate(model, valid, directions):
+        states.append(model.bias.detach().clone().numpy())
+        return {"books->movies/ndcg@10": next(script)}
+
+    monkeypatch.setattr(adapter, "_validate", validate)
+    config = AdapterConfig(dim=16, epochs=10, patience=2, batch_size=8, lr=1e-2, seed=0,
+                           rerank_fraction=0)
+    manifest = train_adapter(ds, base, tmp_path / "model", "m", "f", config)
+    assert manifest["best_epoch"] == 2 and len(manifest["history"]) == len(states) == 4
+    saved = TrainedModel.load(tmp_path / "model")
+    np.testing.assert_array_equal(np.array(list(saved.bias.values()), dtype=np.float32),
+                                  states[1])
+    assert not np.array_equal(states[1], states[3])  # the last epoch's weights differ
+
+
 def test_the_blocked_softmax_gives_the_whole_softmax_loss_and_gradients(monkeypatch) -> None:
     """A large target domain's logits are computed in blocks of items: the same loss and
     gradients as the whole softmax (and as the formula, computed here in numpy), and blocks are
