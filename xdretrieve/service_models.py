@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from xdretrieve.data.records import INDEX_FIELDS
+from xdretrieve.data.records import INDEX_FIELDS, domain_problem
 
 MAX_LIMIT = 1000
 MAX_BATCH = 1000  # items per PUT / DELETE
@@ -108,6 +108,14 @@ class ItemIn(_Body):
     text: Body = ""
     extra: dict[Annotated[str, StringConstraints(min_length=1, max_length=128)], Scalar] = Field(
         default_factory=dict, max_length=100)
+
+    @field_validator("domain")
+    @classmethod
+    def _a_domain_name(cls, domain: str) -> str:
+        problem = domain_problem(domain)  # as the files are held to
+        if problem:
+            raise ValueError(problem)
+        return domain
 
     @field_validator("extra")
     @classmethod

@@ -19,7 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from xdretrieve.data.records import INDEX_FIELDS, Interaction, Item
+from xdretrieve.data.records import INDEX_FIELDS, Interaction, Item, domain_problem
 from xdretrieve.errors import DataError
 
 # Text files may come gzipped, as exports often do (Parquet compresses inside the file).
@@ -311,9 +311,9 @@ def read_items(path: str | Path, rejects: RejectLog | None = None) -> dict[str, 
     def parse(row: dict[str, Any], where: Where) -> None:
         item_id = _text(row, "item_id", where, required=True)
         domain = _text(row, "domain", where, required=True)
-        if "->" in domain:  # it would make a direction such as 'a->b->c' ambiguous
-            raise _error(where, "domain", f"'{domain}' must not contain '->' (it joins the two "
-                                          f"domains of a direction)")
+        problem = domain_problem(domain)
+        if problem:
+            raise _error(where, "domain", problem)
         title = _text(row, "title", where, required=True)
         text = _text(row, "text", where, required=False)
         if item_id in items:

@@ -12,6 +12,14 @@ TEXT_HASH, FIELDS_HASH = "text_hash", "fields_hash"
 INDEX_FIELDS = (TEXT_HASH, FIELDS_HASH)
 
 
+def domain_problem(domain: str) -> str | None:
+    """Why ``domain`` cannot name a domain, or None: '->' joins the two domains of a direction
+    ('a->b->c' would be ambiguous). Every way in (files, the HTTP service) asks this."""
+    if "->" in domain:
+        return f"'{domain}' must not contain '->' (it joins the two domains of a direction)"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Item:
     """A catalog item of one domain.
