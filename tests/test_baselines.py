@@ -93,6 +93,19 @@ def test_personalised_methods_find_the_paired_item(view: TrainView, make) -> Non
         assert top[0] == f"movie-{t}", (t, top[:3])
 
 
+def test_emcdr_linear_mapping_fits_an_intercept() -> None:
+    """The source -> target factor map is affine, as EMCDR's linear mapping is: factor spaces
+    of two ALS models need not share an origin."""
+    from xdretrieve.evaluate.emcdr import _fit_linear
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3)).astype(np.float32)
+    w, c = rng.normal(size=(3, 2)), np.array([3.0, -2.0])
+    apply = _fit_linear(x, x @ w + c, ridge=1e-6)
+    np.testing.assert_allclose(apply(np.zeros((1, 3), np.float32))[0], c, atol=1e-4)
+    np.testing.assert_allclose(apply(x[:5]), x[:5] @ w + c, atol=1e-4)
+
+
 def test_itemknn_similarity_by_hand(view: TrainView) -> None:
     method = ItemKNN(alphas=(0.5,), shrinks=(2.0,))
     method.fit(view)

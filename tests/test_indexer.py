@@ -200,6 +200,55 @@ def test_an_interrupted_recreate_leaves_the_old_store_whole(
     assert index_dataset(ds, settings_for(model=other_tiny_model)).resumed
 
 
+def three_domain_user() -> Dataset:
+    """One user: three books, an album and a film."""
+    from xdretrieve.data import Interaction
+
+    items = [Item(f"book-{k}", "books", f"book {k}", w) for k, w in
+             enumerate(["dragons", "castles", "knights"])]
+    items += [Item("album-0", "music", "album 0", "jazz"), Item("movie-0", "movies", "film")]
+    events = [Interaction("u", f"book-{k}", "books", float(k)) for k in range(3)]
+    events += [Interaction("u", "album-0", "music", 3.0),
+               Interaction("u", "movie-0", "movies", 4.0)]
+    return Dataset({i.item_id: i for i in items}, events)
+
+
+def test_another_pooling_rewrites_every_profile(tiny_model: str, settings_for) -> None:
+    """A profile's vector depends on the pooling as much as on the history: indexing again
+    with another pooling rewrites every profile, with that pooling's vector."""
+    from xdretrieve.users import pool
+
+    ds = three_domain_user()
+    index_dataset(ds, settings_for(model=tiny_model, pooling="recency"))
+    mean = settings_for(model=tiny_model, pooling="mean")
+    report = index_dataset(ds, mean)
+    assert report.items_embedded == 0 and report.profiles_written == report.user_profiles == 3
+    with open_store(mean) as s:
+        books = s.retrieve(ITEMS, [item_point_id(f"book-{k}") for k in range(3)],
+                           with_vectors=True)
+        (profile,) = s.retrieve(USERS, [user_point_id("u", "books")], with_vectors=True)
+    vectors = np.stack([p.vector for p in sorted(books, key=lambda p: p.payload["item_id"])])
+    np.testing.assert_allclose(profile.vector, pool(vectors, "mean"), atol=1e-6)
+    assert not np.allclose(pool(vectors, "mean"), pool(vectors, "recency"), atol=1e-4)
+
+
+def test_a_stored_users_query_weighs_each_other_domain_by_its_history(
+        tiny_model: str, settings_for) -> None:
+    """Without a trained model, a stored user's query into movies pools their profiles of
+    the other domains, each weighted by how many items it was made of (3 books, 1 album)."""
+    settings = settings_for(model=tiny_model)
+    index_dataset(three_domain_user(), settings)
+    with Retriever(settings) as r:
+        books, music = r.store.retrieve(USERS, [user_point_id("u", "books"),
+                                                user_point_id("u", "music")], with_vectors=True)
+        if books.payload["domain"] != "books":
+            books, music = music, books
+        expected = 3 * books.vector + 1 * music.vector
+        query = r.user_query("u", "movies")
+    np.testing.assert_allclose(query.vector, expected / np.linalg.norm(expected), atol=1e-6)
+    assert query.exclude == ("movie-0",)
+
+
 def test_vectors_are_what_the_encoder_gives(paired_dir: Path, tiny_model: str,
                                             settings_for) -> None:
     from xdretrieve.encoder import Encoder, item_text
