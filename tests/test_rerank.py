@@ -140,6 +140,29 @@ def test_fit_learns_the_feature_that_marks_the_positive(tmp_path) -> None:
     np.testing.assert_array_equal(again.stats.cooc.toarray(), stats.cooc.toarray())
 
 
+def test_the_fit_minimises_the_listwise_loss_of_each_users_own_candidates() -> None:
+    """Users have different numbers of candidates: the batch pads them, and the padding must
+    not count as negatives. At the fitted weights the loss over the real candidates alone is
+    at its minimum (the loss is convex in the weights): its gradient is ~0."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    groups = []
+    for _ in range(40):
+        n = int(rng.integers(3, 30))
+        x = rng.normal(size=(n, len(FEATURES))).astype(np.float32)
+        y = np.zeros(n, np.float32)
+        y[rng.integers(n)] = 1
+        x[y == 1, 0] += 1.0  # the first feature marks the relevant candidate, a little
+        groups.append((x, y))
+    fitted = fit_reranker(groups, ItemStats.fit(["a"], {}))
+    w = torch.tensor(fitted.weights, requires_grad=True)
+    loss = sum(-(torch.from_numpy(y) * torch.log_softmax(
+        torch.from_numpy((x - fitted.mean) / fitted.std) @ w, 0)).sum() for x, y in groups)
+    (loss / len(groups)).backward()
+    assert float(w.grad.norm()) < 1e-3  # 0.35 with the padding counted as negatives
+
+
 def test_cooccurring_items_of_the_target_domain_best_first(tmp_path) -> None:
     stats = ItemStats.fit(IDS, HISTORIES, DOMAINS)
     # a1 co-occurs with o1 (2 users) and o2 (1); a2 with o3 (1); ties by popularity
@@ -371,6 +394,16 @@ def test_the_reranker_is_kept_per_target_domain_where_valid_users_gain(tmp_path:
     assert report["books->movies"]["with"] > report["books->movies"]["without"]
     assert report["movies->books"]["with"] < report["movies->books"]["without"]
     assert report["kept"] == ["movies"]
+    # a target domain is served only where every direction into it gains, and a tie is no gain
+    level = np.zeros(12, np.float32)
+    level[[0, 11]] = 1  # relevant: the first and the last, where the re-ranker leaves them
+    x_level = x.copy()
+    x_level[:, FEATURES.index("cooccurrence")] = [11, *range(1, 11), 0]  # reverses the middle
+    three = _compare_on_valid([("books->movies", x, helped), ("music->movies", x, hurt),
+                               ("movies->books", x_level, level)], reranker)
+    assert three["books->movies"]["with"] > three["books->movies"]["without"]
+    assert three["movies->books"]["with"] == three["movies->books"]["without"]
+    assert three["kept"] == []
     # what finetune prints: each direction's two figures, and where it is served
     line = describe_rerank(report)
     assert (f"books->movies {report['books->movies']['without']:.4f} -> "
