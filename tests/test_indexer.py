@@ -249,6 +249,23 @@ def test_a_stored_users_query_weighs_each_other_domain_by_its_history(
     assert query.exclude == ("movie-0",)
 
 
+def test_another_cut_length_embeds_every_item_again(paired_dir: Path, tiny_model: str,
+                                                    settings_for) -> None:
+    """The vector of an item depends on where its text is cut (max_seq_length): indexing
+    again with another cut embeds every item again, with the vectors that cut gives."""
+    from xdretrieve.encoder import Encoder, item_text
+
+    ds = Dataset.from_dir(paired_dir)
+    index_dataset(ds, settings_for(model=tiny_model))
+    short = settings_for(model=tiny_model, max_seq_length=8)
+    assert index_dataset(ds, short).items_embedded == len(ds.items)
+    expected = Encoder.from_settings(short).encode(
+        [item_text(ds.items["book-2"], short.text_template)])[0]
+    with open_store(short) as s:
+        (point,) = s.retrieve(ITEMS, [item_point_id("book-2")], with_vectors=True)
+    np.testing.assert_allclose(point.vector, expected, atol=1e-5)
+
+
 def test_vectors_are_what_the_encoder_gives(paired_dir: Path, tiny_model: str,
                                             settings_for) -> None:
     from xdretrieve.encoder import Encoder, item_text
