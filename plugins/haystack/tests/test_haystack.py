@@ -32,6 +32,7 @@ def test_the_counterpart_comes_first(component: XDRetrieveRetriever, themes: lis
             assert docs[0].id == docs[0].meta["item_id"] == f"movie-{t}", kwargs
             assert docs[0].content == f"{theme.capitalize()}: the movie"
             assert docs[0].meta["domain"] == "movies"
+            assert docs[0].meta["text"] == f"a film about {theme}"  # the item's stored fields
             assert not {"text_hash", "fields_hash"} & set(docs[0].meta)
             assert [d.score for d in docs] == sorted((d.score for d in docs), reverse=True)
     back = component.run(history=["movie-2"], domain="books", limit=1)["documents"]

@@ -35,6 +35,16 @@ def test_the_counterpart_comes_first(core: Retriever, themes: list[str], mode: s
         assert scores == sorted(scores, reverse=True)
 
 
+def test_a_history_is_read_oldest_first(core: Retriever) -> None:
+    """Comma-separated ids keep their order (recent items weigh more): the answer is the core's
+    for the same list, which differs from the reversed list's."""
+    retriever = XDRetrieveRetriever(retriever=core, mode="history", domain="movies", limit=3)
+    history = ["book-1", "book-2", "book-3"]
+    got = [d.metadata["item_id"] for d in retriever.invoke(", ".join(history))]
+    assert got == [h.item_id for h in core.recommend_history(history, "movies", 3)]
+    assert got != [h.item_id for h in core.recommend_history(history[::-1], "movies", 3)]
+
+
 def test_is_a_runnable(core: Retriever) -> None:
     retriever = XDRetrieveRetriever(retriever=core, domain="books", limit=1)
     chain = retriever | RunnableLambda(lambda docs: docs[0].metadata["item_id"])

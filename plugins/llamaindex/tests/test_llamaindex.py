@@ -34,6 +34,16 @@ def test_the_counterpart_comes_first(core: Retriever, themes: list[str], mode: s
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
+def test_a_history_is_read_oldest_first(core: Retriever) -> None:
+    """Comma-separated ids keep their order (recent items weigh more): the answer is the core's
+    for the same list, which differs from the reversed list's."""
+    retriever = XDRetrieveRetriever(core, domain="movies", mode="history", limit=3)
+    history = ["book-1", "book-2", "book-3"]
+    got = [n.node.node_id for n in retriever.retrieve(",".join(history))]
+    assert got == [h.item_id for h in core.recommend_history(history, "movies", 3)]
+    assert got != [h.item_id for h in core.recommend_history(history[::-1], "movies", 3)]
+
+
 def test_a_plain_string_and_the_other_direction(core: Retriever) -> None:
     retriever = XDRetrieveRetriever(core, domain="books", limit=1)
     assert [h.node.node_id for h in retriever.retrieve("movie-3, movie-3")] == ["book-3"]
