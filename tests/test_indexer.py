@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from xdretrieve import indexer
-from xdretrieve.data import Dataset, Item
+from xdretrieve.data import Dataset, Interaction, Item
 from xdretrieve.errors import EncoderMismatchError
 from xdretrieve.indexer import index_dataset
 from xdretrieve.retriever import Retriever
@@ -202,8 +202,6 @@ def test_an_interrupted_recreate_leaves_the_old_store_whole(
 
 def three_domain_user() -> Dataset:
     """One user: three books, an album and a film."""
-    from xdretrieve.data import Interaction
-
     items = [Item(f"book-{k}", "books", f"book {k}", w) for k, w in
              enumerate(["dragons", "castles", "knights"])]
     items += [Item("album-0", "music", "album 0", "jazz"), Item("movie-0", "movies", "film")]
