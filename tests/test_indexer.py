@@ -264,6 +264,24 @@ def test_another_cut_length_embeds_every_item_again(paired_dir: Path, tiny_model
     np.testing.assert_allclose(point.vector, expected, atol=1e-5)
 
 
+def test_a_domain_named_with_an_arrow_is_refused_from_python_too(tiny_model: str,
+                                                                settings_for) -> None:
+    """Items built in Python reach the store without a reader: index_dataset and upsert_items
+    refuse a domain with '->' as the readers and the HTTP service do, before anything is
+    written."""
+    from xdretrieve.encoder import Encoder
+    from xdretrieve.errors import DataError
+
+    settings = settings_for(model=tiny_model)
+    items = {"x": Item("x", "books->movies", "t"), "y": Item("y", "movies", "u")}
+    with pytest.raises(DataError, match=r"field 'domain': 'books->movies' must not contain"):
+        index_dataset(Dataset(items, []), settings)
+    assert not settings.store.exists()
+    with open_store(settings) as s, pytest.raises(DataError, match="must not contain '->'"):
+        indexer.upsert_items(list(items.values()), settings, s, Encoder.from_settings(settings))
+    assert not (settings.store / "items").exists()
+
+
 def test_vectors_are_what_the_encoder_gives(paired_dir: Path, tiny_model: str,
                                             settings_for) -> None:
     from xdretrieve.encoder import Encoder, item_text

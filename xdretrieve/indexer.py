@@ -21,8 +21,9 @@ import numpy as np
 
 from xdretrieve.config import Settings
 from xdretrieve.data import Dataset, Item
-from xdretrieve.data.records import FIELDS_HASH, TEXT_HASH
+from xdretrieve.data.records import FIELDS_HASH, TEXT_HASH, domain_problem
 from xdretrieve.encoder import Encoder, ModelRef, item_text, resolve_model
+from xdretrieve.errors import DataError
 from xdretrieve.model import TrainedModel, check_domains, read_manifest, trained_items
 from xdretrieve.store import (
     ITEMS,
@@ -105,6 +106,15 @@ def _popular(dataset: Dataset) -> dict[str, list[str]]:
     return out
 
 
+def _check_domain_names(domains: Iterable[str], where: str) -> None:
+    """Refuse a domain name the readers would refuse in a file ('->'): items built in Python
+    reach the store without a reader."""
+    for domain in domains:
+        problem = domain_problem(domain)
+        if problem:
+            raise DataError(where, None, "domain", problem)
+
+
 def _store_info(ref: ModelRef, dim: int, domains: Iterable[str], settings: Settings,
                 previous: StoreInfo | None, changed: bool,
                 popular: dict[str, list[str]] | None = None,
@@ -153,6 +163,7 @@ def index_dataset(dataset: Dataset, settings: Settings | None = None, *,
 
     Raises:
         EncoderMismatchError: the store was built by another encoder and ``recreate`` is off.
+        DataError: a domain name contains '->' (as the readers refuse it in a file).
 
     Example:
         >>> ds = Dataset.from_dir("data/shop")                                 # doctest: +SKIP
@@ -172,6 +183,7 @@ def _index(dataset: Dataset, settings: Settings, store: VectorStore, encoder: En
            users: bool, recreate: bool, progress: bool) -> IndexReport:
     report = IndexReport(items=len(dataset.items))
     t0 = time.perf_counter()
+    _check_domain_names(dataset.domains, f"dataset {dataset.name or '(in memory)'}")
     ref: ModelRef = encoder.ref if encoder is not None else resolve_model(settings.model)
     if ref.trained is not None:  # before any work: the model adapts items of its domains only
         check_domains(ref.trained, read_manifest(ref.trained)["domains"], dataset.domains)
@@ -296,11 +308,13 @@ def upsert_items(items: Sequence[Item], settings: Settings, store: VectorStore,
 
     Raises:
         EncoderMismatchError: the store was built by another encoder.
+        DataError: a domain name contains '->' (as the readers refuse it in a file).
 
     Example:
         >>> info = upsert_items([Item("m-9", "movies", "Alien")], settings, store,
         ...                     encoder)                                  # doctest: +SKIP
     """
+    _check_domain_names({item.domain for item in items}, "items")
     info = store.read_info()
     ref = encoder.ref
     if info is not None:
