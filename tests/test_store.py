@@ -148,7 +148,13 @@ def test_similarity_in_a_domain_of_a_store_of_one_shard(tmp_path: Path, points) 
         store.close()
 
 
-def test_retrieve_scroll_count_delete(store: VectorStore, points) -> None:
+def test_retrieve_scroll_count_delete(store: VectorStore, points, monkeypatch) -> None:
+    from xdretrieve.store import edge, server
+
+    # pages of 64 points: a scroll of the 600 reads ten (each shard several), as a store of
+    # more than a page (2,048) does; a scroll that stopped after its first page lost the rest
+    monkeypatch.setattr(edge, "_SCROLL_PAGE", 64)
+    monkeypatch.setattr(server, "_SCROLL_PAGE", 64)
     load(store, points)
     ids, vectors, _ = points
     assert store.count(ITEMS) == N
@@ -182,6 +188,72 @@ def test_a_point_written_with_another_domain_moves(store: VectorStore, points) -
     assert sorted(store.ids_by_domain(ITEMS)["b"]) == sorted(
         [item_point_id(ids[k])] + [item_point_id(i) for i, p in zip(ids, payloads, strict=True)
                                    if p["domain"] == "b"])
+
+
+def test_an_upsert_whose_parts_differ_in_length_writes_nothing(store: VectorStore,
+                                                                  points) -> None:
+    load(store, points)
+    ids, vectors, payloads = points
+    new_ids = [item_point_id(f"new{j}") for j in range(3)]
+    for bad in [(new_ids, vectors[:3], payloads[:2]), (new_ids, vectors[:2], payloads[:3]),
+                (new_ids[:2], vectors[:3], payloads[:3])]:
+        with pytest.raises(ValueError, match="ids, vectors and payloads differ in length"):
+            store.upsert(ITEMS, *bad)
+    assert store.count(ITEMS) == N
+
+
+def test_an_info_write_cut_short_leaves_the_previous_info(tmp_path: Path, points,
+                                                          monkeypatch) -> None:
+    """The info file says which encoder built the store and whether it is complete: a write
+    that dies half way (a full disk, a kill) must leave the last one whole, not half a JSON
+    file that makes the store unreadable."""
+    s = EdgeStore(tmp_path / "edge")
+    load(s, points)
+    before = StoreInfo(encoder="enc", fingerprint="abc", dim=DIM, version="0", domains=["a", "b"],
+                       text_template="{title}", max_seq_length=64, pooling="mean")
+    s.write_info(before)
+    write_text = Path.write_text
+
+    def dies_half_way(path: Path, data: str, *args, **kwargs) -> int:
+        write_text(path, data[:len(data) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", dies_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        s.write_info(StoreInfo(**{**before.to_dict(), "fingerprint": "new", "complete": False}))
+    monkeypatch.undo()
+    assert s.read_info() == before
+    s.close()
+
+
+@pytest.mark.parametrize("message", [
+    "Service runtime error: IO Error: No space left on device (os error 28)",
+    "Service internal error: Not enough space available for optimization",
+])
+def test_the_engine_s_out_of_space_errors_say_what_to_do(tmp_path: Path, points, monkeypatch,
+                                                         message: str) -> None:
+    """Either of the engine's two out-of-space messages (a write, building the index) is a
+    StoreError in one line; its other errors pass as they are."""
+    from xdretrieve.errors import StoreError
+
+    s = EdgeStore(tmp_path / "edge")
+    load(s, points)
+    shard = next(s._set(ITEMS).shards())
+
+    def raising(error: str):
+        def optimize(self) -> None:
+            raise Exception(error)
+        return optimize
+
+    monkeypatch.setattr(type(shard), "optimize", raising(message))
+    with pytest.raises(StoreError, match=r"out of disk space \(.*\): free some"):
+        s.build_index(ITEMS)
+    monkeypatch.setattr(type(shard), "optimize", raising("something else"))
+    with pytest.raises(Exception, match="something else") as err:
+        s.build_index(ITEMS)
+    assert not isinstance(err.value, StoreError)
+    monkeypatch.undo()
+    s.close()
 
 
 def test_upsert_is_idempotent(store: VectorStore, points) -> None:
