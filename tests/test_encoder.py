@@ -115,6 +115,25 @@ def test_cache_is_used_and_can_be_bypassed(tiny_model: str, tmp_path: Path) -> N
     assert enc.cache.get(["never cached"]) == {}
 
 
+def test_the_cache_keeps_each_text_s_own_vector(tmp_path: Path) -> None:
+    """Texts that differ only at their end (a catalog's items share long category paths) get
+    their own vectors, and a read of more texts than one SQL statement takes finds them all."""
+    from xdretrieve.embedding_cache import EmbeddingCache
+
+    prefix = "arts crafts sewing > painting > acrylic paints > brand x > " * 2
+    texts = [f"{prefix}{k}" for k in range(1_200)]
+    vectors = np.random.default_rng(0).normal(size=(len(texts), 8)).astype(np.float32)
+    cache = EmbeddingCache(tmp_path, "enc")
+    cache.put(texts, vectors)
+    cache.close()
+    again = EmbeddingCache(tmp_path, "enc")  # from the file
+    found = again.get(["not cached", *texts])
+    assert sorted(found) == list(range(1, len(texts) + 1))
+    np.testing.assert_array_equal(np.stack([found[k + 1] for k in range(len(texts))]), vectors)
+    assert EmbeddingCache(tmp_path, "other").get(texts) == {}  # one file per encoder
+    again.close()
+
+
 def test_a_cache_that_cannot_be_used_is_only_a_warning(tiny_model: str, tmp_path: Path,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     """The cache only saves time: one that cannot be opened (a file in the way, a read-only
