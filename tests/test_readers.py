@@ -209,6 +209,52 @@ def test_users_split(tmp_path: Path) -> None:
     path.write_text("user_id,split\nu1,training\n")
     with pytest.raises(DataError, match="line 2, field 'split': 'training' is not one of"):
         read_users(path)
+    path.write_text("user_id,split\nu1,train\nu2,test\nu1,test\n")  # which split is u1's?
+    with pytest.raises(DataError, match="line 4, field 'user_id': duplicate user 'u1'"):
+        read_users(path)
+
+
+def test_ids_a_parquet_file_gives_as_numbers_match_the_same_ids_as_text(tmp_path: Path) -> None:
+    """A Parquet (pandas) column of integer ids with a gap is a float column: item 7 comes as
+    7.0. It must name the item "7" that items.jsonl has, not an unknown item "7.0"."""
+    write_jsonl(tmp_path / "items.jsonl", [{"item_id": 7, "domain": "books", "title": "Dune"},
+                                           {"item_id": "8", "domain": "movies", "title": "Alien"}])
+    pq.write_table(pa.table({"user_id": [1.0, 1.0, None], "item_id": [7.0, 8.0, 8.0],
+                             "position": [0, 1, 2]}), tmp_path / "interactions.parquet")
+    log = RejectLog()
+    items = read_items(tmp_path / "items.jsonl")
+    got = read_interactions(tmp_path / "interactions.parquet", items, log)
+    assert [(x.user_id, x.item_id, x.domain) for x in got] == [("1", "7", "books"),
+                                                                ("1", "8", "movies")]
+    assert [(r["line"], r["field"]) for r in log.rejects] == [(3, "user_id")]
+
+
+def test_an_ordering_value_must_be_a_number_or_a_time(tmp_path: Path) -> None:
+    items = read_items(write_jsonl(tmp_path / "items.jsonl", ITEMS))
+    path = write_jsonl(tmp_path / "interactions.jsonl",
+                       [{"user_id": "u1", "item_id": "b1", "position": 0},
+                        {"user_id": "u1", "item_id": "m1", "position": True}])
+    with pytest.raises(DataError, match="line 2, field 'position': expected a number, got True"):
+        read_interactions(path, items)
+
+
+def test_interactions_of_equal_position_keep_their_file_order(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "items.jsonl", ITEMS)
+    (tmp_path / "interactions.csv").write_text(
+        "user_id,item_id,position\nu1,m2,3\nu1,b1,1\nu1,m1,3\nu2,m1,0\nu2,m2,0\n")
+    ds = Dataset.from_dir(tmp_path)
+    assert ds.history("u1", "movies") == ("m2", "m1")
+    assert ds.history("u2", "movies") == ("m1", "m2")
+
+
+def test_position_orders_a_history_when_a_file_has_both_columns(tmp_path: Path) -> None:
+    """README: when a file gives both, `position` orders."""
+    write_jsonl(tmp_path / "items.jsonl", ITEMS)
+    (tmp_path / "interactions.csv").write_text(
+        "user_id,item_id,position,timestamp\n"
+        "u1,m1,1,2020-01-01T00:00:00Z\nu1,m2,0,2021-01-01T00:00:00Z\n")
+    ds = Dataset.from_dir(tmp_path)
+    assert ds.history("u1", "movies") == ("m2", "m1")
 
 
 def test_unknown_extension_and_missing_file(tmp_path: Path) -> None:
