@@ -358,6 +358,47 @@ def test_a_store_an_interrupted_index_left_incomplete_is_not_ready(
         assert r.status_code == 503 and "run it again" in r.json()["detail"]
 
 
+def test_put_items_embeds_as_the_store_was_built(paired_dir: Path, tiny_model: str,
+                                                 tmp_path: Path) -> None:
+    """A service started without a model serves PUT /items with the encoder and the token limit
+    that built the store (here a local model cutting texts at 16 tokens), not with the
+    defaults: an item written again gets the very vector `index` gave it. A store whose items
+    were all deleted is alive but not ready."""
+    import numpy as np
+
+    from xdretrieve.data import Item
+    from xdretrieve.service import create_app
+    from xdretrieve.store import ITEMS, item_point_id
+
+    ds = Dataset.from_dir(paired_dir)
+    words = " ".join(f"word{k}" for k in range(40))  # far more than 16 tokens
+    items = {i.item_id: Item(i.item_id, i.domain, i.title, f"{i.text} {words}")
+             for i in ds.items.values()}
+    built = Settings(store=tmp_path / "store", cache_dir=tmp_path / "cache", model=tiny_model,
+                     max_seq_length=16)
+    index_dataset(Dataset(items, ds.interactions, ds.splits), built)
+    app = create_app(Settings(store=tmp_path / "store", cache_dir=tmp_path / "cache"))
+    store = app.state.service.store
+
+    def vector(item_id: str) -> np.ndarray:
+        (point,) = store.retrieve(ITEMS, [item_point_id(item_id)], with_vectors=True)
+        return point.vector
+
+    before = vector("book-3")
+    book = items["book-3"]
+    with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        r = c.put("/items", json={"items": [{"item_id": book.item_id, "domain": book.domain,
+                                             "title": book.title, "text": book.text}]})
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(vector("book-3"), before, atol=1e-6)
+
+        r = c.request("DELETE", "/items", json={"item_ids": list(items)})
+        assert r.status_code == 200 and r.json()["not_found"] == []
+        r = c.get("/ready")
+        assert r.status_code == 503
+        assert r.json() == {"ready": False, "items": 0, "reason": "the store has no items"}
+
+
 def test_serve_help_and_light_import() -> None:
     from click.testing import CliRunner
 

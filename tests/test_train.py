@@ -211,6 +211,33 @@ def test_point_id_lookups_match_the_item_id_ones(trained) -> None:
     np.testing.assert_array_equal(empty.rescore_points(pids, cosines), model.scale * cosines)
 
 
+def test_the_service_counts_the_items_new_to_the_trained_model(trained, tmp_path: Path) -> None:
+    """PUT /items answers how many of the items the trained model has not seen (no learned
+    bias: they rank by their vectors alone until the next finetune)."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from xdretrieve.config import Settings
+    from xdretrieve.indexer import index_dataset
+    from xdretrieve.service import Service
+    from xdretrieve.service_models import ItemIn, UpsertRequest
+
+    tmp, ds, _, _ = trained
+    settings = Settings(store=tmp_path / "store", model=str(tmp / "model"),
+                        cache_dir=tmp / "cache")
+    index_dataset(ds, settings)
+    service = Service(settings)
+    try:
+        known = ds.items["movie-2"]
+        answer = service.upsert(UpsertRequest(items=[
+            ItemIn(item_id=known.item_id, domain=known.domain, title=known.title),
+            ItemIn(item_id="movie-new", domain="movies", title="A film nobody has seen"),
+            ItemIn(item_id="movie-new", domain="movies", title="A film nobody has seen")]))
+        model = service.info().model  # GET /info says which model serves, and how it trained
+    finally:
+        service.close()
+    assert (answer.upserted, answer.new_to_model) == (2, 1)
+    assert model["kind"] == "adapter" and model["best_epoch"] == trained[3]["best_epoch"]
+
+
 def test_trained_model_through_index_and_query(trained, tmp_path: Path, tiny_model: str) -> None:
     tmp, ds, base, _ = trained
     from xdretrieve.config import Settings
