@@ -316,6 +316,13 @@ def test_running_out_of_memory_is_one_line(tmp_path: Path, paired_dir: Path,
     assert r.exit_code == 1 and "Error: out of memory (37.3 GiB asked for at once)" in r.output
     assert "Traceback" not in r.output
 
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("shapes do not match")
+
+    monkeypatch.setattr(finetune, "finetune", broken)  # a bug is no one-line user error
+    with pytest.raises(RuntimeError, match="shapes do not match"):
+        run("finetune", "--data", str(paired_dir), "--out", str(tmp_path / "m"), ok=False)
+
 
 def test_a_wrong_model_or_output_folder_fails_before_the_data_is_read(
         tmp_path: Path, paired_dir: Path, tiny_model: str) -> None:
