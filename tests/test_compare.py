@@ -37,3 +37,19 @@ def test_interval_widens_with_noise_and_contains_the_ratio() -> None:
     c = against_best(results)[0]
     assert c.low < c.ratio < c.high
     assert c.low < 1.0 < c.high  # no difference can be claimed
+
+
+def test_the_report_bolds_the_best_value_of_each_metric() -> None:
+    from xdretrieve.evaluate.metrics import METRICS
+    from xdretrieve.evaluate.report import to_markdown as report_markdown
+
+    def row(method: str, value: float, mrr: float) -> MethodResult:
+        return MethodResult("a->b", method, 3, {**dict.fromkeys(METRICS, value), "mrr": mrr},
+                            0.0, 0.0)
+
+    rows = [row("popularity", 0.1, 0.5), row("itemknn", 0.2, 0.25)]
+    markdown = report_markdown(Results("toy", rows, {"a->b": 3}, {}, "0", "now", 1.0), None)
+    cells = {line.split(" | ")[0][2:]: line.split(" | ")[1:len(METRICS) + 1]
+             for line in markdown.splitlines() if line.startswith(("| popularity", "| itemknn"))}
+    assert cells["itemknn"] == ["**0.2000**"] * (len(METRICS) - 1) + ["0.2500"]
+    assert cells["popularity"] == ["0.1000"] * (len(METRICS) - 1) + ["**0.5000**"]
