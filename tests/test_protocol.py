@@ -75,7 +75,10 @@ def test_query_is_source_history_by_position_and_truth_is_target_set(protocol: P
 
 def test_head_takes_the_first_users(protocol: Protocol) -> None:
     task = protocol.task(BOOKS_TO_MOVIES)
-    assert task.head(1).users == ("te2",)
+    first = task.head(1)
+    assert first.users == ("te2",)
+    assert first.queries == task.queries[:1] and first.truth == task.truth[:1]  # each its own
+    assert first.target_items == task.target_items
     assert task.head(None) is task
 
 
@@ -146,6 +149,22 @@ def test_random_split_without_users_csv_is_seeded_and_takes_both_domain_users() 
         assert list(group) == [u for u in ds.histories if u in group]  # data order
     # every command draws the same split: the protocol's default seed, whatever seeds the methods
     assert Protocol(ds).split == Split.of(ds) == Split.of(ds, seed=SPLIT_SEED)
+
+
+def test_a_few_users_without_users_csv_still_give_one_test_user() -> None:
+    """10% of 4 users rounds to none: the split keeps one, so that `evaluate` has a user."""
+    users = {f"u{i}": ("train", [(f"b{i}", 0), (f"m{i}", 1)]) for i in range(4)}
+    split = Split.of(make_dataset(users, with_splits=False))
+    assert len(split.test) == 1 and len(split.train) + len(split.valid) == 3
+
+
+def test_users_that_users_csv_leaves_out_are_not_used_and_said_so(
+        caplog: pytest.LogCaptureFixture) -> None:
+    ds = make_dataset()
+    splits = {u: s for u, s in ds.splits.items() if u != "tr2"}
+    split = Split.of(Dataset(ds.items, ds.interactions, splits))
+    assert "tr2" not in split.train + split.valid + split.test
+    assert "1 user(s) with interactions are not in users.csv; they are not used" in caplog.text
 
 
 def test_a_users_csv_without_valid_users_gets_them_from_its_train_users() -> None:
