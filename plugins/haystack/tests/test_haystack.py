@@ -8,7 +8,7 @@ import pytest
 from haystack import Document, Pipeline
 from xdretrieve_haystack import XDRetrieveRetriever
 
-from xdretrieve import NotFoundError, StoreError
+from xdretrieve import NotFoundError, StoreError, XDRetrieveError
 
 
 @pytest.fixture(autouse=True)
@@ -69,3 +69,17 @@ def test_bad_calls(component: XDRetrieveRetriever) -> None:
 def test_the_readme_example_runs_as_printed(readme_example_output: list[str]) -> None:
     assert len(readme_example_output) == 5
     assert all(line.startswith("movie-") for line in readme_example_output)
+
+
+def test_a_closed_component_reopens_and_a_given_model_is_used(
+        component: XDRetrieveRetriever, paired_settings, tmp_path) -> None:
+    assert component.run(history=["book-1"])["documents"][0].id == "movie-1"
+    component.close()  # the store is free for another component...
+    assert component.run(history=["book-1"])["documents"][0].id == "movie-1"  # ...and reopened
+    component.close()
+    missing = tmp_path / "no-such-model"
+    other = XDRetrieveRetriever(domain="movies", store=str(paired_settings.store),
+                                model=str(missing))
+    with pytest.raises(XDRetrieveError, match="no-such-model"):
+        other.run(history=["book-1"])
+    other.close()
