@@ -115,6 +115,24 @@ def test_cache_is_used_and_can_be_bypassed(tiny_model: str, tmp_path: Path) -> N
     assert enc.cache.get(["never cached"]) == {}
 
 
+def test_the_token_limit_is_the_model_s_at_most_and_keys_the_cache(tiny_model: str,
+                                                                   tmp_path: Path) -> None:
+    """A limit above what the model has positions for is the model's own (64 here): asked for
+    1,000 tokens, a long text is embedded as at 64, not past the model's 128 positions. Vectors
+    cut at one limit are cached apart from those cut at another."""
+    long = " ".join(f"word{k}" for k in range(300))
+    short_cut = Encoder.from_settings(Settings(model=tiny_model, cache_dir=tmp_path,
+                                               max_seq_length=16))
+    at_16 = short_cut.encode([long])
+    wide = Encoder.from_settings(Settings(model=tiny_model, cache_dir=tmp_path,
+                                          max_seq_length=1000))
+    assert wide.model.max_seq_length == 64
+    at_64 = wide.encode([long])  # not the 16-token vector cached above
+    assert wide.cache_hits == 0 and not np.allclose(at_64, at_16, atol=1e-3)
+    np.testing.assert_allclose(at_64, wide.encode([long], cache=False), atol=1e-6)
+    np.testing.assert_array_equal(short_cut.encode([long]), at_16)  # its own, from the cache
+
+
 def test_the_cache_keeps_each_text_s_own_vector(tmp_path: Path) -> None:
     """Texts that differ only at their end (a catalog's items share long category paths) get
     their own vectors, and a read of more texts than one SQL statement takes finds them all."""
