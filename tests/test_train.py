@@ -211,6 +211,26 @@ def test_point_id_lookups_match_the_item_id_ones(trained) -> None:
     np.testing.assert_array_equal(empty.rescore_points(pids, cosines), model.scale * cosines)
 
 
+def test_a_model_whose_base_encoder_changed_is_refused(trained, tmp_path: Path) -> None:
+    """Its adapters were trained on the old encoder's vectors: over another encoder's they
+    would answer nonsense without a word."""
+    import json
+    import shutil
+
+    from xdretrieve.errors import XDRetrieveError
+    from xdretrieve.model import MANIFEST
+
+    tmp, *_ = trained
+    model = shutil.copytree(tmp / "model", tmp_path / "model")
+    assert resolve_model(str(model)).trained == model.resolve()
+    manifest = json.loads((model / MANIFEST).read_text())
+    (model / MANIFEST).write_text(json.dumps({**manifest, "base_fingerprint": "0" * 16}))
+    with pytest.raises(XDRetrieveError, match=f"was trained on encoder .* with fingerprint "
+                                              f"{'0' * 16}, but that encoder is now "
+                                              f"{manifest['base_fingerprint']}"):
+        resolve_model(str(model))
+
+
 def test_the_service_counts_the_items_new_to_the_trained_model(trained, tmp_path: Path) -> None:
     """PUT /items answers how many of the items the trained model has not seen (no learned
     bias: they rank by their vectors alone until the next finetune)."""
