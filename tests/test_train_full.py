@@ -526,8 +526,8 @@ def test_two_gloo_processes_train_as_one_process_on_their_joint_batches(
     # Equal to float noise, which Adam can lift for a parameter whose gradient is near zero
     # (it divides by the root of the gradient's running square): a few of the million weights
     # may step apart. Measured: 1 element, of the last layer's output LayerNorm bias, by 1.5e-4
-    # of a 1.3e-2 movement, and by 3.0e-4 (2.3%) with transformers 5.24 and
-    # sentence-transformers 6.2. All but a handful of weights agree within 1e-5, every weight
+    # of a 1.3e-2 movement on a Xeon, and by 3.0e-4 (2.3%) on an AMD EPYC (torch 2.13.0+cpu,
+    # transformers 5.24). All but a handful of weights agree within 1e-5, every weight
     # within 5% of the largest movement, and what the encoder computes agrees: the item
     # vectors of the two runs within 1e-3, where training moved them by more than 0.1.
     off = sum(int(((w2[k] - w1[k]).abs() > 1e-5).sum()) for k in start)
