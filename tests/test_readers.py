@@ -186,6 +186,11 @@ def test_timestamps_order_histories(tmp_path: Path) -> None:
     bad.write_text("user_id,item_id,timestamp\nu1,m1,yesterday\n")
     with pytest.raises(DataError, match="field 'timestamp': expected unix seconds or an ISO-8601"):
         read_interactions(bad, ds.items)
+    both = tmp_path / "both.csv"  # README: when a file gives both, `position` orders
+    both.write_text("user_id,item_id,position,timestamp\n"
+                    "u1,m1,1,2020-01-01T00:00:00Z\nu1,m2,0,2021-01-01T00:00:00Z\n")
+    assert Dataset(ds.items, read_interactions(both, ds.items)).history("u1", "movies") == (
+        "m2", "m1")
 
 
 def test_skip_bad_rows_counts_and_records_them(tmp_path: Path) -> None:
@@ -246,15 +251,6 @@ def test_interactions_of_equal_position_keep_their_file_order(tmp_path: Path) ->
     assert ds.history("u1", "movies") == ("m2", "m1")
     assert ds.history("u2", "movies") == ("m1", "m2")
 
-
-def test_position_orders_a_history_when_a_file_has_both_columns(tmp_path: Path) -> None:
-    """README: when a file gives both, `position` orders."""
-    write_jsonl(tmp_path / "items.jsonl", ITEMS)
-    (tmp_path / "interactions.csv").write_text(
-        "user_id,item_id,position,timestamp\n"
-        "u1,m1,1,2020-01-01T00:00:00Z\nu1,m2,0,2021-01-01T00:00:00Z\n")
-    ds = Dataset.from_dir(tmp_path)
-    assert ds.history("u1", "movies") == ("m2", "m1")
 
 
 def test_unknown_extension_and_missing_file(tmp_path: Path) -> None:
