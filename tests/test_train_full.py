@@ -355,6 +355,28 @@ def test_an_interrupted_fine_tuning_resumes_after_its_last_epoch(tiny_model: str
     assert len(validated) == 4 and "of another run" in caplog.text
 
 
+def test_a_checkpoint_is_keyed_by_the_data_and_a_torn_one_is_started_over(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The key covers the arrays' values, not only their shapes: a run on other data of the
+    same size (other pairs) must not resume this one's checkpoint. A checkpoint that cannot be
+    read (cut short by a kill during its write, before the rename) is a warning and a fresh
+    start, not a crash of every rerun."""
+    from xdretrieve.train.resume import EpochCheckpoints, run_key
+
+    pairs = np.arange(12).reshape(6, 2)
+    assert run_key(pairs, {"lr": 1e-3}) == run_key(pairs.copy(), {"lr": 1e-3})
+    assert run_key(pairs, {"lr": 1e-3}) != run_key(pairs[::-1].copy(), {"lr": 1e-3})
+    assert run_key(pairs, {"lr": 1e-3}) != run_key(pairs, {"lr": 2e-3})
+
+    checkpoints = EpochCheckpoints(tmp_path / "resume", run_key(pairs))
+    checkpoints.save({"epoch": 1, "done": False, "weights": torch.ones(3)})
+    assert torch.equal(checkpoints.load()["weights"], torch.ones(3))
+    checkpoints.path.write_bytes(checkpoints.path.read_bytes()[:40])  # torn
+    with caplog.at_level("WARNING"):
+        assert checkpoints.load() is None
+    assert "cannot read the checkpoint" in caplog.text and not (tmp_path / "resume").exists()
+
+
 def test_the_cli_resumes_an_interrupted_full_run_and_then_drops_its_checkpoint(
         tiny_model: str, tmp_path: Path, monkeypatch) -> None:
     from click.testing import CliRunner
