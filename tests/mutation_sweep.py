@@ -29,14 +29,31 @@ ROOT = Path(__file__).resolve().parents[1]
 MUTATIONS = Path(__file__).with_name("mutations.json")
 
 
+def entry_problem(mutation: dict) -> str | None:
+    """Why an entry of ``mutations.json`` cannot be applied as written, or None."""
+    unknown = set(mutation) - {"id", "file", "old", "new", "tests", "expect", "why"}
+    if unknown:
+        return f"{mutation['id']}: unknown keys {sorted(unknown)}"
+    if mutation["old"] == mutation["new"]:
+        return f"{mutation['id']}: 'new' is 'old'"
+    found = (ROOT / mutation["file"]).read_text().count(mutation["old"])
+    if found != 1:
+        return (f"{mutation['id']}: the text to change is in {mutation['file']} {found} times, "
+                f"not once: update tests/mutations.json")
+    if not mutation["tests"] or not all((ROOT / t).exists() for t in mutation["tests"]):
+        return f"{mutation['id']}: names no tests, or tests that do not exist"
+    if "expect" in mutation and not (mutation["expect"] == "survives" and mutation.get("why")):
+        return f"{mutation['id']}: an expected survivor says 'expect': 'survives' and why"
+    return None
+
+
 def run_one(mutation: dict) -> tuple[bool, str]:
     """(caught, pytest's last line) for one mutation."""
+    problem = entry_problem(mutation)
+    if problem is not None:
+        raise SystemExit(problem)
     path = ROOT / mutation["file"]
     source = path.read_text()
-    found = source.count(mutation["old"])
-    if found != 1:
-        raise SystemExit(f"{mutation['id']}: the text to change is in {mutation['file']} "
-                         f"{found} times, not once: update tests/mutations.json")
     path.write_text(source.replace(mutation["old"], mutation["new"]))
     try:
         done = subprocess.run(
