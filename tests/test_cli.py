@@ -466,3 +466,21 @@ def test_demo_trains_indexes_and_answers(tmp_path: Path, monkeypatch, minilm_mod
     assert len(tries) == 3
     answers = [run(*args).output for args in tries]
     assert "counted most" in answers[1] and "co-bought" in answers[1]
+
+
+def test_a_cuda_device_the_machine_lacks_is_refused_before_the_data_is_read(
+        tmp_path: Path, tiny_model: str, monkeypatch) -> None:
+    """Before, `finetune` and `index` read the whole dataset first (minutes on a large one),
+    and finetune then stopped on the device; an option that was dropped went unnoticed."""
+    data = tmp_path / "data"
+    data.mkdir()  # a bad row: read first, it would be the error
+    (data / "items.jsonl").write_text('{"item_id": "x", "domain": "books", "title": ""}\n')
+    (data / "interactions.csv").write_text("user_id,item_id\nu,x\n")
+    monkeypatch.setattr("xdretrieve.encoder.has_cuda", lambda: False)  # as on a CPU machine
+    for command in (["finetune", "--out", str(tmp_path / "m")],
+                    ["index", "--store", str(tmp_path / "s")]):
+        r = run(*command, "--data", str(data), "--model", tiny_model, "--device", "cuda:1",
+                ok=False)
+        assert r.exit_code == 2, r.output
+        assert "device 'cuda:1': torch sees no CUDA device on this machine" in r.output
+        assert "title" not in r.output and not list(tmp_path.glob("[ms]"))

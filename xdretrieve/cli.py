@@ -24,6 +24,7 @@ from xdretrieve.cli_checks import (
     OutputDir,
     UserPath,
     bad_rows_options,
+    check_device,
     fail_cleanly,
     read_dataset,
 )
@@ -141,6 +142,7 @@ def index(data: Path | None, items: Path | None, interactions: Path | None, stor
     if problem is not None:
         raise click.BadParameter(problem, param_hint="'--store'")
     resolve_model(settings.model)  # a wrong --model, too
+    check_device(settings.device)  # and a CUDA device this machine lacks
     dataset = read_dataset(data, skip_bad_rows, rejects, items, interactions)
     click.echo(f"read {len(dataset.items):,} items in {len(dataset.domains)} domains "
                f"({', '.join(dataset.domains)}), {len(dataset.interactions):,} interactions "

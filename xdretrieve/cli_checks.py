@@ -57,6 +57,18 @@ def bad_rows_options(func: Callable[..., Any]) -> Callable[..., Any]:
                              "written to --rejects.")(func)
 
 
+def check_device(device: str) -> None:
+    """A CUDA device this machine does not have is refused before the data is read, not after
+    (only 'cuda...' is asked: 'auto' would import torch for nothing)."""
+    if device.startswith("cuda"):
+        from xdretrieve.encoder import pick_device
+
+        try:
+            pick_device(device)
+        except XDRetrieveError as e:
+            raise click.UsageError(str(e)) from e
+
+
 def read_dataset(data: Path | None, skip_bad_rows: bool, rejects: Path,
                  items: Path | None = None, interactions: Path | None = None) -> Any:
     """The dataset of ``data`` (or of the two files), its skipped rows written to ``rejects``

@@ -10,6 +10,7 @@ from xdretrieve.cli_checks import (
     OutputDir,
     UserPath,
     bad_rows_options,
+    check_device,
     fail_cleanly,
     read_dataset,
 )
@@ -137,6 +138,7 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
         base_encoder(settings.model)
     except ConfigError as e:
         raise click.BadParameter(str(e), param_hint="'--model'") from e
+    check_device(settings.device)
     dataset = read_dataset(data, skip_bad_rows, rejects)
     split = Protocol(dataset).split
     source = ("users.*, which names no valid users: drawn from its train users, as "
