@@ -182,6 +182,10 @@ def test_unknowns_are_404_with_the_message(client: httpx.Client, path: str, body
                            "extra": {"text_hash": 1}}]}),  # the index writes its own there
     # refused in files too: '->' joins a direction's domains (before: stored as a domain)
     ("/items", {"items": [{"item_id": "x", "domain": "books->movies", "title": "t"}]}),
+    ("/items", {"items": []}),  # an empty write is a client's mistake, not "0 upserted"
+    ("/items", {"items": [{"item_id": "x", "domain": "movies", "title": "t",
+                           "extra": {f"f{k}": k for k in range(101)}}]}),  # at most 100 fields
+    ("/recommend/history", {"item_ids": ["book-1"] * 1001, "domain": "movies"}),  # the cap
 ])
 def test_invalid_bodies_are_422(client: httpx.Client, path: str, body: dict | None) -> None:
     r = client.request("PUT" if path == "/items" else "POST", path, json=body)
@@ -380,17 +384,22 @@ def test_put_items_embeds_as_the_store_was_built(paired_dir: Path, tiny_model: s
     app = create_app(Settings(store=tmp_path / "store", cache_dir=tmp_path / "cache"))
     store = app.state.service.store
 
-    def vector(item_id: str) -> np.ndarray:
+    def stored(item_id: str):
         (point,) = store.retrieve(ITEMS, [item_point_id(item_id)], with_vectors=True)
-        return point.vector
+        return point
 
-    before = vector("book-3")
+    before = stored("book-3").vector
     book = items["book-3"]
     with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=60) as c:
         r = c.put("/items", json={"items": [{"item_id": book.item_id, "domain": book.domain,
-                                             "title": book.title, "text": book.text}]})
+                                             "title": book.title, "text": book.text,
+                                             "extra": {"n": 2**70, "m": -3}}]})
         assert r.status_code == 200, r.text
-        np.testing.assert_allclose(vector("book-3"), before, atol=1e-6)
+        np.testing.assert_allclose(stored("book-3").vector, before, atol=1e-6)
+        # an integer beyond Qdrant's 64 bits keeps its digits, as a file's does (before: a
+        # float, 1.1805916207174113e+21)
+        payload = stored("book-3").payload
+        assert (payload["n"], payload["m"]) == (str(2**70), -3)
 
         r = c.request("DELETE", "/items", json={"item_ids": list(items)})
         assert r.status_code == 200 and r.json()["not_found"] == []

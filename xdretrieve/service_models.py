@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from xdretrieve.data.records import INDEX_FIELDS, domain_problem
+from xdretrieve.data.records import INDEX_FIELDS, domain_problem, payload_int
 
 MAX_LIMIT = 1000
 MAX_BATCH = 1000  # items per PUT / DELETE
@@ -28,9 +28,9 @@ Body = _text(0, 20_000)
 QueryText = _text(1, 10_000)
 Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description="How many hits, best first.")]
 Explain = Annotated[bool, Field(description="Also say why each hit is there (`why`).")]
-# payload values: flat JSON scalars that every Qdrant backend stores as given
-Scalar = (str | bool | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
-          | Annotated[float, Field(allow_inf_nan=False)] | None)
+# payload values: flat JSON scalars that every Qdrant backend stores as given (an integer
+# beyond 64 bits arrives here as its digits: ItemIn's validator)
+Scalar = str | bool | int | Annotated[float, Field(allow_inf_nan=False)] | None
 
 
 class _Body(BaseModel):
@@ -108,6 +108,14 @@ class ItemIn(_Body):
     text: Body = ""
     extra: dict[Annotated[str, StringConstraints(min_length=1, max_length=128)], Scalar] = Field(
         default_factory=dict, max_length=100)
+
+    @field_validator("extra", mode="before")
+    @classmethod
+    def _wide_integers_as_text(cls, extra: Any) -> Any:
+        # as the readers keep them (before: stored as a float, which lost their digits)
+        if not isinstance(extra, dict):
+            return extra  # refused as not an object, below
+        return {k: payload_int(v) if type(v) is int else v for k, v in extra.items()}
 
     @field_validator("domain")
     @classmethod

@@ -19,7 +19,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from xdretrieve.data.records import INDEX_FIELDS, Interaction, Item, domain_problem
+from xdretrieve.data.records import (
+    INDEX_FIELDS,
+    Interaction,
+    Item,
+    domain_problem,
+    payload_int,
+)
 from xdretrieve.errors import DataError
 
 # Text files may come gzipped, as exports often do (Parquet compresses inside the file).
@@ -236,9 +242,6 @@ def _text(row: dict[str, Any], key: str, where: Where, required: bool) -> str:
     return value
 
 
-_INT64 = 2**63
-
-
 def _payload(value: Any, where: Where, key: str) -> Any:
     """A field kept as payload, as JSON has it, which is what both Qdrant backends store:
     times as ISO-8601 text, decimals as floats, an integer beyond 64 bits as text, NaN (a
@@ -246,7 +249,7 @@ def _payload(value: Any, where: Where, key: str) -> Any:
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
-        return value if -_INT64 <= value < _INT64 else str(value)
+        return payload_int(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, (datetime, date, time)):

@@ -12,6 +12,13 @@ TEXT_HASH, FIELDS_HASH = "text_hash", "fields_hash"
 INDEX_FIELDS = (TEXT_HASH, FIELDS_HASH)
 
 
+def payload_int(value: int) -> int | str:
+    """An integer as a payload holds it: Qdrant stores signed 64-bit integers, so one beyond
+    is kept as its digits (as a float it would lose them). Files and the HTTP service both
+    ask this, so that an item stores the same payload whichever way it came in."""
+    return value if -(2**63) <= value < 2**63 else str(value)
+
+
 def domain_problem(domain: str) -> str | None:
     """Why ``domain`` cannot name a domain, or None: '->' joins the two domains of a direction
     ('a->b->c' would be ambiguous). Every way in (files, the HTTP service) asks this."""
