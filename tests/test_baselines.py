@@ -216,6 +216,7 @@ def test_method_contract(dataset: Dataset, name: str) -> None:
     protocol = Protocol(dataset)
     method = make_method(name, seed=0)
     assert method.name == name
+    assert getattr(make_method(name, seed=5), "seed", 5) == 5  # --seed reaches emcdr's draws
     first = []
     for direction in (B2M, Direction("movies", "books")):
         view, task = protocol.train_view(direction), protocol.task(direction)

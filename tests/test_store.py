@@ -571,9 +571,10 @@ def test_a_store_of_one_shard_with_per_domain_graphs_still_answers(tmp_path: Pat
 
 
 def test_a_large_upsert_writes_each_domain_from_a_process_of_its_own(tmp_path: Path, points,
-                                                                     monkeypatch) -> None:
+                                                                     monkeypatch, capsys) -> None:
     """Above the size that pays for it, each domain's shard is written by a worker process
-    (thresholds lowered for 600 points); what is stored is what a single process stores."""
+    (thresholds lowered for 600 points); what is stored is what a single process stores, and
+    the progress bar counts what the workers wrote."""
     ids, vectors, payloads = points
     monkeypatch.setattr(edge_load, "PARALLEL_MIN_POINTS", 100)
     monkeypatch.setattr(edge_load, "CHUNK_POINTS", 64)  # several chunks per worker
@@ -584,7 +585,10 @@ def test_a_large_upsert_writes_each_domain_from_a_process_of_its_own(tmp_path: P
                         lambda jobs, *args: (calls.append([len(j[1]) for j in jobs]),
                                              real(jobs, *args)))
     store = EdgeStore(tmp_path / "s")
-    load(store, points)
+    store.ensure(ITEMS, DIM, ("domain",))
+    store.upsert(ITEMS, [item_point_id(i) for i in ids], vectors, payloads, progress=True)
+    store.build_index(ITEMS)
+    assert f"{N}/{N}" in capsys.readouterr().err
     assert sorted(calls[0]) == sorted([sum(p["domain"] == d for p in payloads) for d in "ab"])
     assert store.count(ITEMS) == N
     got = store.retrieve(ITEMS, [item_point_id(i) for i in ids], with_vectors=True)
@@ -597,7 +601,10 @@ def test_a_large_upsert_writes_each_domain_from_a_process_of_its_own(tmp_path: P
     assert [h.payload["item_id"] for h in store.search(ITEMS, q, 10, "a")] == \
         brute_force(points, q, 10, "a")
     store.upsert(ITEMS, [item_point_id(ids[0])], vectors[:1], payloads[:1])
-    assert len(calls) == 1  # a small upsert stays in this process
+    few = slice(0, 120)  # both domains, but fewer than 100 points beside the largest's
+    assert {p["domain"] for p in payloads[few]} == {"a", "b"}
+    store.upsert(ITEMS, [item_point_id(i) for i in ids[few]], vectors[few], payloads[few])
+    assert len(calls) == 1  # small upserts stay in this process
     flipped = [{**p, "domain": "b" if p["domain"] == "a" else "a"} for p in payloads]
     store.upsert(ITEMS, [item_point_id(i) for i in ids], vectors, flipped)  # every point moves
     assert len(calls) == 2 and store.count(ITEMS) == N

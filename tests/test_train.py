@@ -3,6 +3,7 @@ trained model answers through the same index/query path."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from tests.conftest import THEMES, check_trained_model_store, write_paired_dataset
 from xdretrieve.data import Dataset
 from xdretrieve.encoder import Encoder, item_text, resolve_model
-from xdretrieve.model import TrainedModel
+from xdretrieve.model import MANIFEST, WEIGHTS, TrainedModel
 from xdretrieve.retriever import Retriever
 from xdretrieve.store import ITEMS, item_point_id, open_store
 from xdretrieve.train.adapter import AdapterConfig, train_adapter
@@ -818,8 +819,9 @@ def test_evaluate_runs_ablation_rows_side_by_side(trained, tmp_path: Path,
     result = CliRunner().invoke(evaluate, [
         "--data", str(tmp / "data"), "--direction", "books->movies", "--method", "xdretrieve",
         "--method", "zeroshot",
-        "--model", str(tmp / "model"), "--no-rerank-row", "--compare", f"base={tiny_model}",
-        "--out", str(tmp_path / "out"), "-q"], env={"XDR_CACHE_DIR": str(tmp / "cache")})
+        "--model", str(tmp / "model"), "--no-rerank-row", "--compare", f" base = {tiny_model} ",
+        "--pooling", "mean", "--out", str(tmp_path / "out"), "-q"],
+        env={"XDR_CACHE_DIR": str(tmp / "cache")})
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "out" / "results.json").read_text())
     text = json.dumps(rows)
@@ -829,8 +831,12 @@ def test_evaluate_runs_ablation_rows_side_by_side(trained, tmp_path: Path,
     # the no-fine-tuning row is the encoder this model was trained over, not the packaged one
     zeroshot = next(m for m in rows["directions"][0]["methods"] if m["method"] == "zeroshot")
     assert zeroshot["config"]["model"] == resolve_model(tiny_model).name
-    bad = CliRunner().invoke(evaluate, ["--data", str(tmp / "data"), "--compare", "nothing"])
-    assert bad.exit_code == 2 and "is not NAME=DIR" in bad.output
+    # a variant of a pretrained encoder pools as --pooling says, as the xdretrieve row would
+    base = next(m for m in rows["directions"][0]["methods"] if m["method"] == "xdretrieve-base")
+    assert base["config"]["pooling"] == "mean"
+    for spec in ("nothing", "=dir", "name= "):
+        bad = CliRunner().invoke(evaluate, ["--data", str(tmp / "data"), "--compare", spec])
+        assert bad.exit_code == 2 and f"'{spec}' is not NAME=DIR" in bad.output
 
 
 def test_finetune_refuses_a_trained_model_as_its_base_before_reading_data(
@@ -1029,8 +1035,20 @@ def test_cli_finetune_without_users_csv_trains_on_the_split_evaluate_uses(tiny_m
     out = tmp_path / "model"
     result = CliRunner().invoke(main, ["finetune", "--data", str(data), "--out", str(out),
                                        "--model", tiny_model, "--dim", "8", "--epochs", "2",
-                                       "--seed", "7", "-q"])
+                                       "--seed", "7", "--pooling", "mean", "--coral", "0.5",
+                                       "--time-budget", "500", "-q"])
     assert result.exit_code == 0, result.output
+    # each option reaches the training (a dropped one would train with its default, silently)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert {k: manifest["config"][k] for k in ("dim", "epochs", "seed", "pooling", "coral",
+                                               "time_budget_s")} == {
+        "dim": 8, "epochs": 2, "seed": 7, "pooling": "mean", "coral": 0.5, "time_budget_s": 500}
+    with np.load(out / WEIGHTS) as weights:
+        assert weights["proj_w_books"].shape[1] == 8
+    # what it says of the model is its best epoch's figures (the one kept), not the last's
+    best = manifest["history"][manifest["best_epoch"] - 1]
+    said = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if "/" in k)
+    assert f"best epoch {manifest['best_epoch']} on valid users: {said}\n" in result.output
     split = Protocol(Dataset.from_dir(data)).split
     assert (len(split.train), len(split.valid), len(split.test)) == (51, 3, 6)
     assert "users: 51 train, 3 valid, 6 test (no users.*: a seeded split" in result.output
@@ -1230,6 +1248,10 @@ def test_finetune_from_python_writes_what_index_loads(trained, tiny_model: str,
     xdretrieve.index_dataset(ds, store)
     with Retriever(store) as r:
         assert r.model is not None and len(r.recommend_history(["book-1"], "movies", 3)) == 3
+    # full mode without a FullConfig: its defaults, with the adapter config's seed
+    config = AdapterConfig(dim=8, epochs=1, batch_size=8, seed=3)
+    manifest = xdretrieve.finetune(ds, tmp_path / "f", settings, config, mode="full")
+    assert manifest["kind"] == "full" and manifest["finetune"]["config"]["seed"] == 3
     with pytest.raises(XDRetrieveError, match="not a trained model directory"):
         xdretrieve.finetune(ds, tmp_path / "m2", Settings(model=str(tmp / "model")), config)
     with pytest.raises(XDRetrieveError, match="unknown mode 'partial'"):
@@ -1268,6 +1290,14 @@ def test_cli_finetune_draws_valid_users_when_users_csv_names_none(tiny_model: st
                                        str(tmp_path / "m2"), "--model", tiny_model, "-q"])
     assert result.exit_code == 1
     assert "no train users to learn from (users.* marks none 'train')" in result.output
+    # one train user: none can be drawn as valid (one is left to train on), refused as such
+    one = users.replace(",train", ",test").replace("u0-1,test", "u0-1,train")
+    (data / "users.csv").write_text(one)
+    result = CliRunner().invoke(main, ["finetune", "--data", str(data), "--out",
+                                       str(tmp_path / "m2"), "--model", tiny_model, "-q"])
+    assert result.exit_code == 1 and not (tmp_path / "m2").exists()
+    assert "no valid users to select the model with (too few train users are active in two " \
+        "domains to draw any)" in result.output
 
 
 def test_evaluate_refuses_a_model_trained_on_another_split(

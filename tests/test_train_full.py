@@ -287,7 +287,9 @@ def test_cli_full_mode_with_a_time_budget(tiny_model: str, tmp_path: Path, monke
                                 catch_exceptions=False)
     assert result.exit_code == 2 and "--batch-size, --workers: only with --mode full" in result.output
     result = CliRunner().invoke(main, [*args, "--mode", "full", "--device", "cpu",
-                                       "--batch-size", "8", "--lr", "1e-3", "--workers", "1"],
+                                       "--batch-size", "8", "--lr", "1e-3", "--workers", "1",
+                                       "--seed", "5", "--max-pairs", "40", "--hard-negatives",
+                                       "0", "--ft-epochs", "2", "--no-gradient-checkpointing"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "pairs/s on 1 x cpu (fp32)" in result.output and f"wrote {out}" in result.output
@@ -297,6 +299,11 @@ def test_cli_full_mode_with_a_time_budget(tiny_model: str, tmp_path: Path, monke
     assert (f"best epoch {ft['best_epoch']} of {ft['epochs']}" if ft["best_epoch"]
             else "kept the encoder as it was: none of 1 epoch(s) did better") in result.output
     assert manifest["finetune"]["config"]["num_workers"] == 1  # a tokenizing process fed the step
+    # every option reaches its stage (a dropped one would train with its default, silently)
+    given = {"seed": 5, "batch_size": 8, "lr": 1e-3, "max_pairs": 40, "hard_negatives": 0,
+             "epochs": 2, "gradient_checkpointing": False, "time_budget_s": 0}
+    assert {k: manifest["finetune"]["config"][k] for k in given} == given
+    assert (manifest["config"]["seed"], manifest["config"]["time_budget_s"]) == (5, 0)
     assert (out / ENCODER_DIR / "modules.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "data", "model"]  # no
     # staging folder left, and no epoch checkpoint once the model is published
@@ -437,6 +444,38 @@ def _worker(rank: int, world: int, port: int, data: str, model: str, out: str,
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _collectives(rank: int, world: int, port: int, out: str) -> None:
+    from xdretrieve.train.distributed import gather, how_many_say, rank0_says, setup
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ctx = setup("cpu")
+    rows = torch.full((2, 3), float(rank + 1), requires_grad=True)
+    gathered = gather(rows, ctx.world_size)  # (4, 3): rank 0's rows, then rank 1's
+    # each process's loss weights row i by (rank + 1) * (i + 1): the gradient of their sum
+    # with respect to row i is 3 * (i + 1), which each process gets for its own rows
+    weights = (rank + 1) * torch.arange(1.0, 5.0)[:, None]
+    (gathered * weights).sum().backward()
+    said = {"gathered": gathered[:, 0].tolist(), "grad": rows.grad[:, 0].tolist(),
+            "how_many": how_many_say(rank == 1, ctx), "rank0": rank0_says(rank == 0, ctx)}
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps(said))
+    torch.distributed.destroy_process_group()
+    os._exit(0)  # as _worker, below
+
+
+def test_the_collectives_of_two_gloo_processes(tmp_path: Path) -> None:
+    """What several processes decide together and how the in-batch negatives' gradient flows
+    back: every process sees all rows, each gets the gradient of every process's loss for its
+    own rows, rank 0's flag is everyone's, and a count is over all processes."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_collectives, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    said = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [s["gathered"] for s in said] == [[1.0, 1.0, 2.0, 2.0]] * 2
+    assert [s["grad"] for s in said] == [[3.0, 6.0], [9.0, 12.0]]
+    assert [(s["how_many"], s["rank0"]) for s in said] == [(1, True), (1, True)]
 
 
 def _weights(path: Path) -> dict:
