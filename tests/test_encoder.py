@@ -90,8 +90,8 @@ def test_a_device_that_is_not_there_is_refused_in_one_line(
     with pytest.raises(ConfigError, match="'cuda': torch sees no CUDA device"):
         pick_device("cuda")
     index = ["index", "--data", str(paired_dir), "--store", str(tmp_path / "s"), "-q"]
-    r = CliRunner().invoke(main, [*index, "--device", "cuda:0"])
-    assert r.exit_code == 1 and "torch sees no CUDA device" in r.output
+    r = CliRunner().invoke(main, [*index, "--device", "cuda:0"])  # a usage error, as 'mps' is
+    assert r.exit_code == 2 and "torch sees no CUDA device" in r.output
     r = CliRunner().invoke(main, [*index, "--device", "mps"])
     assert r.exit_code == 2 and "'mps' is not a device xdretrieve runs on" in r.output
     monkeypatch.setattr(encoder, "has_cuda", lambda: True)

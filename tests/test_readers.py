@@ -104,8 +104,12 @@ def test_parquet_fields_of_any_type_are_kept_as_json_and_stored(
                 "tags": ["a", "b"], "size": {"w": 1.5}, "open": "09:00:00",
                 "keep": 86400.0}
     assert items["books0"].extra == expected
-    big = read_items(write_jsonl(tmp_path / "big.jsonl", [{**ITEMS[0], "n": 2**70, "m": -3}]))
-    assert big["b1"].extra == {"year": 1965, "n": str(2**70), "m": -3}  # Qdrant's are 64-bit
+    wide = {"n": 2**70, "m": -3, "top": 2**63 - 1, "over": 2**63, "low": -(2**63),
+            "under": -(2**63) - 1}
+    big = read_items(write_jsonl(tmp_path / "big.jsonl", [{**ITEMS[0], **wide}]))
+    assert big["b1"].extra == {"year": 1965, "n": str(2**70), "m": -3,  # Qdrant's are 64-bit
+                               "top": 2**63 - 1, "over": str(2**63), "low": -(2**63),
+                               "under": str(-(2**63) - 1)}
     (tmp_path / "interactions.csv").write_text(
         "user_id,item_id,position\nu1,books0,0\nu1,movies0,1\nu2,books1,0\nu2,movies1,1\n")
     dataset = Dataset.load(tmp_path / "items.parquet", tmp_path / "interactions.csv")
