@@ -49,9 +49,12 @@ def test_known_items_are_excluded_and_domain_respected(paired_store) -> None:
                            f"'movies'], model='all-MiniLM-L6-v2')")
 
 
-def test_answer_chosen_from_more_candidates_is_the_same_nearest_items(paired_store) -> None:
+def test_answer_chosen_from_more_candidates_is_the_same_nearest_items(paired_store,
+                                                                     monkeypatch) -> None:
     """Without a trained model the nearest are the answer: asking for 10 out of 20 candidates
-    (payloads read for the 10 only) gives what a 10-wide search gives, with payloads."""
+    (payloads read for the 10 only) gives what a 10-wide search gives, with payloads. An item
+    deleted between the search and that read (the service runs a DELETE beside a query) is
+    left out of the answer, not an error."""
     with Retriever(paired_store) as r:
         query = r.user_query("u4-1", "movies")
         plain = r.search(query, "movies", 10)
@@ -62,6 +65,19 @@ def test_answer_chosen_from_more_candidates_is_the_same_nearest_items(paired_sto
         assert "movie-4" not in {h.item_id for h in wide}  # still excluded
         with pytest.raises(ValueError, match="candidates"):
             r.search(query, "movies", 10, candidates=0)
+        with pytest.raises(ValueError, match="limit and candidates must be at least 1"):
+            r.search(query, "movies", 0)
+        real, dropped = r.store.retrieve, []
+
+        def deleted_meanwhile(collection, ids, **kwargs):
+            points = real(collection, ids, **kwargs)
+            dropped.append(points[0].payload["item_id"])
+            return points[1:]
+
+        monkeypatch.setattr(r.store, "retrieve", deleted_meanwhile)
+        raced = r.search(query, "movies", 10, candidates=20)
+        monkeypatch.undo()
+        assert [h.item_id for h in raced] == [h.item_id for h in wide if h.item_id != dropped[0]]
         with pytest.raises(TypeError, match="limit must be a whole number, not 2.5"):
             r.recommend_user("u4-1", "movies", limit=2.5)
         assert len(r.recommend_user("u4-1", "movies", limit=np.int64(2))) == 2
@@ -77,6 +93,9 @@ def test_unknowns_are_clear_errors(paired_store) -> None:
             r.recommend_history(["book-1", "book-99"], "movies")
         with pytest.raises(TypeError, match=r"e\.g\. \['book-1'\], not one string"):
             r.recommend_history("book-1", "movies")  # not its characters as 6 unknown items
+        for blank in ("", " \n\t"):  # blanks say nothing: not an answer of arbitrary items
+            with pytest.raises(NotFoundError, match="the text is empty"):
+                r.search_text(blank, "movies")
 
 
 def test_a_user_with_no_history_gets_the_most_popular_items(paired_dir: Path,
@@ -113,3 +132,10 @@ def test_a_user_with_no_history_gets_the_most_popular_items(paired_dir: Path,
     assert out.exit_code == 0, out.output
     assert "no history: the most popular items -> movies" in out.output
     assert "movie-7" in out.output
+    from xdretrieve.indexer import delete_items
+    from xdretrieve.store import open_store
+
+    with open_store(settings) as store:
+        assert delete_items(["movie-7"], store) == ["movie-7"]
+    with Retriever(settings) as r:  # deleted since indexing: left out, not an error
+        assert [h.item_id for h in r.recommend_history([], "movies", 2)] == ["movie-0", "movie-1"]

@@ -6,6 +6,7 @@ service and the plugins all call.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -529,11 +530,17 @@ class Retriever:
             raise NotFoundError(f"no popularity for domain '{domain}': the store was indexed "
                                 f"without interactions, so a query needs a history or a text")
         skip = set(exclude)
-        ranked = [i for i in ranked[:limit + len(skip)] if i not in skip][:limit]
-        payloads = {p.payload["item_id"]: p.payload
-                    for p in self.store.retrieve(ITEMS, [item_point_id(i) for i in ranked])}
-        ranked = [i for i in ranked if i in payloads]  # deleted since indexing: left out
-        return [_hit(payloads[i], 1.0 / r) for r, i in enumerate(ranked, start=1)]
+        rest = (i for i in ranked if i not in skip)
+        found: list[dict[str, Any]] = []
+        while len(found) < limit:
+            part = list(itertools.islice(rest, limit - len(found)))
+            if not part:
+                break
+            payloads = {p.payload["item_id"]: p.payload
+                        for p in self.store.retrieve(ITEMS, [item_point_id(i) for i in part])}
+            # an item deleted since indexing is left out, and the next most popular read instead
+            found += [payloads[i] for i in part if i in payloads]
+        return [_hit(payload, 1.0 / r) for r, payload in enumerate(found, start=1)]
 
     def recommend_user(self, user_id: str, domain: str, limit: int = 10) -> list[Hit]:
         """Items of ``domain`` for a stored user."""
