@@ -510,6 +510,10 @@ def test_the_reranker_reads_a_long_history_as_it_was_fitted(trained, tmp_path: P
         longer = r.recommend_history(["book-1", "book-7", "book-2", "book-3"], "movies", 6)
         with pytest.raises(NotFoundError, match="nope"):  # items before the window are checked
             r.recommend_history(["nope", "book-1", "book-2", "book-3"], "movies", 6)
+        # and left out of the answer, as every item of a history is
+        seen = window[0].item_id
+        mixed = r.recommend_history([seen, "book-1", "book-2", "book-3"], "movies", 6)
+        assert seen not in [h.item_id for h in mixed] and len(mixed) == 6
     assert [h.item_id for h in longer] == [h.item_id for h in window]
     for a, b in zip(longer, window, strict=True):
         assert a.why["features"] == pytest.approx(b.why["features"], abs=1e-6)
@@ -882,9 +886,54 @@ def test_info_summarises_the_trained_model_of_a_store(trained, tmp_path: Path) -
     kept = manifest["reranker"]["kept"]
     assert out["reranker"] == (f"served into {', '.join(kept)}" if kept else
                                "served nowhere (no target domain gained on valid users)")
+    # the summary is of the manifest: an earlier best epoch's figures (not the last's), and
+    # the re-ranker's domains, both ways
+    for best_epoch, kept in ((1, ["movies", "books"]), (len(manifest["history"]), [])):
+        edited = {**manifest, "best_epoch": best_epoch,
+                  "reranker": {**manifest["reranker"], "kept": kept}}
+        (model / MANIFEST).write_text(json.dumps(edited))
+        out = json.loads(CliRunner().invoke(main, ["info", "--store", str(store)]).output)
+        best = manifest["history"][best_epoch - 1]
+        assert out["model"]["valid"] == {k: round(v, 4) for k, v in best.items() if "/" in k}
+        assert out["model"]["reranker"] == ("served into movies, books" if kept else
+                                            "served nowhere (no target domain gained on valid "
+                                            "users)")
+    first, last = ({k: v for k, v in h.items() if "/" in k}
+                   for h in (manifest["history"][0], manifest["history"][-1]))
+    assert first != last  # so that the figures tell the two epochs apart
     shutil.rmtree(model)
     out = json.loads(CliRunner().invoke(main, ["info", "--store", str(store)]).output)["model"]
     assert out == f"not found at {model.resolve()} (moved? give --model where it is now)"
+
+
+def test_no_history_gets_the_items_popular_among_the_model_s_train_users(
+        trained, tmp_path: Path) -> None:
+    """With a trained model, a user with no history gets the train users' most popular items
+    (the statistics the model learned from), not those of whoever the store was indexed with:
+    here one fan of one movie."""
+    import shutil
+
+    from xdretrieve.config import Settings
+    from xdretrieve.data import Interaction
+    from xdretrieve.indexer import index_dataset
+    from xdretrieve.rerank import FEATURES, ItemStats, Reranker
+
+    tmp, ds, _, _ = trained
+    model = tmp_path / "model"  # the trained model with a re-ranker and its statistics
+    shutil.copytree(tmp / "model", model)
+    ids = list(ds.items)
+    train = [u for u, split in ds.splits.items() if split == "train"]
+    stats = ItemStats.fit(ids, {u: dict(ds.histories[u]) for u in train},
+                          [ds.items[i].domain for i in ids],
+                          [item_text(ds.items[i], Settings().text_template) for i in ids])
+    ones = np.ones(len(FEATURES), dtype=np.float32)
+    Reranker(ones, np.zeros_like(ones), ones, stats).save(model)
+    settings = Settings(store=tmp_path / "store", model=str(model), cache_dir=tmp / "cache")
+    index_dataset(Dataset(ds.items, [Interaction("fan", "movie-11", "movies", 0.0)]), settings)
+    with Retriever(settings) as r:
+        assert r.info.extra["popular"]["movies"] == ["movie-11"]
+        learned = r.model.reranker.stats.popular("movies")[:3]
+        assert [h.item_id for h in r.recommend_history([], "movies", 3)] == learned
 
 
 def test_items_by_bias_beyond_the_search_are_scored_in_memory(trained, tmp_path: Path,
