@@ -470,8 +470,8 @@ def test_demo_trains_indexes_and_answers(tmp_path: Path, monkeypatch, minilm_mod
 
 def test_a_cuda_device_the_machine_lacks_is_refused_before_the_data_is_read(
         tmp_path: Path, tiny_model: str, monkeypatch) -> None:
-    """Before, `finetune` and `index` read the whole dataset first (minutes on a large one),
-    and finetune then stopped on the device; an option that was dropped went unnoticed."""
+    """Before, `finetune` and `index` read the whole dataset first (minutes on a large one)
+    and only then stopped on the device (index: only once it had items to embed)."""
     data = tmp_path / "data"
     data.mkdir()  # a bad row: read first, it would be the error
     (data / "items.jsonl").write_text('{"item_id": "x", "domain": "books", "title": ""}\n')

@@ -41,10 +41,10 @@ def points() -> tuple[list[str], np.ndarray, list[dict]]:
     return ids, vectors, payloads
 
 
-def load(store: VectorStore, points) -> None:
+def load(store: VectorStore, points, progress: bool = False) -> None:
     ids, vectors, payloads = points
     store.ensure(ITEMS, DIM, ("domain",))
-    store.upsert(ITEMS, [item_point_id(i) for i in ids], vectors, payloads)
+    store.upsert(ITEMS, [item_point_id(i) for i in ids], vectors, payloads, progress)
     store.build_index(ITEMS)
 
 
@@ -585,9 +585,7 @@ def test_a_large_upsert_writes_each_domain_from_a_process_of_its_own(tmp_path: P
                         lambda jobs, *args: (calls.append([len(j[1]) for j in jobs]),
                                              real(jobs, *args)))
     store = EdgeStore(tmp_path / "s")
-    store.ensure(ITEMS, DIM, ("domain",))
-    store.upsert(ITEMS, [item_point_id(i) for i in ids], vectors, payloads, progress=True)
-    store.build_index(ITEMS)
+    load(store, points, progress=True)
     assert f"{N}/{N}" in capsys.readouterr().err
     assert sorted(calls[0]) == sorted([sum(p["domain"] == d for p in payloads) for d in "ab"])
     assert store.count(ITEMS) == N

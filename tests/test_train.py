@@ -37,6 +37,19 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: str):
     return tmp, ds, base, manifest
 
 
+def _train_stats(ds: Dataset):
+    """The re-ranker's statistics of the fixture's train users, as training fits them: for
+    the tests that save a re-ranker of known weights beside a copy of the trained model."""
+    from xdretrieve.config import Settings
+    from xdretrieve.rerank import ItemStats
+
+    ids = list(ds.items)
+    train = [u for u, split in ds.splits.items() if split == "train"]
+    return ItemStats.fit(ids, {u: dict(ds.histories[u]) for u in train},
+                         [ds.items[i].domain for i in ids],
+                         [item_text(ds.items[i], Settings().text_template) for i in ids])
+
+
 def test_training_improves_its_validation_metric(trained) -> None:
     _, _, _, manifest = trained
     scores = [np.mean([v for k, v in h.items() if k.endswith("ndcg@10")])
@@ -394,17 +407,13 @@ def test_a_trained_model_on_a_qdrant_server_answers_as_on_the_embedded_store(
 
     from xdretrieve.config import Settings
     from xdretrieve.indexer import index_dataset
-    from xdretrieve.rerank import FEATURES, ItemStats, Reranker
+    from xdretrieve.rerank import FEATURES, Reranker
     from xdretrieve.store.server import ServerStore
 
     tmp, ds, _, _ = trained
     settings = Settings(store=tmp_path / "store", model=str(tmp / "model"),
                         cache_dir=tmp / "cache", candidates=4)
-    ids = list(ds.items)
-    train_users = [u for u, split in ds.splits.items() if split == "train"]
-    stats = ItemStats.fit(ids, {u: dict(ds.histories[u]) for u in train_users},
-                          [ds.items[i].domain for i in ids],
-                          [item_text(ds.items[i], settings.text_template) for i in ids])
+    stats = _train_stats(ds)
     ones = np.ones(len(FEATURES), dtype=np.float32)
     n = len(THEMES)
 
@@ -444,17 +453,13 @@ def test_the_reranker_serves_only_the_target_domains_it_was_kept_for(trained,
     does; answers in books are then the model's own, as with the re-ranker off."""
     from xdretrieve.config import Settings
     from xdretrieve.indexer import index_dataset
-    from xdretrieve.rerank import FEATURES, ItemStats, Reranker
+    from xdretrieve.rerank import FEATURES, Reranker
 
     tmp, ds, _, _ = trained
     settings = Settings(store=tmp_path / "store", model=str(tmp / "model"),
                         cache_dir=tmp / "cache", candidates=6)
     index_dataset(ds, settings)
-    ids = list(ds.items)
-    train_users = [u for u, split in ds.splits.items() if split == "train"]
-    stats = ItemStats.fit(ids, {u: dict(ds.histories[u]) for u in train_users},
-                          [ds.items[i].domain for i in ids],
-                          [item_text(ds.items[i], settings.text_template) for i in ids])
+    stats = _train_stats(ds)
     weights = -np.ones(len(FEATURES), dtype=np.float32)  # far from the model's own order
 
     def answers(domains: tuple[str, ...] | None, rerank: bool = True) -> dict[str, list]:
@@ -485,7 +490,7 @@ def test_the_reranker_reads_a_long_history_as_it_was_fitted(trained, tmp_path: P
     from xdretrieve.errors import NotFoundError
     from xdretrieve.indexer import index_dataset
     from xdretrieve.model import MANIFEST, WEIGHTS
-    from xdretrieve.rerank import FEATURES, ItemStats, Reranker
+    from xdretrieve.rerank import FEATURES, Reranker
 
     tmp, ds, _, _ = trained
     model = tmp_path / "model"  # the trained model with a window of 2 items
@@ -496,11 +501,7 @@ def test_the_reranker_reads_a_long_history_as_it_was_fitted(trained, tmp_path: P
     weights = dict(np.load(model / WEIGHTS))
     weights["pos"] = weights["pos"][-2:]  # the positions of a history's last two items
     np.savez(model / WEIGHTS, **weights)
-    ids = list(ds.items)
-    train = [u for u, split in ds.splits.items() if split == "train"]
-    stats = ItemStats.fit(ids, {u: dict(ds.histories[u]) for u in train},
-                          [ds.items[i].domain for i in ids],
-                          [item_text(ds.items[i], Settings().text_template) for i in ids])
+    stats = _train_stats(ds)
     weights = np.arange(1, len(FEATURES) + 1, dtype=np.float32)  # co-occurrence counts
     Reranker(weights, np.zeros_like(weights), np.ones_like(weights), stats).save(model)
     settings = Settings(store=tmp_path / "store", model=str(model), cache_dir=tmp / "cache")
@@ -518,6 +519,7 @@ def test_the_reranker_reads_a_long_history_as_it_was_fitted(trained, tmp_path: P
     for a, b in zip(longer, window, strict=True):
         assert a.why["features"] == pytest.approx(b.why["features"], abs=1e-6)
     # the older items do co-occur with items of the answer's domain: counted, they would matter
+    ids = list(ds.items)
     assert stats.cooc[ids.index("book-1"), ids.index("movie-1")] > 0
 
 
@@ -916,16 +918,12 @@ def test_no_history_gets_the_items_popular_among_the_model_s_train_users(
     from xdretrieve.config import Settings
     from xdretrieve.data import Interaction
     from xdretrieve.indexer import index_dataset
-    from xdretrieve.rerank import FEATURES, ItemStats, Reranker
+    from xdretrieve.rerank import FEATURES, Reranker
 
     tmp, ds, _, _ = trained
     model = tmp_path / "model"  # the trained model with a re-ranker and its statistics
     shutil.copytree(tmp / "model", model)
-    ids = list(ds.items)
-    train = [u for u, split in ds.splits.items() if split == "train"]
-    stats = ItemStats.fit(ids, {u: dict(ds.histories[u]) for u in train},
-                          [ds.items[i].domain for i in ids],
-                          [item_text(ds.items[i], Settings().text_template) for i in ids])
+    stats = _train_stats(ds)
     ones = np.ones(len(FEATURES), dtype=np.float32)
     Reranker(ones, np.zeros_like(ones), ones, stats).save(model)
     settings = Settings(store=tmp_path / "store", model=str(model), cache_dir=tmp / "cache")
