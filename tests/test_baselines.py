@@ -4,6 +4,7 @@ model selection on valid users, the retriever adapter and the registry."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,6 +105,48 @@ def test_emcdr_linear_mapping_fits_an_intercept() -> None:
     apply = _fit_linear(x, x @ w + c, ridge=1e-6)
     np.testing.assert_allclose(apply(np.zeros((1, 3), np.float32))[0], c, atol=1e-4)
     np.testing.assert_allclose(apply(x[:5]), x[:5] @ w + c, atol=1e-4)
+
+
+def test_emcdr_refuses_an_unknown_mapping() -> None:
+    """A misspelt mapping is an error, not silently one of the two."""
+    with pytest.raises(ValueError, match="unknown mapping 'ridge'; expected mlp or linear"):
+        EMCDR(EMCDRConfig(mapping="ridge"))
+
+
+def test_emcdr_mlp_keeps_its_best_step_on_valid_users() -> None:
+    """The mapping returned is the step with the lowest valid error, not the last one: trained
+    for more steps (the same draws, so the same first steps), it is never worse on valid users.
+    Here the training pairs are noise, so the valid error goes up and down from step to step."""
+    from xdretrieve.evaluate.emcdr import _fit_mlp
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 4)), rng.normal(size=(8, 3))
+    x_valid, y_valid = rng.normal(size=(50, 4)), rng.normal(size=(50, 3))
+    errors = []
+    for steps in range(1, 16):
+        config = EMCDRConfig(hidden=64, lr=0.05, epochs=steps, patience=100)
+        apply = _fit_mlp(x, y, x_valid, y_valid, config, seed=0)
+        errors.append(float(((apply(x_valid) - y_valid) ** 2).sum(axis=1).mean()))
+    assert errors == sorted(errors, reverse=True) and errors[-1] < errors[0]
+
+
+def test_emcdr_maps_only_train_users_active_in_both_domains(
+        dataset: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A train user with books only has no target factors to map to: counted as a user whose
+    target factors are zero, they would pull every mapped user towards nothing."""
+    from xdretrieve.evaluate import emcdr
+
+    readers = [Interaction(f"reader-{k}", f"book-{k % THEMES}", "books", 0.0) for k in range(20)]
+    splits = {**dataset.splits, **{x.user_id: "train" for x in readers}}  # type: ignore[arg-type]
+    view = Protocol(Dataset(dataset.items, [*dataset.interactions, *readers], splits)
+                    ).train_view(B2M)
+    assert len(view.users) == 3 * THEMES + 20
+    taught: list[int] = []
+    fit_linear = emcdr._fit_linear
+    monkeypatch.setattr(emcdr, "_fit_linear",
+                        lambda x, y, ridge: taught.append(len(x)) or fit_linear(x, y, ridge))
+    EMCDR(EMCDRConfig(factors=8, mapping="linear")).fit(view)
+    assert taught == [3 * THEMES]
 
 
 def test_itemknn_similarity_by_hand(view: TrainView) -> None:
@@ -308,6 +351,136 @@ def test_retriever_method_build_and_close_hooks(dataset: Dataset) -> None:
         RetrieverMethod("neither")
 
 
+def test_retriever_method_takes_whole_rankings_as_columns_or_asks_by_ids(view: TrainView) -> None:
+    """A callable's rank_rows answer is the row; where it answers None, that query is asked by
+    ids and completed (not a row of None)."""
+
+    class Rows:
+        def __call__(self, history: tuple[str, ...], domain: str, limit: int) -> list[str]:
+            return ["movie-3"]
+
+        def rank_rows(self, history: tuple[str, ...], domain: str, n: int) -> np.ndarray | None:
+            return None if history == ("book-0",) else np.arange(n)[::-1]
+
+    method = RetrieverMethod("rows", Rows())
+    method.fit(view)
+    rankings = method.rank([("book-0",), ("book-1",)])
+    assert target_ids(view, rankings[0]) == ["movie-3", "movie-hit", "movie-0", "movie-1",
+                                             "movie-2", *(f"movie-{t}" for t in range(4, THEMES))]
+    assert rankings[1].tolist() == list(range(THEMES, -1, -1))
+
+
+def test_retriever_method_completes_short_rankings_and_says_how_many(
+        view: TrainView, caplog: pytest.LogCaptureFixture) -> None:
+    """One item left out is appended as many are; a ranking of every item's length with a
+    repeat also leaves one out, and is counted among the short ones in the warning."""
+    everything = list(reversed(view.target_items))
+    answers = {"all": everything, "one-missing": everything[1:],
+               "repeat": [*everything[:-1], everything[0]]}
+    method = RetrieverMethod("short", lambda history, domain, limit: answers[history[0]])
+    method.fit(view)
+    rankings = method.rank([("all",), ("one-missing",), ("repeat",)])
+    assert target_ids(view, rankings[0]) == everything
+    assert target_ids(view, rankings[1]) == everything[1:] + everything[:1]
+    assert target_ids(view, rankings[2]) == everything
+    assert (f"method 'short' ranked fewer than all {THEMES + 1} items for 2 of 3 queries"
+            in caplog.text)
+
+
+def test_retriever_method_check_refuses_before_any_method_runs(dataset: Dataset) -> None:
+    """A method object's check (e.g. a model trained on another split) stops the run before the
+    first method's work, not at its own turn."""
+    built: list[str] = []
+
+    def build(name: str):
+        return lambda view: built.append(name) or (lambda history, domain, limit: [])
+
+    def refuse(view: TrainView) -> None:
+        raise XDRetrieveError("trained on other users")
+
+    methods = [RetrieverMethod("first", build=build("first")),
+               RetrieverMethod("refusing", build=build("refusing"), check=refuse)]
+    with pytest.raises(XDRetrieveError, match="trained on other users"):
+        evaluate(dataset, methods=methods, progress=False)
+    assert built == []
+
+
+class _StubRetriever:
+    """What the full ranking reads of a Retriever, without a model: the stored items (in the
+    store's own order), a history's query (mean of its items' vectors; its target items held
+    out) and the served head (by cosine)."""
+
+    model = None
+
+    def __init__(self, items: dict[str, tuple[str, np.ndarray]]):
+        from types import SimpleNamespace
+
+        self.items = items
+        points = [SimpleNamespace(payload={"item_id": i, "domain": d}, vector=v)
+                  for i, (d, v) in items.items()]
+        self.store = SimpleNamespace(scroll=lambda *args, **kwargs: iter(points))
+
+    def history_query(self, history: Sequence[str], domain: str):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(vector=np.mean([self.items[i][1] for i in history], axis=0),
+                               exclude=tuple(i for i in history if self.items[i][0] == domain))
+
+    def search(self, query, domain: str, limit: int):
+        from types import SimpleNamespace
+
+        ids = [i for i, (d, _) in self.items.items() if d == domain and i not in query.exclude]
+        ids.sort(key=lambda i: -float(self.items[i][1] @ query.vector))
+        return [SimpleNamespace(item_id=i) for i in ids[:limit]]
+
+
+def test_full_ranking_by_columns_is_the_ranking_by_ids(
+        view: TrainView, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rank_rows (what evaluate asks) answers what the ids path answers once RetrieverMethod
+    completes it: served head, the rest by score, and the history's own target items last in
+    items.jsonl order, also where the store keeps them in another order."""
+    from xdretrieve.evaluate import retrieval
+
+    monkeypatch.setattr(retrieval, "SERVED", 2)  # 9 movies: a head of 2 and a tail
+    rng = np.random.default_rng(0)
+    stored = [*reversed(view.target_items), *view.source_items]  # not items.jsonl order
+    stub = _StubRetriever({i: ("movies" if i.startswith("movie") else "books",
+                               rng.normal(size=4)) for i in stored})
+    ranking = retrieval._FullRanking(stub, "movies", view.item_index("movies"))
+    by_rows = RetrieverMethod("rows", ranking)
+    by_ids = RetrieverMethod("ids", lambda history, domain, limit: ranking(history, domain, limit))
+    for method in (by_rows, by_ids):
+        method.fit(view)
+    history = ("book-1", "movie-2", "movie-6", "book-4")
+    rows = ranking.rank_rows(history, "movies", THEMES + 1)
+    assert rows is not None and target_ids(view, rows[-2:]) == ["movie-2", "movie-6"]
+    queries = [history, ("book-3",), ("movie-0", "movie-hit")]
+    np.testing.assert_array_equal(by_rows.rank(queries), by_ids.rank(queries))
+
+
+def test_each_retriever_variant_is_registered_with_its_own_settings(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`evaluate --compare a=... --no-rerank-row`: each variant row runs its own settings (not
+    the last variant's), in its own store; zeroshot pools by mean whatever --pooling says."""
+    from xdretrieve.config import Settings
+    from xdretrieve.evaluate import registry
+    from xdretrieve.evaluate.retrieval import register_retriever_methods
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(registry, "METHODS", dict(METHODS))  # the registrations are undone
+    settings = Settings(store=tmp_path / "store", pooling="recency")
+    register_retriever_methods(settings, tmp_path / "work", {
+        "xdretrieve-mean": settings.model_copy(update={"pooling": "mean"}),
+        "xdretrieve-no-rerank": settings.model_copy(update={"rerank": False})})
+    configs = {name: make_method(name).config() for name in (
+        "zeroshot", "xdretrieve", "xdretrieve-mean", "xdretrieve-no-rerank")}
+    assert {name: (c["pooling"], c["rerank"]) for name, c in configs.items()} == {
+        "zeroshot": ("mean", True), "xdretrieve": ("recency", True),
+        "xdretrieve-mean": ("mean", True), "xdretrieve-no-rerank": ("recency", False)}
+    for name, config in configs.items():
+        assert Path(config["store"]).name == f"{name}-{config['fingerprint']}"
+
+
 # -- the registry ----------------------------------------------------------------------------------
 
 def test_registry() -> None:
@@ -322,3 +495,26 @@ def test_registry() -> None:
         assert isinstance(method, Popularity) and method.name == "test-only"
     finally:
         del METHODS["test-only"]
+
+
+def test_the_runner_builds_named_methods_with_its_seed_and_closes_each(dataset: Dataset) -> None:
+    """A named method is built per direction with evaluate's seed (--seed), and each one built is
+    closed (a retriever-backed one holds its store open until then)."""
+    built: list[Popularity] = []
+
+    class Counted(Popularity):
+        def __init__(self, seed: int) -> None:
+            super().__init__()
+            self.seed, self.closed = seed, False
+            built.append(self)
+
+        def close(self) -> None:
+            self.closed = True
+
+    register_method("test-counted", lambda seed=0: Counted(seed))
+    try:
+        evaluate(dataset, methods=["test-counted"], seed=7, progress=False)
+    finally:
+        del METHODS["test-counted"]
+    assert len(built) >= 2  # one per direction at least
+    assert [(m.seed, m.closed) for m in built] == [(7, True)] * len(built)

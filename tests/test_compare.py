@@ -53,3 +53,27 @@ def test_the_report_bolds_the_best_value_of_each_metric() -> None:
              for line in markdown.splitlines() if line.startswith(("| popularity", "| itemknn"))}
     assert cells["itemknn"] == ["**0.2000**"] * (len(METRICS) - 1) + ["0.2500"]
     assert cells["popularity"] == ["0.1000"] * (len(METRICS) - 1) + ["**0.5000**"]
+
+
+def test_the_report_keeps_each_time_in_its_column_and_the_first_directions_settings() -> None:
+    """Fit and rank times each in their own column (json, markdown, terminal); a method alone on
+    its direction is bolded nowhere (no rival to be best against); the settings listed are the
+    first direction's."""
+    from xdretrieve.evaluate.metrics import METRICS
+    from xdretrieve.evaluate.report import format_table, to_dict
+    from xdretrieve.evaluate.report import to_markdown as report_markdown
+
+    def row(direction: str, k: int) -> MethodResult:
+        return MethodResult(direction, "userknn", 3, dict.fromkeys(METRICS, 0.1), 2.0, 7.5,
+                            config={"k": k})
+
+    results = Results("toy", [row("a->b", 1), row("b->a", 2)], {"a->b": 3, "b->a": 3},
+                      {"split": "users.csv", "seed": 0}, "0", "now", 1.0)
+    doc = to_dict(results)
+    assert [(m["fit_seconds"], m["rank_seconds"]) for d in doc["directions"]
+            for m in d["methods"]] == [(2.0, 7.5)] * 2
+    markdown = report_markdown(results, None)
+    line = "| userknn | " + " | ".join(["0.1000"] * len(METRICS)) + " | 2.0 | 7.5 |"
+    assert markdown.count(line) == 2 and "**0.1000**" not in markdown
+    assert '- **userknn**: `{"k": 1}`' in markdown and '{"k": 2}' not in markdown
+    assert format_table(results).splitlines()[2].split()[-2:] == ["2.0", "7.5"]

@@ -275,6 +275,71 @@ def test_runner_rejects_unknown_and_repeated_methods() -> None:
         evaluate(make_dataset(), methods=["popularity", "popularity"], progress=False)
 
 
+def test_runner_keeps_the_given_order_of_directions_and_methods_once_each() -> None:
+    """Rows, tables and the plot follow the order asked for; a direction asked twice (as text
+    and as a pair) is run once."""
+    results = evaluate(make_dataset(), directions=["movies->books", "books->movies",
+                                                   ("movies", "books")],
+                       methods=[Recorder(), "popularity"], progress=False)
+    assert results.directions == ["movies->books", "books->movies"]
+    assert results.config["directions"] == results.directions
+    assert results.methods == ["recorder", "popularity"]
+    assert [(r.direction, r.method) for r in results.rows] == [
+        ("movies->books", "recorder"), ("movies->books", "popularity"),
+        ("books->movies", "recorder"), ("books->movies", "popularity")]
+
+
+def test_the_report_says_which_split_and_which_users() -> None:
+    """The report's protocol line names the split (users.csv, or the seeded random one) and says
+    when only the first test users of each direction were evaluated."""
+    results = evaluate(make_dataset(), methods=["popularity"], max_users=1, progress=False)
+    assert results.config["split"] == "users.csv"
+    assert "Split: users.csv; seed 0; first 1 test users per direction." in to_markdown(results)
+    results = evaluate(make_dataset(with_splits=False), methods=["popularity"], progress=False)
+    assert results.config["split"] == f"seeded random {SPLIT_SEED}"
+    markdown = to_markdown(results)
+    assert f"Split: seeded random {SPLIT_SEED}; seed 0." in markdown
+    assert "test users per direction" not in markdown
+
+
+def test_a_direction_without_test_users_is_skipped_and_reported_so(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A third domain no test user has: its directions are warned about and have no rows; the
+    report (json, markdown, plot) says so instead of failing on the missing rows."""
+    ds = make_dataset()
+    ds = Dataset({**ds.items, "x0": Item("x0", "music", "title x0")},
+                 [*ds.interactions, Interaction("tr1", "x0", "music", 9.0)], ds.splits,
+                 name="hand-made")
+    results = evaluate(ds, directions=["books->music", "books->movies"],
+                       methods=["popularity", Recorder()], progress=False)
+    assert results.n_users == {"books->music": 0, "books->movies": 2}
+    assert {r.direction for r in results.rows} == {"books->movies"}
+    assert "books->music: no test user has both books and music interactions; skipped" in (
+        caplog.text)
+    paths = write_report(results, tmp_path / "out")
+    doc = json.loads(paths["json"].read_text())
+    assert doc["directions"][0] == {"direction": "books->music", "n_users": 0, "methods": []}
+    assert ("## books->music (0 test users)\n\nNo test user has interactions in both domains."
+            in paths["markdown"].read_text())
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_methods_numpy_settings_are_written_as_plain_json(tmp_path: Path) -> None:
+    """A method's config may hold numpy scalars (a grid's choice): results.json and the report's
+    settings get plain numbers, and a retriever-backed method's config is reported as given."""
+    from xdretrieve.evaluate.methods import RetrieverMethod
+
+    method = RetrieverMethod("numpy-config", lambda history, domain, limit: [],
+                             config={"alpha": np.float32(0.5), "ks": (np.int64(10), 50)})
+    results = evaluate(make_dataset(), directions=["books->movies"], methods=[method],
+                       progress=False)
+    paths = write_report(results, tmp_path / "out")
+    doc = json.loads(paths["json"].read_text())
+    assert doc["directions"][0]["methods"][0]["config"] == {"alpha": 0.5, "ks": [10, 50]}
+    assert '- **numpy-config**: `{"alpha": 0.5, "ks": [10, 50]}`' in paths[
+        "markdown"].read_text()
+
+
 def test_report_files(tmp_path: Path) -> None:
     results = evaluate(make_dataset(), methods=["popularity", Recorder()], progress=False)
     paths = write_report(results, tmp_path / "out")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from xdretrieve import rerank
 from xdretrieve.rerank import (
@@ -16,8 +18,10 @@ from xdretrieve.rerank import (
     candidate_union,
     features,
     fit_reranker,
+    overlap_text,
     recent_distinct,
     tokens,
+    tower_head,
 )
 
 IDS = ["a1", "a2", "o1", "o2", "o3"]
@@ -91,6 +95,16 @@ def test_cooccurrence_counts_each_users_most_recent_items_only() -> None:
     assert uncapped[0, 2] == 1 and uncapped[1, 2] == 2
 
 
+def test_cooccurrence_counts_a_users_hundred_most_recent_items_by_default() -> None:
+    """What `finetune` counts (it passes no cap): a user's 100 most recent distinct items per
+    domain pair, the 101st back does not. A smaller default would drop pairs of every user
+    with a longer history; a larger one lets heavy users fill memory."""
+    ids = [f"a{k}" for k in range(101)] + ["o0"]
+    cooc = ItemStats.fit(ids, {"u": {"arts": tuple(ids[:101]), "office": ("o0",)}}).cooc
+    assert cooc[0, 101] == 0  # a0, the oldest of 101
+    assert cooc[1:101, 101].toarray().ravel().tolist() == [1] * 100
+
+
 def test_features_by_hand() -> None:
     stats = ItemStats.fit(IDS, HISTORIES)
     x = features(stats, history=["a1"], history_text="red pencil case",
@@ -120,6 +134,27 @@ def test_features_by_hand() -> None:
     np.testing.assert_allclose(x[:, FEATURES.index("text_overlap")], [1 / 3, 0])
 
 
+def test_the_text_overlap_reads_an_items_title_and_its_text() -> None:
+    """Training counts and serving compares the words of both: an item's words that are in
+    its description only (not in its title) must overlap too."""
+    assert tokens(overlap_text("Pencil case", "blue zipper, 2-pack")) == {
+        "pencil", "case", "blue", "zipper", "2", "pack"}
+
+
+def test_a_history_no_train_user_shared_has_no_cooccurrence() -> None:
+    """A history of items added since training (or that no train user paired) co-occurs
+    with nothing: its candidates get zeros there, and the query is still re-ranked (a
+    lookup in the empty table would raise IndexError)."""
+    stats = ItemStats.fit(IDS, HISTORIES, DOMAINS)
+    zeros = np.zeros(3, np.float32)
+    for history in (["new"], ["new", "other"]):
+        x = features(stats, history, "pencil", ["o1", "o2", "zz"], None, zeros, zeros)
+        for name in ("cooccurrence", "cooccurrence_norm", "cooccurrence_cond"):
+            assert x[:, FEATURES.index(name)].tolist() == [0, 0, 0]
+        np.testing.assert_allclose(x[:, FEATURES.index("log_popularity")], np.log1p([2, 1, 0]))
+    assert stats.cooccurring(["new"], "office", 5) == []
+
+
 def test_fit_learns_the_feature_that_marks_the_positive(tmp_path) -> None:
     rng = np.random.default_rng(0)
     stats = ItemStats.fit(IDS, HISTORIES)
@@ -138,6 +173,8 @@ def test_fit_learns_the_feature_that_marks_the_positive(tmp_path) -> None:
     again = Reranker.load(tmp_path)
     np.testing.assert_array_equal(again.weights, model.weights)
     np.testing.assert_array_equal(again.stats.cooc.toarray(), stats.cooc.toarray())
+    # saved without a choice of target domains (None): it still serves every one, as saved
+    assert again.domains is None and again.serves("office") and again.serves("arts")
 
 
 def test_the_fit_minimises_the_listwise_loss_of_each_users_own_candidates() -> None:
@@ -163,6 +200,68 @@ def test_the_fit_minimises_the_listwise_loss_of_each_users_own_candidates() -> N
     assert float(w.grad.norm()) < 1e-3  # 0.35 with the padding counted as negatives
 
 
+def _listwise_groups(seed: int, relevant: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
+    """40 users' candidates (3 to 29 each, random features) with ``relevant`` of them
+    relevant (one where a user has 5 or fewer), marked a little by the first feature."""
+    rng = np.random.default_rng(seed)
+    groups = []
+    for _ in range(40):
+        n = int(rng.integers(3, 30))
+        x = rng.normal(size=(n, len(FEATURES))).astype(np.float32)
+        y = np.zeros(n, np.float32)
+        y[rng.choice(n, relevant if n > 5 else 1, replace=False)] = 1
+        x[y == 1, 0] += 1.0
+        groups.append((x, y))
+    return groups
+
+
+def test_a_user_with_several_relevant_candidates_weighs_as_one_user() -> None:
+    """Each user's labels sum to 1 in the listwise loss (a user who bought two items is one
+    user, not two): at the fitted weights the gradient of that loss is ~0."""
+    import torch
+
+    groups = _listwise_groups(0, relevant=2)
+    fitted = fit_reranker(groups, ItemStats.fit(["a"], {}))
+    w = torch.tensor(fitted.weights, requires_grad=True)
+    loss = sum(-(torch.from_numpy(y / y.sum()) * torch.log_softmax(
+        torch.from_numpy((x - fitted.mean) / fitted.std) @ w, 0)).sum() for x, y in groups)
+    (loss / len(groups)).backward()
+    assert float(w.grad.norm()) < 1e-3
+
+
+def test_users_without_a_relevant_candidate_leave_the_fit_as_it_is() -> None:
+    """Most valid users of a real catalog have none of their items among the candidates:
+    they teach nothing (their labels cannot sum to 1), and neither the weights nor the
+    features' mean and deviation move with them. With none relevant at all, nothing fits."""
+    stats = ItemStats.fit(["a"], {})
+    groups = _listwise_groups(1)
+    rng = np.random.default_rng(2)
+    nothing = [(rng.normal(3.0, size=(8, len(FEATURES))).astype(np.float32),
+                np.zeros(8, np.float32)) for _ in range(5)]
+    alone, among = fit_reranker(groups, stats), fit_reranker(groups[:20] + nothing + groups[20:],
+                                                             stats)
+    for name in ("weights", "mean", "std"):
+        np.testing.assert_array_equal(getattr(among, name), getattr(alone, name))
+    with pytest.raises(ValueError, match="no user has a relevant candidate"):
+        fit_reranker(nothing, stats)
+
+
+def test_a_feature_constant_over_every_candidate_teaches_nothing() -> None:
+    """Statistics without texts give every candidate text_overlap 0 (a deviation of 0): the
+    fit stays finite, that feature's weight 0 whatever its value, and scores are numbers."""
+    stats = ItemStats.fit(["a"], {})
+    col = FEATURES.index("text_overlap")
+    fits = []
+    for value in (0.0, 1.0):
+        groups = _listwise_groups(3)
+        for x, _ in groups:
+            x[:, col] = value
+        fits.append(fit_reranker(groups, stats))
+        assert np.isfinite(fits[-1].weights).all() and fits[-1].weights[col] == 0
+        assert all(np.isfinite(fits[-1].score(x)).all() for x, _ in groups)
+    np.testing.assert_array_equal(fits[0].weights, fits[1].weights)
+
+
 def test_cooccurring_items_of_the_target_domain_best_first(tmp_path) -> None:
     stats = ItemStats.fit(IDS, HISTORIES, DOMAINS)
     # a1 co-occurs with o1 (2 users) and o2 (1); a2 with o3 (1); ties by popularity
@@ -182,6 +281,9 @@ def test_candidate_union_takes_both_sources_without_duplicates() -> None:
     # too few co-occurring items: the tower's ranking fills up
     assert candidate_union(ranked, ["t2"], 4) == ["t1", "t2", "t3", "t4"]
     assert candidate_union(ranked, [], 10) == ranked
+    # an odd number: the tower keeps the larger half, whatever co-occurs
+    assert tower_head(5) == 3 and tower_head(200) == 100
+    assert candidate_union(ranked, ["c1", "c2", "c3"], 5) == ["t1", "t2", "t3", "c1", "c2"]
 
 
 def test_reranker_reads_the_features_it_was_trained_on(tmp_path) -> None:
@@ -195,6 +297,36 @@ def test_reranker_reads_the_features_it_was_trained_on(tmp_path) -> None:
     x[:, FEATURES.index("cosine")] = [0.2, 0.9]
     x[:, FEATURES.index("log_popularity")] = [0.0, 0.5]
     np.testing.assert_allclose(again.score(x), [0.2, 0.4], rtol=1e-6)
+
+
+def test_the_score_standardises_each_feature_by_its_own_mean_and_deviation() -> None:
+    """``w . (x - mean) / std`` by hand, with deviations other than 1 (the fitted ones are:
+    a feature's weight applies to its standardised value)."""
+    reranker = Reranker(np.array([1.0, 2.0], np.float32), np.array([1.0, 0.5], np.float32),
+                        np.array([2.0, 0.25], np.float32), ItemStats.fit(IDS, HISTORIES),
+                        ("cosine", "text_overlap"))
+    x = np.zeros((2, len(FEATURES)), dtype=np.float32)
+    x[:, FEATURES.index("cosine")] = [3.0, 1.0]
+    x[:, FEATURES.index("text_overlap")] = [0.5, 1.0]
+    # (3 - 1) / 2 x 1 + 0 = 1; 0 + (1 - 0.5) / 0.25 x 2 = 4
+    np.testing.assert_allclose(reranker.score(x), [1.0, 4.0], rtol=1e-6)
+
+
+def test_a_saved_reranker_of_an_unknown_feature_is_refused_naming_its_file(
+        tmp_path: Path) -> None:
+    """A model directory written by a newer version (a feature this one does not compute)
+    is refused at load, saying which file and which feature, not with an IndexError or a
+    bare 'not in tuple' at the first query."""
+    ones = np.ones(2, np.float32)
+    Reranker(ones, 0 * ones, ones, ItemStats.fit(IDS, HISTORIES), ("cosine", "score")).save(
+        tmp_path)
+    spec = json.loads((tmp_path / "reranker.json").read_text())
+    spec["features"] = ["cosine", "sentiment"]
+    (tmp_path / "reranker.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError) as refused:
+        Reranker.load(tmp_path)
+    assert str(refused.value).startswith(
+        f"{tmp_path / 'reranker.json'}: unknown re-ranker feature(s) ['sentiment']")
 
 
 def test_an_explanation_says_when_a_low_value_counted() -> None:
@@ -389,10 +521,12 @@ def test_the_reranker_is_kept_per_target_domain_where_valid_users_gain(tmp_path:
     helped, hurt = np.zeros(12, np.float32), np.zeros(12, np.float32)
     helped[11] = 1  # the tower's last: the re-ranker's first
     hurt[0] = 1  # the tower's first: the re-ranker's last
-    report = _compare_on_valid([("books->movies", x, helped), ("movies->books", x, hurt)],
-                               reranker)
-    assert report["books->movies"]["with"] > report["books->movies"]["without"]
-    assert report["movies->books"]["with"] < report["movies->books"]["without"]
+    # a user without a relevant candidate: the order cannot matter, and the user is left out
+    report = _compare_on_valid([("books->movies", x, helped), ("movies->books", x, hurt),
+                                ("books->movies", x, np.zeros(12, np.float32))], reranker)
+    # ndcg@10: the tower's 12th is outside its top 10 (0), the re-ranker's first (1)
+    assert report["books->movies"] == {"without": 0.0, "with": 1.0}
+    assert report["movies->books"] == {"without": 1.0, "with": 0.0}
     assert report["kept"] == ["movies"]
     # a target domain is served only where every direction into it gains, and a tie is no gain
     level = np.zeros(12, np.float32)
@@ -435,3 +569,101 @@ def test_the_token_vocabulary_does_not_depend_on_the_hash_seed() -> None:
                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout
             for seed in ("1", "2", "3")}
     assert len(runs) == 1, runs
+
+
+def _untrained_fit_setup():
+    """What the re-ranker's fit reads, with nothing trained: a catalog of 20 books and 20
+    movies, a tower over random vectors (its ranking is arbitrary, and fixed), and 60 train
+    users whose statistics pair book b{k} with movies m{k}, m{k+1}, m{k+2}."""
+    import torch
+
+    from xdretrieve.evaluate.protocol import Direction
+    from xdretrieve.train.adapter import AdapterConfig
+    from xdretrieve.train.catalog import Catalog
+    from xdretrieve.train.tower import Tower
+
+    ids = [f"b{k}" for k in range(20)] + [f"m{k}" for k in range(20)]
+    items = {i: SimpleNamespace(domain="books" if i[0] == "b" else "movies", title=i,
+                                text=f"number {i[1:]}") for i in ids}
+    dataset = SimpleNamespace(items=items, domains=["books", "movies"])
+    catalog = Catalog.of(dataset)
+    torch.manual_seed(0)
+    vectors = np.random.default_rng(0).normal(size=(len(ids), 8)).astype(np.float32)
+    tower = Tower(torch.from_numpy(vectors), catalog.rows_by_domain, AdapterConfig(dim=4))
+    histories = {f"t{k}-{j}": {"books": (f"b{k}",), "movies": (f"m{(k + j) % 20}",)}
+                 for k in range(20) for j in range(3)}
+    return tower.eval(), dataset, catalog, histories, [Direction("books", "movies")]
+
+
+def test_the_fit_candidates_are_the_towers_best_and_the_cooccurring_in_the_towers_order(
+        monkeypatch) -> None:
+    """What the re-ranker is fitted on is what serving re-ranks: per user, the tower's best
+    and the target domain's items co-occurring with the history, in the tower's order (the
+    order the report's 'without' reads), labelled by that user's own truth, whether the users
+    are scored all at once or a chunk at a time (a large catalog's users are)."""
+    from xdretrieve.train import rerank_fit
+
+    tower, dataset, catalog, histories, _ = _untrained_fit_setup()
+    ids = catalog.ids
+    texts = [overlap_text(dataset.items[i].title, dataset.items[i].text) for i in ids]
+    stats = ItemStats.fit(ids, histories, [dataset.items[i].domain for i in ids], texts)
+    # users of book b{k} whose truth is movie m{k} (co-occurring) and m{k+7} (not)
+    users = [(0, 1, [np.array([k]) for k in range(7)],
+              [np.array([k, k + 7]) for k in range(7)])]
+    groups = rerank_fit._candidate_groups(tower, catalog, texts, {(0, 1): "books->movies"},
+                                          users, stats, 6)
+    col = FEATURES.index("cooccurrence")
+    assert len(groups) == 7
+    for direction, x, y in groups:
+        assert direction == "books->movies" and len(x) == 6
+        assert (np.diff(x[:, FEATURES.index("score")]) <= 0).all()  # the tower's order
+        assert (x[:, col] > 0).sum() == 3  # each of the three co-occurring movies
+        assert (x[y == 1, col] > 0).any()  # m{k} among them, labelled relevant
+    monkeypatch.setattr(rerank_fit, "SCORE_CHUNK", 3)
+    chunked = rerank_fit._candidate_groups(tower, catalog, texts, {(0, 1): "books->movies"},
+                                           users, stats, 6)
+    for (_, x, y), (_, x_chunked, y_chunked) in zip(groups, chunked, strict=True):
+        np.testing.assert_allclose(x_chunked, x, rtol=1e-5)
+        np.testing.assert_array_equal(y_chunked, y)
+
+
+def test_the_fit_reads_statistics_without_its_users_and_serves_those_of_every_train_user(
+        monkeypatch, capsys) -> None:
+    """The re-ranker is fitted on held-out users with the statistics of the tower's users
+    only (a new user's items are in nobody's statistics: counted, co-occurrence would point
+    at their truth), checked and saved with those of every train user, and not served at all
+    where no target domain gains; the report is printed only when progress is asked for."""
+    from xdretrieve.train import rerank_fit
+
+    tower, dataset, catalog, histories, directions = _untrained_fit_setup()
+    read = []
+
+    def recording(model, catalog, texts, names, users, stats, n):
+        read.append(stats)
+        return real(model, catalog, texts, names, users, stats, n)
+
+    real = rerank_fit._candidate_groups
+    monkeypatch.setattr(rerank_fit, "_candidate_groups", recording)
+    kept = ["movies"]
+    monkeypatch.setattr(rerank_fit, "_compare_on_valid",
+                        lambda groups, reranker: {"books->movies": {"without": 0.5, "with": 0.6},
+                                                  "kept": list(kept)})
+    users = [(0, 1, [np.array([k]) for k in range(10)], [np.array([k]) for k in range(10)])]
+    train = sorted(histories)
+
+    def fit(progress: bool):
+        return rerank_fit.fit_served_reranker(tower, dataset, catalog, histories, users, users,
+                                              train[:30], train, directions, seed=0,
+                                              candidates=6, progress=progress)[0]
+
+    def popularity(who: list[str]) -> np.ndarray:
+        return ItemStats.fit(catalog.ids, {u: histories[u] for u in who}).popularity
+
+    reranker = fit(progress=False)
+    assert capsys.readouterr().out == ""
+    np.testing.assert_array_equal(read[0].popularity, popularity(train[:30]))  # the fit's
+    np.testing.assert_array_equal(read[1].popularity, popularity(train))  # the check's
+    assert reranker.stats is read[1] and reranker.domains == ("movies",)
+    kept.clear()
+    assert fit(progress=True) is None
+    assert capsys.readouterr().out.endswith("served into no domain (none gains)\n")

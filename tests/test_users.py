@@ -17,3 +17,11 @@ def test_pool_mean_and_recency() -> None:
         pool(np.zeros((0, 2)), "mean")
     with pytest.raises(ValueError, match="unknown pooling"):
         pool(v, "max")
+
+
+def test_a_history_whose_vectors_cancel_pools_to_zeros_not_nan() -> None:
+    """Items pointing opposite ways sum to nothing: the pooled vector is zeros (it finds
+    nothing in particular), not NaN, which a store refuses or answers with at random."""
+    v = np.array([[0.6, 0.8], [-0.6, -0.8]], dtype=np.float32)
+    with np.errstate(all="raise"):  # no 0/0 on the way either
+        assert pool(v, "mean").tolist() == [0.0, 0.0]
