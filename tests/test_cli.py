@@ -26,11 +26,13 @@ def test_bad_settings_are_usage_errors_a_line_each(tmp_path: Path, monkeypatch) 
     # before: pydantic's block for a bad value, and a traceback for a broken xdretrieve.toml
     monkeypatch.chdir(tmp_path)
     store = str(tmp_path / "store")
-    (tmp_path / "xdretrieve.toml").write_text('poolin = "mean"\nhnsw_m = 2\n')
+    (tmp_path / "xdretrieve.toml").write_text('poolin = "mean"\nhnsw_m = 2\n'
+                                              'recency_half_life = 0\n')
     r = run("info", "--store", store, ok=False)
     assert r.exit_code == 2
     assert "setting poolin: no such setting\n" in r.output
     assert "setting hnsw_m: Input should be greater than or equal to 4\n" in r.output
+    assert "setting recency_half_life: Input should be greater than 0" in r.output
     (tmp_path / "xdretrieve.toml").write_text('pooling = "mean\n')
     r = run("info", "--store", store, ok=False)
     assert r.exit_code == 2 and f"xdretrieve.toml (in {tmp_path}): Illegal character" in r.output
@@ -77,6 +79,24 @@ def test_an_empty_environment_variable_is_an_unset_one(tmp_path: Path, monkeypat
     assert Settings().batch_size == 64 and Settings().model == "all-MiniLM-L6-v2"
 
 
+def test_settings_come_from_arguments_then_environment_then_the_file(
+        tmp_path: Path, monkeypatch) -> None:
+    """The order the docs give: an argument (an option) beats XDR_..., which beats
+    xdretrieve.toml, which beats the default (recency pooling, as `index --help` says)."""
+    from xdretrieve import Settings
+    from xdretrieve.cli import make_settings
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("XDR_POOLING", "XDR_BATCH_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert Settings().pooling == "recency"
+    (tmp_path / "xdretrieve.toml").write_text('pooling = "mean"\nbatch_size = 8\n')
+    assert (Settings().pooling, Settings().batch_size) == ("mean", 8)
+    monkeypatch.setenv("XDR_POOLING", "recency")
+    assert (Settings().pooling, Settings().batch_size) == ("recency", 8)
+    assert make_settings(pooling="mean", batch_size=None).pooling == "mean"
+
+
 @pytest.mark.parametrize("command", sorted(main.commands))
 def test_help_of_every_command(command: str) -> None:
     out = run(command, "--help").output
@@ -103,6 +123,8 @@ def test_index_query_round_trip(paired_dir: Path, tmp_path: Path, monkeypatch) -
                 "--limit", "3").output
     rows = table.splitlines()
     assert rows[0] == "history of 1 item(s) -> movies" and len(rows) == 3 + 3
+    assert rows[1].split() == ["rank", "item_id", "score", "title"]  # then a rule under it
+    assert set(rows[2]) == {"-", " "} and len(rows[2]) >= len(rows[1])
     assert rows[3].split()[:2] == ["1", "movie-3"]
     # a stored user never gets what they already watched
     user = run("query", "--store", store, "--user", " u3-0 ", "--domain", "movies").output
@@ -200,6 +222,9 @@ def test_query_batch_answers_each_user_as_its_own_query(paired_dir: Path, tmp_pa
             input="u3-0,test\n", ok=False)  # a table, not a column
     assert r.exit_code == 1 and ("line 1: unknown user 'u3-0,test' (one id per line: the file "
                                  "looks like a table") in r.output
+    r = run("query", "--store", store, "--users", "-", "--domain", "movies",
+            input="u3-0\ttest\n", ok=False)  # a tab-separated one
+    assert r.exit_code == 1 and "(one id per line: the file looks like a table" in r.output
     users.write_bytes("u3-0\nJos\u00e9\n".encode("latin-1"))
     r = run("query", "--store", store, "--users", str(users), "--domain", "movies", ok=False)
     assert r.exit_code == 1 and f"{users}: not UTF-8 text" in r.output
@@ -227,6 +252,7 @@ def test_query_batch_answers_each_user_as_its_own_query(paired_dir: Path, tmp_pa
     r = run("query", "--store", store, "--users", "-", "--domain", "music", input="u3-0\n",
             ok=False)
     assert r.exit_code == 1 and "unknown domain 'music'" in r.output
+    assert "line 1" not in r.output  # the domain is wrong, not the file's first line
     r = run("query", "--store", store, "--user", "u3-0", "--domain", "movies", "--out",
             str(out), ok=False)
     assert r.exit_code == 2 and "--out goes with --users" in r.output
@@ -237,6 +263,51 @@ def test_query_batch_answers_each_user_as_its_own_query(paired_dir: Path, tmp_pa
     run("query", "--store", store, "--users", "-", "--domain", "movies", "--out", str(nested),
         input="u3-0\n")
     assert json.loads(nested.read_text())["user_id"] == "u3-0"
+
+
+def test_explain_columns_are_counts_and_shares() -> None:
+    """--explain's co-bought and popularity columns are counts of train users' interactions
+    (the features hold their log1p: e^x alone reads one more), the overlap a percentage, and the
+    last column the feature with the largest part of the score."""
+    import math
+    from types import SimpleNamespace
+
+    from xdretrieve.cli import _explained
+
+    why = {"features": {"score": 0.8123, "cooccurrence": math.log1p(2),
+                        "log_popularity": math.log1p(15), "text_overlap": 0.25},
+           "standardised": {"score": 1.5, "cooccurrence": 0.5},
+           "contributions": {"score": 0.75, "cooccurrence": 1.25}}
+    assert _explained(SimpleNamespace(why=why)) == ("0.81", "2", "15", "25%",
+                                                    "co-bought (+1.25)")
+
+
+def test_index_reads_two_files_stores_items_only_and_recreates(
+        paired_dir: Path, tmp_path: Path, tiny_model: str, other_tiny_model: str,
+        monkeypatch) -> None:
+    """--items with --interactions reads those files (--items alone is a usage error, before
+    anything is written); --no-users stores no user profile; --recreate replaces a store
+    another encoder built, which is refused without it."""
+    monkeypatch.setenv("XDR_CACHE_DIR", str(tmp_path / "cache"))
+    store = str(tmp_path / "s")
+    files = ("--items", str(paired_dir / "items.jsonl"),
+             "--interactions", str(paired_dir / "interactions.csv"))
+    r = run("index", *files[:2], "--store", store, "--model", tiny_model, ok=False)
+    assert r.exit_code == 2 and "give --data DIR, or both --items and --interactions" in r.output
+    assert not Path(store).exists()
+    out = run("index", *files, "--store", store, "--model", tiny_model, "--no-users",
+              "-q").output
+    assert re.search(r"^items +24 +24 embedded", out, re.M)
+    assert re.search(r"^user profiles +0 +0 written", out, re.M)
+    assert json.loads(run("info", "--store", store).output)["points"] == {"items": 24}
+    r = run("index", *files, "--store", store, "--model", other_tiny_model, "-q", ok=False)
+    assert r.exit_code == 1 and "add --recreate" in r.output
+    out = run("index", *files, "--store", store, "--model", other_tiny_model, "--recreate",
+              "-q").output
+    assert re.search(r"^items +24 +24 embedded", out, re.M)
+    info = json.loads(run("info", "--store", store).output)
+    assert info["points"] == {"items": 24, "users": 72}
+    assert info["encoder"] == str(Path(other_tiny_model).resolve())
 
 
 def data_with_an_empty_title(tmp_path: Path, paired_dir: Path) -> Path:

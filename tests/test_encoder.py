@@ -60,6 +60,7 @@ def test_item_text_template() -> None:
     ("{0}", "has the field {0}"),
     ("{title.upper}", "has the field {title.upper}"),
     ("{title} {", "is not a template: Single '{' encountered"),
+    ("{title} {}", "has the field {}"),  # a positional field: an IndexError when embedding
 ])
 def test_a_template_with_an_unknown_field_is_refused_in_the_settings(
         template: str, expected: str, tmp_path: Path, monkeypatch) -> None:
@@ -85,6 +86,9 @@ def test_a_device_that_is_not_there_is_refused_in_one_line(
     with pytest.raises(ValueError, match="'tpu' is not a device xdretrieve runs on"):
         Settings(device="tpu")
     assert Settings(device="cuda:1").device == "cuda:1"
+    for near in ("cpu0", "cuda:1x", "auto-gpu"):  # the whole name, not its start
+        with pytest.raises(ValueError, match=f"'{near}' is not a device xdretrieve runs on"):
+            Settings(device=near)
     monkeypatch.setattr(encoder, "has_cuda", lambda: False)
     assert pick_device("auto") == "cpu" and pick_device("cpu") == "cpu"
     with pytest.raises(ConfigError, match="'cuda': torch sees no CUDA device"):

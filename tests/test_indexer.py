@@ -37,6 +37,7 @@ def test_reindex_changes_nothing(paired_dir: Path, tiny_model: str, settings_for
     again = index_dataset(ds, settings)
     assert not again.changed
     assert (again.items_embedded, again.profiles_written) == (0, 0)
+    assert again.user_profiles == first.user_profiles  # what the store holds, not what was written
     assert snapshot(settings) == before
 
 
@@ -228,6 +229,115 @@ def test_another_pooling_rewrites_every_profile(tiny_model: str, settings_for) -
     vectors = np.stack([p.vector for p in sorted(books, key=lambda p: p.payload["item_id"])])
     np.testing.assert_allclose(profile.vector, pool(vectors, "mean"), atol=1e-6)
     assert not np.allclose(pool(vectors, "mean"), pool(vectors, "recency"), atol=1e-4)
+
+
+def test_another_half_life_rewrites_every_profile(tiny_model: str, settings_for) -> None:
+    """A recency profile's vector depends on its half-life too: indexing again with another
+    rewrites every profile (else the store kept the old half-life's profiles and said nothing
+    changed), with that half-life's vector."""
+    from xdretrieve.users import pool
+
+    ds = three_domain_user()
+    index_dataset(ds, settings_for(model=tiny_model, pooling="recency"))
+    short = settings_for(model=tiny_model, pooling="recency", recency_half_life=1.0)
+    report = index_dataset(ds, short)
+    assert report.items_embedded == 0 and report.profiles_written == report.user_profiles == 3
+    with open_store(short) as s:
+        books = s.retrieve(ITEMS, [item_point_id(f"book-{k}") for k in range(3)],
+                           with_vectors=True)
+        (profile,) = s.retrieve(USERS, [user_point_id("u", "books")], with_vectors=True)
+    vectors = np.stack([p.vector for p in sorted(books, key=lambda p: p.payload["item_id"])])
+    np.testing.assert_allclose(profile.vector, pool(vectors, "recency", half_life=1.0),
+                               atol=1e-6)
+    assert not np.allclose(pool(vectors, "recency", half_life=1.0),
+                           pool(vectors, "recency", half_life=5.0), atol=1e-4)
+
+
+def popularity_dataset() -> Dataset:
+    """Movies in catalog order m-z, m-y, m-x, m-w, m-v: m-y and m-w had by two users each, m-z
+    by one, m-x by one user three times, m-v by nobody; and a book one user had."""
+    items = [Item(f"m-{c}", "movies", f"film {c}") for c in "zyxwv"] + [Item("b-0", "books", "b")]
+    had = [("u1", "m-x"), ("u1", "m-x"), ("u1", "m-x"), ("u2", "m-w"), ("u3", "m-w"),
+           ("u4", "m-y"), ("u5", "m-y"), ("u6", "m-z"), ("u6", "b-0")]
+    events = [Interaction(u, i, "books" if i == "b-0" else "movies", float(k))
+              for k, (u, i) in enumerate(had)]
+    return Dataset({i.item_id: i for i in items}, events)
+
+
+def test_the_popular_items_are_those_most_users_have_in_catalog_order(
+        tiny_model: str, settings_for, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a user with no history gets: a domain's items by how many users have them (one
+    user's three rentals of m-x are one user), ties in catalog order (not by id), no item that
+    nobody had, at most POPULAR_KEPT of them; a run of items only keeps them."""
+    settings = settings_for(model=tiny_model)
+    ds = popularity_dataset()
+
+    def popular() -> dict[str, list[str]]:
+        with open_store(settings) as s:
+            return s.read_info().extra["popular"]
+
+    index_dataset(ds, settings)
+    assert popular() == {"books": ["b-0"], "movies": ["m-y", "m-w", "m-z", "m-x"]}
+    monkeypatch.setattr(indexer, "POPULAR_KEPT", 3)
+    index_dataset(ds, settings)
+    assert popular()["movies"] == ["m-y", "m-w", "m-z"]
+    index_dataset(Dataset(ds.items, []), settings, users=False)
+    assert popular()["movies"] == ["m-y", "m-w", "m-z"]
+
+
+def test_the_build_info_keeps_its_creation_time_and_dates_each_change(
+        paired_dir: Path, tiny_model: str, settings_for) -> None:
+    """`info` says when a store was created and last changed: a run that changes nothing keeps
+    both times; a run that only deletes a user's profiles is a change, dated, as a delete of
+    items is (each deleted id listed once); the creation time stays."""
+    settings = settings_for(model=tiny_model)
+    ds = Dataset.from_dir(paired_dir)
+
+    def dates() -> tuple[str, str]:
+        with open_store(settings) as s:
+            info = s.read_info()
+        return info.created_at, info.updated_at
+
+    index_dataset(ds, settings)
+    created, updated = dates()
+    assert not index_dataset(ds, settings).changed
+    assert dates() == (created, updated)
+    gone = Dataset(ds.items, [x for x in ds.interactions if x.user_id != "u0-0"])
+    report = index_dataset(gone, settings)
+    assert report.profiles_deleted == 2 and report.changed
+    assert dates()[0] == created and dates()[1] > updated
+    updated = dates()[1]
+    with open_store(settings) as s:
+        assert indexer.delete_items(["movie-1", "nope", "movie-1"], s) == ["movie-1"]
+    assert dates()[0] == created and dates()[1] > updated
+
+
+def test_upserted_items_are_embedded_as_the_store_was_built(
+        tiny_model: str, settings_for, monkeypatch: pytest.MonkeyPatch) -> None:
+    """upsert_items (PUT /items) embeds with the store's text template and cut length, not the
+    caller's settings, so the next `index` of the catalog re-embeds nothing; of two items with
+    one id the later is written; a store an interrupted `index` left incomplete stays so."""
+    from dataclasses import replace
+
+    from xdretrieve.encoder import Encoder
+
+    ds = three_domain_user()
+    built = settings_for(model=tiny_model, max_seq_length=16)
+    with monkeypatch.context() as m:
+        m.setattr(indexer, "_index_users", interrupt)
+        with pytest.raises(Interrupt):
+            index_dataset(ds, built)
+    items = dict(ds.items)
+    items["book-0"] = replace(items["book-0"], text="dragons and wizards")
+    caller = settings_for(model=tiny_model, text_template="{title}")  # and a cut of 128
+    with open_store(built) as s:
+        info = indexer.upsert_items([Item("book-0", "books", "draft"), items["book-0"]], caller,
+                                    s, Encoder.from_settings(built))
+        assert not info.complete and not s.read_info().complete
+        (point,) = s.retrieve(ITEMS, [item_point_id("book-0")])
+        assert (point.payload["title"], point.payload["text"]) == ("book 0", "dragons and wizards")
+    report = index_dataset(Dataset(items, ds.interactions), built)
+    assert report.resumed and report.items_embedded == 0
 
 
 def test_a_stored_users_query_weighs_each_other_domain_by_its_history(

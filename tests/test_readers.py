@@ -211,6 +211,22 @@ def test_skip_bad_rows_counts_and_records_them(tmp_path: Path) -> None:
     assert saved[2]["error"] == "duplicate item id 'b1'"
 
 
+def test_a_dataset_skips_bad_interaction_and_user_rows_as_it_skips_bad_items(
+        tmp_path: Path) -> None:
+    """With a RejectLog (--skip-bad-rows) a bad row of interactions.* or users.* is skipped and
+    logged as a bad item row is: else one bad line stops `index`, `finetune` or `evaluate`."""
+    write_jsonl(tmp_path / "items.jsonl", ITEMS)
+    (tmp_path / "interactions.csv").write_text("user_id,item_id,position\nu1,m1,0\nu1,zz,1\n"
+                                               "u2,b1,0\n")
+    (tmp_path / "users.csv").write_text("user_id,split\nu1,train\nu2,testing\n")
+    log = RejectLog()
+    ds = Dataset.from_dir(tmp_path, log)
+    assert ds.histories == {"u1": {"movies": ("m1",)}, "u2": {"books": ("b1",)}}
+    assert ds.splits == {"u1": "train"}
+    assert [(Path(r["file"]).name, r["line"], r["field"]) for r in log.rejects] == [
+        ("interactions.csv", 3, "item_id"), ("users.csv", 3, "split")]
+
+
 def test_users_split(tmp_path: Path) -> None:
     path = tmp_path / "users.csv"
     path.write_text("user_id,split\nu1,train\nu2,test\n")
