@@ -344,6 +344,23 @@ def test_bad_input_writes_nothing(tmp_path: Path, paired_dir: Path) -> None:
     assert json.loads(rejects.read_text())["field"] == "title"
 
 
+def test_skip_bad_rows_reads_the_two_files_too_and_writes_nothing_when_none_is_bad(
+        tmp_path: Path, paired_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--skip-bad-rows with --items/--interactions (not --data) skips and writes the bad rows
+    as with --data; a dataset without bad rows leaves no rejects file and no 'skipped 0'."""
+    from xdretrieve.cli_checks import read_dataset
+
+    data = data_with_an_empty_title(tmp_path, paired_dir)
+    rejects = tmp_path / "rejects.jsonl"
+    dataset = read_dataset(None, True, rejects, items=data / "items.jsonl",
+                           interactions=data / "interactions.csv")
+    assert len(dataset.items) == 24 and json.loads(rejects.read_text())["field"] == "title"
+    assert f"skipped 1 bad row(s), written to {rejects}" in capsys.readouterr().err
+    clean = tmp_path / "clean.jsonl"
+    assert len(read_dataset(paired_dir, True, clean).items) == 24
+    assert not clean.exists() and capsys.readouterr().err == ""
+
+
 def test_finetune_and_evaluate_skip_bad_rows_as_index_does(tmp_path: Path, paired_dir: Path,
                                                           tiny_model: str, monkeypatch) -> None:
     """Before, only `index` had --skip-bad-rows: data it indexed could not be trained on or

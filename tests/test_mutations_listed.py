@@ -16,3 +16,15 @@ def test_every_mutation_changes_text_found_once_and_names_existing_tests() -> No
     assert not repeated, f"ids used twice: {repeated}"
     problems = [p for p in map(entry_problem, entries) if p is not None]
     assert not problems, "\n".join(problems)
+
+
+def test_an_entry_may_name_one_test_function_and_it_must_exist() -> None:
+    """``tests/test_x.py::test_y`` runs that test alone; a renamed test is reported, not run as
+    an empty selection that pytest would fail for another reason."""
+    entry = {"id": "x", "file": "xdretrieve/evaluate/metrics.py", "old": "1.0 / (first + 1)",
+             "new": "1.0 / (first + 2)"}
+    named = "tests/test_metrics.py::test_hr_and_mrr_hand_computed"
+    assert "def test_hr_and_mrr_hand_computed(" in (MUTATIONS.parent / "test_metrics.py").read_text()
+    assert entry_problem({**entry, "tests": [named]}) is None
+    assert "do not exist" in entry_problem({**entry, "tests": [named + "_renamed"]})
+    assert "do not exist" in entry_problem({**entry, "tests": ["tests/test_nope.py"]})

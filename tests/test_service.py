@@ -22,6 +22,7 @@ uvicorn = pytest.importorskip("uvicorn")
 from tests.conftest import THEMES  # noqa: E402
 from xdretrieve.config import Settings  # noqa: E402
 from xdretrieve.data import Dataset  # noqa: E402
+from xdretrieve.errors import EncoderMismatchError  # noqa: E402
 from xdretrieve.indexer import index_dataset  # noqa: E402
 
 
@@ -186,6 +187,10 @@ def test_unknowns_are_404_with_the_message(client: httpx.Client, path: str, body
     ("/items", {"items": [{"item_id": "x", "domain": "movies", "title": "t",
                            "extra": {f"f{k}": k for k in range(101)}}]}),  # at most 100 fields
     ("/recommend/history", {"item_ids": ["book-1"] * 1001, "domain": "movies"}),  # the cap
+    ("/items", {"items": [{"item_id": "x", "domain": "movies", "title": "t"}] * 1001}),
+    ("/items", {"items": [{"item_id": "x", "domain": "movies", "title": "  "}]}),  # no title
+    ("/items", {"items": [{"item_id": "x", "domain": "movies", "title": "t",
+                           "extra": {"": 1}}]}),  # a field needs a name
 ])
 def test_invalid_bodies_are_422(client: httpx.Client, path: str, body: dict | None) -> None:
     r = client.request("PUT" if path == "/items" else "POST", path, json=body)
@@ -198,6 +203,8 @@ def test_malformed_and_misrouted_requests_are_4xx(client: httpx.Client) -> None:
                     headers={"content-type": "application/json"})
     assert r.status_code == 422
     assert client.request("DELETE", "/items", json={"item_ids": []}).status_code == 422
+    assert client.request("DELETE", "/items", json={"item_ids": ["x"] * 1001}
+                          ).status_code == 422  # at most 1000 a request
     assert client.put("/items", json={"items": [{"item_id": "x", "domain": "movies"}]}
                       ).status_code == 422  # no title
     assert client.put("/items", json={"items": [{"item_id": "x", "domain": "movies", "title": "t",
@@ -219,11 +226,62 @@ def test_malformed_and_misrouted_requests_are_4xx(client: httpx.Client) -> None:
                                    "ctx": {"max_length": 10000}}]
 
 
+def test_explain_says_why_only_when_asked_on_both_recommend_endpoints(
+        client: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`explain` on /recommend/user and /recommend/history returns each hit's `why`, and
+    leaving it out returns none (a re-ranker that ordered the answer stands in here: the
+    served store has none)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from xdretrieve.retriever import Retriever
+
+    why = {"features": {"model_score": 1.5}, "standardised": {"model_score": 0.5},
+           "contributions": {"model_score": 0.25}}
+    search = Retriever.search
+
+    def reranked(self, *args: object, **kwargs: object) -> list:
+        hits = search(self, *args, **kwargs)
+        for h in hits:
+            h.features, h.reranker = np.zeros(1), SimpleNamespace(explain=lambda row: why)
+        return hits
+
+    monkeypatch.setattr(Retriever, "search", reranked)
+    for path, body in (("/recommend/user", {"user_id": "u2-0", "domain": "movies", "limit": 2}),
+                       ("/recommend/history", {"item_ids": ["book-2"], "domain": "movies",
+                                               "limit": 2})):
+        plain = client.post(path, json=body).json()["hits"]
+        told = client.post(path, json={**body, "explain": True}).json()["hits"]
+        assert [h["why"] for h in plain] == [None, None], path
+        assert [h["why"] for h in told] == [why, why], path
+        assert [h["item_id"] for h in told] == [h["item_id"] for h in plain]
+
+
+def test_requests_at_the_documented_bounds_are_answered(client: httpx.Client) -> None:
+    """The limits the schema documents are the limits: a limit of 1000, 1000 ids to delete,
+    an id of 512 characters, a title of 1000 and a text of 20,000 are served, not refused with
+    a 422 (one over each is refused: test_invalid_bodies_are_422)."""
+    r = client.post("/recommend/history", json={"item_ids": ["book-1"], "domain": "movies",
+                                                "limit": 1000})
+    assert len(_top(r)) == len(THEMES)  # every movie
+    ids = [f"gone-{k}" for k in range(999)] + ["x" * 512]
+    r = client.request("DELETE", "/items", json={"item_ids": ids})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"deleted": [], "not_found": ids}
+    long = {"item_id": "y" * 512, "domain": "movies", "title": "T" * 1000,
+            "text": ("a long film about nothing " * 800)[:20_000]}
+    r = client.put("/items", json={"items": [long]})
+    assert r.status_code == 200, r.text
+    r = client.request("DELETE", "/items", json={"item_ids": [long["item_id"]]})
+    assert r.json()["deleted"] == [long["item_id"]]
+
+
 # -- writes ---------------------------------------------------------------------------------------
 def test_upsert_then_query_then_delete(client: httpx.Client) -> None:
     knitting = {"item_id": "movie-knit", "domain": "movies", "title": "Knitting: the movie",
                 "text": "a film about knitting", "extra": {"year": 2024}}
-    r = client.put("/items", json={"items": [knitting]})
+    r = client.put("/items", json={"items": [knitting, knitting]})  # once: items, not rows
     assert r.status_code == 200, r.text
     assert r.json() == {"upserted": 1, "domains": ["books", "movies"], "new_to_model": 0}
     r = client.post("/search/text", json={"text": "knitting", "domain": "movies", "limit": 1})
@@ -246,8 +304,9 @@ def test_upsert_then_query_then_delete(client: httpx.Client) -> None:
     r = client.post("/search/text", json={"text": "knitting", "domain": "games", "limit": 1})
     assert _top(r) == ["movie-knit"]
 
-    r = client.request("DELETE", "/items", json={"item_ids": ["movie-knit", "game-1", "nope"]})
-    assert r.status_code == 200
+    r = client.request("DELETE", "/items", json={"item_ids": ["movie-knit", "game-1", "nope",
+                                                              "nope", "movie-knit"]})
+    assert r.status_code == 200  # each id said once
     assert r.json() == {"deleted": ["movie-knit", "game-1"], "not_found": ["nope"]}
     r = client.post("/search/text", json={"text": "knitting", "domain": "movies", "limit": 20})
     assert "movie-knit" not in _top(r)
@@ -327,6 +386,69 @@ def test_read_write_lock_excludes_writers_from_readers() -> None:
     assert events == ["read", "second read", "read done", "write"]
 
 
+def test_a_waiting_writer_holds_back_new_readers_and_writers_take_turns() -> None:
+    """A stream of searches must not starve an upsert: a reader that comes while a writer
+    waits goes after it. And two writes never run at once (they read and rewrite the store's
+    build info)."""
+    from xdretrieve.service import ReadWriteLock
+
+    lock, events = ReadWriteLock(), []
+    reading, release = threading.Event(), threading.Event()
+
+    def first_reader() -> None:
+        with lock.read():
+            reading.set()
+            release.wait(5)
+            events.append("read 1 done")
+
+    def writer(name: str) -> None:
+        with lock.write():
+            events.append(name)
+
+    def late_reader() -> None:
+        with lock.read():
+            events.append("read 2")
+
+    threads = [threading.Thread(target=first_reader)]
+    threads[0].start()
+    reading.wait(5)
+    threads.append(threading.Thread(target=writer, args=("write",)))
+    threads[1].start()
+    deadline = time.monotonic() + 5
+    while not lock._writers_waiting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    threads.append(threading.Thread(target=late_reader))
+    threads[2].start()
+    time.sleep(0.1)
+    assert events == []  # the late reader waits behind the waiting writer
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert events == ["read 1 done", "write", "read 2"]
+
+    events.clear()
+    writing, release = threading.Event(), threading.Event()
+
+    def first_writer() -> None:
+        with lock.write():
+            events.append("write 1")
+            writing.set()
+            release.wait(5)
+            events.append("write 1 done")
+
+    threads = [threading.Thread(target=first_writer)]
+    threads[0].start()
+    writing.wait(5)
+    threads.append(threading.Thread(target=writer, args=("write 2",)))
+    threads[1].start()
+    time.sleep(0.1)
+    assert events == ["write 1"]  # the second write waits for the first
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert events == ["write 1", "write 1 done", "write 2"]
+
+
 # -- an empty store, the CLI command, the missing extra --------------------------------------------
 def test_an_empty_store_is_alive_but_not_ready(tmp_path: Path) -> None:
     from xdretrieve.service import create_app
@@ -339,7 +461,15 @@ def test_an_empty_store_is_alive_but_not_ready(tmp_path: Path) -> None:
         assert "xdretrieve index" in r.json()["reason"]
         r = c.post("/recommend/user", json={"user_id": "u1", "domain": "movies"})
         assert r.status_code == 503 and "run `xdretrieve index` first" in r.json()["detail"]
-        assert c.get("/info").status_code == 503
+        r = c.get("/info")
+        assert r.status_code == 503
+        assert r.json()["detail"].startswith(f"no xdretrieve store at {tmp_path / 'empty'}: ")
+    # a server's store is named by its URL (not by the --store it does not use)
+    server = Settings(url=":memory:", cache_dir=tmp_path / "cache")
+    with LiveServer(create_app(server)) as live, httpx.Client(base_url=live.url) as c:
+        r = c.get("/info")
+        assert r.status_code == 503 and r.json()["detail"].startswith(
+            "no xdretrieve store at :memory:: ")
 
 
 def test_a_store_an_interrupted_index_left_incomplete_is_not_ready(
@@ -360,6 +490,14 @@ def test_a_store_an_interrupted_index_left_incomplete_is_not_ready(
         assert r.status_code == 503 and "not complete" in r.json()["reason"]
         r = c.post("/recommend/user", json={"user_id": "u0-0", "domain": "movies"})
         assert r.status_code == 503 and "run it again" in r.json()["detail"]
+    # started with a --model other than the store's (not refused at start: the store is not
+    # complete), a write is refused with a 409 that says so, not taken for a bad request
+    other = Settings(store=tmp_path / "store", cache_dir=tmp_path / "cache",
+                     model="all-MiniLM-L6-v2")
+    with LiveServer(create_app(other)) as live, httpx.Client(base_url=live.url) as c:
+        r = c.put("/items", json={"items": [{"item_id": "movie-x", "domain": "movies",
+                                             "title": "A film"}]})
+        assert r.status_code == 409 and "built by encoder" in r.json()["detail"]
 
 
 def test_put_items_embeds_as_the_store_was_built(paired_dir: Path, tiny_model: str,
@@ -393,19 +531,25 @@ def test_put_items_embeds_as_the_store_was_built(paired_dir: Path, tiny_model: s
     with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=60) as c:
         r = c.put("/items", json={"items": [{"item_id": book.item_id, "domain": book.domain,
                                              "title": book.title, "text": book.text,
-                                             "extra": {"n": 2**70, "m": -3}}]})
+                                             "extra": {"n": 2**70, "m": -3, "on": True}}]})
         assert r.status_code == 200, r.text
         np.testing.assert_allclose(stored("book-3").vector, before, atol=1e-6)
         # an integer beyond Qdrant's 64 bits keeps its digits, as a file's does (before: a
         # float, 1.1805916207174113e+21)
         payload = stored("book-3").payload
         assert (payload["n"], payload["m"]) == (str(2**70), -3)
+        assert payload["on"] is True  # a flag stays a flag (not the integer 1)
 
         r = c.request("DELETE", "/items", json={"item_ids": list(items)})
         assert r.status_code == 200 and r.json()["not_found"] == []
         r = c.get("/ready")
         assert r.status_code == 503
         assert r.json() == {"ready": False, "items": 0, "reason": "the store has no items"}
+    # a --model that did not build the store is refused as the service starts, not at its
+    # first request
+    with pytest.raises(EncoderMismatchError, match="built by encoder"):
+        create_app(Settings(store=tmp_path / "store", cache_dir=tmp_path / "cache",
+                            model="all-MiniLM-L6-v2"))
 
 
 def test_serve_help_and_light_import() -> None:
@@ -449,6 +593,59 @@ def test_serve_command_runs_uvicorn(tmp_path: Path) -> None:
         server.terminate()
         _, err = server.communicate(timeout=30)
     assert f"on http://127.0.0.1:{port}" in err
+
+
+def test_serve_hands_uvicorn_its_options_and_the_model_to_the_service(
+        tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented defaults (the loopback interface only, port 8000, level info, one log
+    line per request) and each option as given reach uvicorn, and --model reaches the
+    service (before the first request: a mismatch fails at start)."""
+    from click.testing import CliRunner
+
+    from xdretrieve.serve_cli import serve
+
+    runs: list = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: runs.append((app, options)))
+    store = str(tmp_path / "store")
+    result = CliRunner().invoke(serve, ["--store", store])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(serve, ["--store", store, "--host", "0.0.0.0", "--port", "9001",
+                                        "--log-level", "warning", "--no-access-log",
+                                        "--model", tiny_model])
+    assert result.exit_code == 0, result.output
+    for app, _ in runs:
+        app.state.service.close()
+    assert [options for _, options in runs] == [
+        {"host": "127.0.0.1", "port": 8000, "log_level": "info", "access_log": True},
+        {"host": "0.0.0.0", "port": 9001, "log_level": "warning", "access_log": False}]
+    assert runs[1][0].state.service.settings.model == tiny_model
+
+
+def test_a_failing_command_is_one_line_naming_both_paths_and_a_closed_pipe_stays_quiet() -> None:
+    """How `serve` and every other command fail (cli_checks.fail_cleanly): an OS error on two
+    paths (a rename, a copy) names both; a reader that went away (`| head`) is left to click,
+    which ends quietly, not turned into an 'Error: Broken pipe' and exit code 1."""
+    import errno
+
+    import click
+
+    from xdretrieve.cli_checks import fail_cleanly
+
+    @fail_cleanly
+    def move() -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link", "/a/model.tmp", None,
+                      "/b/model")
+
+    with pytest.raises(click.ClickException) as failed:
+        move()
+    assert failed.value.message == "/a/model.tmp -> /b/model: Invalid cross-device link"
+
+    @fail_cleanly
+    def print_to_a_closed_pipe() -> None:
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    with pytest.raises(BrokenPipeError):
+        print_to_a_closed_pipe()
 
 
 def test_missing_fastapi_names_the_install_command() -> None:

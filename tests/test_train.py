@@ -1431,3 +1431,32 @@ def test_evaluate_full_ranking_serves_the_head_and_ranks_the_rest_by_the_model(
     monkeypatch.setattr(retrieval._FullRanking, "__call__", None)
     assert method.rank([history]).tolist() == [expected]
     method.close()
+
+
+def test_an_item_deleted_through_the_service_leaves_its_answers(trained, tmp_path: Path) -> None:
+    """DELETE /items makes the retriever forget the items it holds by bias (their vectors,
+    read once): a deleted item of high bias, the best answer before, is not scored from that
+    copy again, where it would take the answer's place and then be dropped (an empty answer)."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from xdretrieve.config import Settings
+    from xdretrieve.indexer import index_dataset
+    from xdretrieve.service import Service
+    from xdretrieve.service_models import DeleteRequest
+
+    tmp, ds, _, _ = trained
+    # one candidate: the search reads the 2 nearest items, the held items by bias the rest
+    settings = Settings(store=tmp_path / "store", model=str(tmp / "model"),
+                        cache_dir=tmp / "cache", candidates=1, rerank=False)
+    index_dataset(ds, settings)
+    service = Service(settings)
+    try:
+        r = service.retriever()
+        r.model.bias = {i: 100.0 if i == "movie-5" else 0.0 for i in r.model.bias}
+        r.model.index_points()
+        r.refresh()  # the items by bias, read again with these biases
+        assert [h.item_id for h in r.recommend_history(["book-0"], "movies", 1)] == ["movie-5"]
+        assert service.delete(DeleteRequest(item_ids=["movie-5"])).deleted == ["movie-5"]
+        (hit,) = r.recommend_history(["book-0"], "movies", 1)
+        assert hit.item_id != "movie-5"
+    finally:
+        service.close()

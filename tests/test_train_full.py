@@ -110,6 +110,16 @@ def test_global_batches_are_one_domain_and_shard_evenly() -> None:
     assert sorted(len(b) for b in batches) == [9, 12, 12, 12, 12]
     capped = global_batches(target, 4, 1, np.random.default_rng(0), max_pairs=10)
     assert sum(len(b) for b in capped) <= 10
+    # max_pairs is how many pairs an epoch trains on, when the batches take them all
+    capped = global_batches(np.zeros(20, dtype=np.int64), 5, 1, np.random.default_rng(0), 10)
+    assert sorted(len(b) for b in capped) == [5, 5]
+    # a last batch of one pair per process (7 - 4 = 3 left, trimmed to 2) is dropped
+    assert [len(b) for b in global_batches(np.zeros(7, dtype=np.int64), 2, 2,
+                                           np.random.default_rng(0))] == [4]
+    # the steps of the domains come shuffled together, not one domain's after the other's
+    firsts = {int(target[global_batches(target, 4, 3, np.random.default_rng(s))[0][0]])
+              for s in range(20)}
+    assert firsts == {0, 1}
 
 
 def test_info_nce_masks_and_corrects_by_logq() -> None:
@@ -171,14 +181,146 @@ def test_mined_negatives_rank_high_and_are_not_the_users(tiny_model: str, tmp_pa
     assert (negs[np.setdiff1d(np.arange(len(pairs)), used)] == -1).all()
     Q = _embed(model, pairs.query_texts, ctx.device, 64)  # (n_queries, dim)
     D = _embed(model, texts, ctx.device, 64)  # (n_items, dim)
+    # ranks 2 to 4 leave out the 2 best (the likeliest to be items the user would like too)
+    deeper = _mine(model, pairs, used, texts, rows_by_domain,
+                   replace(config, hard_negative_ranks=(2, 5)), draws, ctx, held)
     for i in used:
         user_items = set(pairs.known[pairs.query_user[pairs.query[i]]].tolist())
         t = pairs.target[i]
         assert all(dom[n] == t and n not in user_items for n in negs[i])
         # among the 3 best-ranked items of the target domain that the user does not have
         order = rows_by_domain[t][torch.argsort(-(D[rows_by_domain[t]] @ Q[pairs.query[i]]))]
-        top = [r for r in order.tolist() if r not in user_items][:3]
-        assert set(negs[i].tolist()) <= set(top)
+        top = [r for r in order.tolist() if r not in user_items][:5]
+        assert set(negs[i].tolist()) <= set(top[:3])
+        assert set(deeper[i].tolist()) <= set(top[2:5])
+
+
+def test_full_config_out_of_range_is_refused_by_name() -> None:
+    """Each hyper-parameter of the encoder's fine-tuning is checked when the config is made: a
+    zero scale (no temperature), zero patience (a stop after epoch 1 whatever it did), a zero
+    learning rate or a negative rank to mine from would otherwise train on, silently wrong."""
+    from xdretrieve import ConfigError
+
+    for bad in ({"scale": 0}, {"patience": 0}, {"lr": 0}, {"hard_negative_ranks": (-1, 3)},
+                {"history_titles": 0}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            FullConfig(**bad)
+
+
+def test_the_learning_rate_warms_up_from_the_first_step_and_decays_from_the_peak() -> None:
+    """Linear warm-up over ``warmup`` of the steps, the first step already learning, then
+    linear decay to 0 from the full rate (a step at rate 0 wastes a one-step run; a decay
+    from below the peak never trains at the rate asked for)."""
+    from xdretrieve.train.full import _optimiser
+
+    opt, sched = _optimiser(torch.nn.Linear(2, 2), _config(lr=1.0, warmup=0.2),
+                            torch.device("cpu"), 10)
+    rates = []
+    for _ in range(10):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates == pytest.approx([0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
+
+
+def test_fine_tuning_stops_after_patience_epochs_without_a_better_valid_score(
+        tiny_model: str, tmp_path: Path, monkeypatch) -> None:
+    """A better valid score resets the count of epochs without one, a tie does not, and
+    ``patience`` such epochs in a row stop the run: an epoch more (or fewer) is time spent, or
+    a better epoch never reached."""
+    from xdretrieve.train import full
+
+    ds = _paired(tmp_path / "data")
+    scores = iter([0.5, 0.6, 0.4, 0.7, 0.7, 0.3, 0.2, 0.1, 0.1])  # epochs 0 (as given) to 8
+    monkeypatch.setattr(full, "_validate", lambda *a, **k: ({"a->b/ndcg@10": next(scores)}, {}))
+    report = finetune_encoder(ds, tiny_model, tmp_path / "encoder",
+                              _config(epochs=8, patience=2, max_pairs=16, hard_negatives=0),
+                              device="cpu")
+    # best at 3 (the tie at 4 is no better), then 4 and 5 without a better score: stop
+    assert [h["epoch"] for h in report["history"]] == [0, 1, 2, 3, 4, 5]
+    assert report["best_epoch"] == 3
+
+
+def test_fine_tuning_without_logq_gives_the_loss_no_correction(tiny_model: str, tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """``logq=False`` trains on the plain in-batch softmax: the loss gets no log-probabilities."""
+    from xdretrieve.train import full
+
+    ds = _paired(tmp_path / "data")
+    given: list[bool] = []
+    loss = full.info_nce
+    monkeypatch.setattr(full, "info_nce", lambda q, d, labels, mask, logq, scale:
+                        given.append(logq is None) or loss(q, d, labels, mask, logq, scale))
+    finetune_encoder(ds, tiny_model, tmp_path / "encoder",
+                     _config(epochs=1, max_pairs=16, hard_negatives=0, logq=False), device="cpu")
+    assert given and all(given)
+
+
+def test_both_stages_use_the_item_text_and_length_of_the_settings(tiny_model: str,
+                                                                  tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """The encoder fine-tunes on, and the adapter stage embeds, the items as ``index`` embeds
+    them with these settings (template, sequence length): with the defaults instead, the
+    model learns on texts it never sees when it serves."""
+    from xdretrieve import encoder as encoder_module
+    from xdretrieve.config import Settings
+    from xdretrieve.encoder import item_text, resolve_model
+    from xdretrieve.train import adapter, full
+
+    ds = _paired(tmp_path / "data")
+    settings = Settings(model=tiny_model, cache_dir=tmp_path / "cache", device="cpu",
+                        text_template="{domain}: {title}", max_seq_length=32)
+    seen: dict = {}
+
+    def finetune(dataset, base, out, config, **kwargs):  # stage 1: the encoder as given
+        seen.update(kwargs)
+        shutil.copytree(base, out)
+        return {}
+
+    encode = encoder_module.Encoder.encode
+    monkeypatch.setattr(full, "finetune_encoder", finetune)
+    monkeypatch.setattr(encoder_module.Encoder, "encode", lambda self, texts, **k:
+                        seen.setdefault("texts", list(texts)) and encode(self, texts, **k))
+    monkeypatch.setattr(adapter, "train_adapter", lambda *a, **k: {})
+    full.train_full(ds, tmp_path / "model", resolve_model(tiny_model), settings, _config())
+    assert (seen.get("text_template"), seen.get("max_seq_length")) == ("{domain}: {title}", 32)
+    assert seen["texts"] == [item_text(it, "{domain}: {title}") for it in ds.items.values()]
+
+
+def test_an_item_no_train_pair_leads_to_gets_a_finite_logq(tmp_path: Path) -> None:
+    """logQ smooths the counts: an item that is no pair's positive (new, or bought by no train
+    user) still comes up as a mined hard negative, and its log-probability must be the
+    lowest, not log 0 (its column's logit +inf, the loss nan)."""
+    from xdretrieve.train.catalog import Catalog
+    from xdretrieve.train.full import _task
+
+    _paired(tmp_path / "data")
+    with open(tmp_path / "data" / "items.jsonl", "a") as f:
+        f.write(json.dumps({"item_id": "book-new", "domain": "books", "title": "Unread",
+                            "text": "a novel nobody has read"}) + "\n")
+    ds = Dataset.from_dir(tmp_path / "data")
+    logq = _task(ds, _config(), "{title}. {text}").logq
+    row_of = Catalog.of(ds).row_of
+    books = [row_of[i] for i in ds.items if i.startswith("book-") and i != "book-new"]
+    assert np.isfinite(logq).all() and logq[row_of["book-new"]] < logq[books].min()
+
+
+def test_without_valid_queries_in_any_direction_the_last_epoch_is_kept(
+        tiny_model: str, tmp_path: Path, caplog) -> None:
+    """Valid users active in one domain only give no cross-domain query to select with: the
+    last epoch trained is kept (saying so), not the encoder as given (whose score of 0 no
+    epoch without a score beats)."""
+    data = tmp_path / "data"
+    _paired(data)
+    rows = (data / "interactions.csv").read_text().splitlines()
+    (data / "interactions.csv").write_text("\n".join(
+        r for r in rows if not ("-1," in r and ",movies," in r)) + "\n")  # valid: books only
+    with caplog.at_level("WARNING"):
+        report = finetune_encoder(Dataset.from_dir(data), tiny_model, tmp_path / "encoder",
+                                  _config(epochs=2, max_pairs=16, hard_negatives=0),
+                                  device="cpu")
+    assert "no valid users in any direction" in caplog.text
+    assert report["best_epoch"] == 2 and report["epochs"] == 2
 
 
 # -- end to end ----------------------------------------------------------------------------------
@@ -378,10 +520,29 @@ def test_a_checkpoint_is_keyed_by_the_data_and_a_torn_one_is_started_over(
     checkpoints = EpochCheckpoints(tmp_path / "resume", run_key(pairs))
     checkpoints.save({"epoch": 1, "done": False, "weights": torch.ones(3)})
     assert torch.equal(checkpoints.load()["weights"], torch.ones(3))
+    # another run's is removed: an interruption before this run's first epoch is saved would
+    # otherwise say that the same command resumes after the other run's epoch
+    with caplog.at_level("WARNING"):
+        assert EpochCheckpoints(tmp_path / "resume", run_key(pairs[::-1].copy())).load() is None
+    assert "of another run" in caplog.text and not (tmp_path / "resume").exists()
+    checkpoints.save({"epoch": 1, "done": False, "weights": torch.ones(3)})
     checkpoints.path.write_bytes(checkpoints.path.read_bytes()[:40])  # torn
     with caplog.at_level("WARNING"):
         assert checkpoints.load() is None
     assert "cannot read the checkpoint" in caplog.text and not (tmp_path / "resume").exists()
+
+
+def test_the_checkpoints_of_a_model_written_to_the_current_folder_lie_beside_it(
+        tmp_path: Path, monkeypatch) -> None:
+    """``--out .`` (the folder named by its path, not '.') keeps them in ``../.NAME.resume``,
+    where a rerun from the same folder finds them and says which epoch it resumes after."""
+    from xdretrieve.train.resume import EpochCheckpoints, resume_dir_of, saved_epoch
+
+    (tmp_path / "model").mkdir()
+    monkeypatch.chdir(tmp_path / "model")
+    assert resume_dir_of(".") == tmp_path.resolve() / ".model.resume"
+    EpochCheckpoints(resume_dir_of("."), "key").save({"epoch": 2, "done": False})
+    assert saved_epoch(".") == 2 and saved_epoch(tmp_path / "model") == 2
 
 
 def test_the_cli_resumes_an_interrupted_full_run_and_then_drops_its_checkpoint(
@@ -417,6 +578,50 @@ def test_the_cli_resumes_an_interrupted_full_run_and_then_drops_its_checkpoint(
     trained = json.loads((out / "xdretrieve_model.json").read_text())["finetune"]
     assert trained["epochs"] >= 2 and len(calls) == trained["epochs"] - 1  # not 0 and 1 again
     assert (out / ENCODER_DIR / "modules.json").is_file() and not resume.exists()
+
+
+def test_a_resumed_run_counts_the_time_before_against_a_new_time_budget(
+        tiny_model: str, tmp_path: Path, monkeypatch, caplog) -> None:
+    """Rerun with a time budget after an interruption (the budget is not part of the run's
+    key): it resumes, and the time the run took before counts, so a budget already half spent
+    stops after one more step. Another sequence length is another run: its checkpoint is not
+    resumed from."""
+    from types import SimpleNamespace
+
+    from xdretrieve.train import full
+
+    ds = _paired(tmp_path / "data")
+    resume = tmp_path / "resume"
+    config = _config(epochs=3, patience=3, max_pairs=16, hard_negatives=0)
+    validate, calls = full._validate, []
+
+    def cut_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # epoch 2's validation: epoch 1 is saved
+            raise KeyboardInterrupt
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(full, "_validate", cut_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_encoder(ds, tiny_model, tmp_path / "encoder", config, device="cpu",
+                         resume_dir=resume)
+    saved = torch.load(resume / "checkpoint.pt", weights_only=False)
+    assert saved["epoch"] == 1 and saved["seconds"] > 0
+    monkeypatch.setattr(full, "_validate", validate)
+    monkeypatch.setattr(full, "time", SimpleNamespace(perf_counter=lambda: 1e4))  # a still clock
+    report = finetune_encoder(ds, tiny_model, tmp_path / "encoder",
+                              replace(config, time_budget_s=saved["seconds"] / 2), device="cpu",
+                              resume_dir=resume)
+    assert report["epochs"] == 2 and report["steps"] == saved["step"] + 1
+
+    def refuse(*args, **kwargs):  # validating the encoder as given: a fresh start
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(full, "_validate", refuse)
+    with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
+        finetune_encoder(ds, tiny_model, tmp_path / "encoder", config, device="cpu",
+                         max_seq_length=32, resume_dir=resume)
+    assert "of another run" in caplog.text
 
 
 # -- several processes ---------------------------------------------------------------------------
