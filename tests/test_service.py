@@ -501,7 +501,7 @@ def test_a_store_an_interrupted_index_left_incomplete_is_not_ready(
 
 
 def test_put_items_embeds_as_the_store_was_built(paired_dir: Path, tiny_model: str,
-                                                 tmp_path: Path) -> None:
+                                                 tmp_path: Path, monkeypatch) -> None:
     """A service started without a model serves PUT /items with the encoder and the token limit
     that built the store (here a local model cutting texts at 16 tokens), not with the
     defaults: an item written again gets the very vector `index` gave it. A store whose items
@@ -547,9 +547,20 @@ def test_put_items_embeds_as_the_store_was_built(paired_dir: Path, tiny_model: s
         assert r.json() == {"ready": False, "items": 0, "reason": "the store has no items"}
     # a --model that did not build the store is refused as the service starts, not at its
     # first request
+    from xdretrieve import service
+    from xdretrieve.errors import StoreError
+    from xdretrieve.store import open_store
+
+    opened = []
+    monkeypatch.setattr(service, "open_store",
+                        lambda settings: opened.append(open_store(settings)) or opened[-1])
     with pytest.raises(EncoderMismatchError, match="built by encoder"):
         create_app(Settings(store=tmp_path / "store", cache_dir=tmp_path / "cache",
                             model="all-MiniLM-L6-v2"))
+    # and closes the store it opened (an open embedded store holds its files and memory)
+    (store,) = opened
+    with pytest.raises(StoreError, match="closed"):
+        store.count(ITEMS)
 
 
 def test_serve_help_and_light_import() -> None:

@@ -260,6 +260,10 @@ class Service:
             self.retriever()  # a mismatched --model fails now, not at the first request
         except StoreError as e:  # empty store or server down: serve, and say so at /ready
             log.warning("not ready yet: %s", e)
+        except BaseException:
+            if store is None:  # a service that failed to start leaves no store of its open
+                self.store.close()
+            raise
 
     # -- shared objects, built on first use ---------------------------------------------------
     def retriever(self) -> Retriever:
