@@ -47,6 +47,57 @@ def test_a_model_changed_in_this_process_gets_its_new_fingerprint(tiny_model: st
     assert resolve_model(str(copy)).fingerprint == before
 
 
+def test_a_model_retrained_to_files_of_the_same_size_gets_a_new_fingerprint(
+        tiny_model: str, tmp_path: Path) -> None:
+    """Retrained weights have the very size of the old ones: only the modification time tells
+    the process that read the fingerprint before that the files changed."""
+    import os
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model, copy)
+    before = resolve_model(str(copy)).fingerprint
+    config = copy / "config.json"
+    text = config.read_text()
+    changed = text.replace('"', "'", 1) if '"' in text else text
+    assert len(changed) == len(text) and changed != text
+    mtime = config.stat().st_mtime_ns
+    config.write_text(changed)
+    os.utime(config, ns=(mtime + 10**9, mtime + 10**9))
+    assert resolve_model(str(copy)).fingerprint != before
+
+
+def test_docs_beside_the_weights_do_not_change_the_fingerprint(tiny_model: str,
+                                                               tmp_path: Path) -> None:
+    """A README.md written or edited next to a model changes nothing it computes: the same
+    fingerprint, so that the store and the cache built with it stay valid."""
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model, copy)
+    before = resolve_model(str(copy)).fingerprint
+    (copy / "README.md").write_text("# my encoder\nfine-tuned on our catalog\n")
+    assert resolve_model(str(copy)).fingerprint == before
+
+
+def test_a_local_model_is_named_by_its_absolute_path_and_may_lack_modules_json(
+        tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model given as a relative path is recorded by its absolute one (a store built from
+    one folder is opened from another); a plain transformers folder (config.json, no
+    modules.json) is a model too."""
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model, copy)
+    monkeypatch.chdir(tmp_path)
+    ref = resolve_model("model")
+    assert ref.name == str(copy.resolve()) and ref.path == copy.resolve()
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    shutil.copy(copy / "config.json", plain / "config.json")
+    assert resolve_model(str(plain)).path == plain.resolve()
+
+
 def test_item_text_template() -> None:
     item = Item("b1", "books", "Dune", "a desert planet")
     assert item_text(item, "{title}. {text}") == "Dune. a desert planet"
@@ -99,6 +150,9 @@ def test_a_device_that_is_not_there_is_refused_in_one_line(
     r = CliRunner().invoke(main, [*index, "--device", "mps"])
     assert r.exit_code == 2 and "'mps' is not a device xdretrieve runs on" in r.output
     monkeypatch.setattr(encoder, "has_cuda", lambda: True)
+    assert pick_device("auto") == "cuda"  # a GPU is used when there is one
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pick_device("cuda") == "cuda"  # plain 'cuda' is cuda:0
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert pick_device("cuda:1") == "cuda:1"
     with pytest.raises(ConfigError, match="has 2 CUDA device.*cuda:0 to cuda:1"):
@@ -194,6 +248,38 @@ def test_a_text_given_twice_is_embedded_once_and_rereads_the_same(tiny_model: st
     np.testing.assert_array_equal(enc.encode(texts), fresh)  # from the cache
     assert embedded == []
     np.testing.assert_array_equal(enc.encode(texts, cache=False), fresh)
+
+
+def test_texts_past_one_chunk_are_all_embedded_and_counted_from_the_cache(
+        tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Texts are embedded and cached a chunk at a time: none is left out at a chunk's edge, and
+    the count of texts read from the cache (index's report) adds up over calls."""
+    from xdretrieve import encoder
+
+    monkeypatch.setattr(encoder, "_ENCODE_CHUNK", 2)
+    enc = Encoder.from_settings(Settings(model=tiny_model, cache_dir=tmp_path))
+    texts = [f"item number {k}" for k in range(5)]
+    vectors = enc.encode(texts)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(vectors, enc.encode(texts, cache=False), atol=1e-6)
+    assert enc.cache_hits == 0 and set(enc.cache.get(texts)) == set(range(5))
+    enc.encode(texts[:3])
+    enc.encode(texts[3:])
+    assert enc.cache_hits == 5
+
+
+def test_a_cache_that_cannot_be_written_says_so_once(tiny_model: str, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """One warning, then embedding goes on without writing: not a warning (and a failed write)
+    for every chunk of a long run."""
+    import sqlite3
+
+    enc = Encoder.from_settings(Settings(model=tiny_model, cache_dir=tmp_path))
+    enc.encode(["red pencil"])
+    enc.cache._db = sqlite3.connect(f"file:{enc.cache.path}?mode=ro", uri=True)  # read-only
+    enc.encode(["blue stapler"])
+    enc.encode(["green ruler"])
+    assert caplog.text.count("cannot be written") == 1
 
 
 @pytest.mark.gpu

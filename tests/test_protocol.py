@@ -18,7 +18,14 @@ from xdretrieve.evaluate.cli import evaluate as evaluate_command
 from xdretrieve.evaluate.leakcheck import LeakError, check_no_leak, perturb_test_targets
 from xdretrieve.evaluate.methods import Method, stable_rank
 from xdretrieve.evaluate.popularity import Popularity
-from xdretrieve.evaluate.protocol import SPLIT_SEED, Direction, Protocol, Split, TrainView
+from xdretrieve.evaluate.protocol import (
+    SPLIT_SEED,
+    Direction,
+    Protocol,
+    Split,
+    TrainView,
+    users_digest,
+)
 from xdretrieve.evaluate.report import format_table, to_markdown, write_report
 from xdretrieve.evaluate.runner import evaluate
 
@@ -113,6 +120,33 @@ def test_directions_and_errors(protocol: Protocol) -> None:
         protocol.task(Direction("books", "music"))
 
 
+def test_a_direction_is_checked_on_both_sides(protocol: Protocol) -> None:
+    """A pair given as a tuple (not parsed from text) is checked too: an unknown source domain
+    is named, not an empty task; one domain both ways is refused, not scored on its own
+    history."""
+    with pytest.raises(NotFoundError, match="unknown domain 'music'"):
+        protocol.task(Direction("music", "movies"))
+    with pytest.raises(XDRetrieveError, match="source and target must differ"):
+        protocol.task(Direction("books", "books"))
+
+
+def test_truth_counts_an_item_seen_twice_once() -> None:
+    """A test user who watched a film twice has it once in the truth: recall over a truth with
+    copies would count the one hit twice."""
+    users = dict(USERS)
+    users["te1"] = ("test", [("b1", 0), ("m4", 1), ("m0", 2), ("m4", 3)])
+    task = Protocol(make_dataset(users)).task(BOOKS_TO_MOVIES)
+    assert [[task.target_items[i] for i in t] for t in task.truth] == [["m5", "m3"],
+                                                                      ["m0", "m4"]]
+
+
+def test_users_digest_is_of_the_set_of_users() -> None:
+    """A model records its train users' digest; the same users listed in another order (a
+    users.csv sorted differently) are the same split, not 'trained on another split'."""
+    assert users_digest(("tr2", "tr1", "tr3")) == users_digest(("tr1", "tr2", "tr3"))
+    assert users_digest(("tr1", "tr2")) != users_digest(("tr1", "tr3"))
+
+
 def test_a_dataset_of_one_domain_is_refused_by_name_before_any_work(tmp_path: Path) -> None:
     """One domain has no direction: evaluate and finetune say so, instead of an empty report
     (evaluate) or a complaint about valid users (finetune)."""
@@ -156,6 +190,10 @@ def test_a_few_users_without_users_csv_still_give_one_test_user() -> None:
     users = {f"u{i}": ("train", [(f"b{i}", 0), (f"m{i}", 1)]) for i in range(4)}
     split = Split.of(make_dataset(users, with_splits=False))
     assert len(split.test) == 1 and len(split.train) + len(split.valid) == 3
+    # two such users: one tests, the other trains; none is left for valid (never all of them)
+    two = {u: v for u, v in users.items() if u in ("u0", "u1")}
+    split = Split.of(make_dataset(two, with_splits=False))
+    assert len(split.test) == 1 and split.valid == () and len(split.train) == 1
 
 
 def test_users_that_users_csv_leaves_out_are_not_used_and_said_so(

@@ -143,6 +143,8 @@ def test_parquet_fields_of_any_type_are_kept_as_json_and_stored(
         (['["not", "an", "object"]'], "line 1: expected a JSON object"),
         ([{"item_id": "x", "domain": "books", "title": ["a"]}],
          "line 1, field 'title': expected a string"),
+        ([{"item_id": True, "domain": "books", "title": "t"}],  # not an item called 'True'
+         "line 1, field 'item_id': expected a string, got True"),
         ([ITEMS[0], {**ITEMS[1], "fields_hash": 3}],  # the index writes its own there
          "line 2, field 'fields_hash': 'fields_hash' is a name xdretrieve keeps for itself"),
     ],
@@ -208,6 +210,7 @@ def test_skip_bad_rows_counts_and_records_them(tmp_path: Path) -> None:
     log.write(tmp_path / "rejects.jsonl")
     saved = [json.loads(x) for x in (tmp_path / "rejects.jsonl").read_text().splitlines()]
     assert saved[0]["row"] == {"item_id": "x", "domain": "books"}
+    assert saved[1]["row"] is None  # a line that is not JSON has no row to show
     assert saved[2]["error"] == "duplicate item id 'b1'"
 
 
@@ -271,6 +274,48 @@ def test_interactions_of_equal_position_keep_their_file_order(tmp_path: Path) ->
     assert ds.history("u1", "movies") == ("m2", "m1")
     assert ds.history("u2", "movies") == ("m1", "m2")
 
+
+
+def test_exports_with_capital_extensions_blank_lines_and_spaced_headers_read_as_plain(
+        tmp_path: Path) -> None:
+    """What exports and hand edits leave: ITEMS.JSONL, a blank line between rows (or at the
+    end), a header written 'item_id, domain, title'. Before, each was an error or a bad row."""
+    expected = list(read_items(write_jsonl(tmp_path / "items.jsonl", ITEMS)).values())
+    (tmp_path / "ITEMS.JSONL").write_text(
+        "\n".join(json.dumps(r) for r in ITEMS[:2]) + "\n\n" + json.dumps(ITEMS[2]) + "\n\n")
+    assert list(read_items(tmp_path / "ITEMS.JSONL").values()) == expected
+    (tmp_path / "items.Csv").write_text("item_id, domain, title, text\nb1,books,Dune,sci-fi\n"
+                                        "\nm1,movies,Dune (film),sci-fi\nm2,movies,Alien,\n\n")
+    log = RejectLog()
+    assert [(it.item_id, it.domain, it.title) for it in read_items(tmp_path / "items.Csv",
+                                                                   log).values()] == [
+        (it.item_id, it.domain, it.title) for it in expected]
+    assert len(log) == 0
+
+
+def test_a_missing_or_infinite_number_is_not_an_id_nor_an_order(tmp_path: Path) -> None:
+    """A Parquet float column gives NaN for a missing value, and 'inf' or 'nan' parse as floats:
+    none is a user 'nan' or an order that would sort a history at random."""
+    items = read_items(write_jsonl(tmp_path / "items.jsonl", ITEMS))
+    pq.write_table(pa.table({"user_id": [1.0, float("nan"), 2.0], "item_id": ["b1", "m1", "m1"],
+                             "position": [0.0, 1.0, float("nan")]}), tmp_path / "i.parquet")
+    log = RejectLog()
+    got = read_interactions(tmp_path / "i.parquet", items, log)
+    assert [(x.user_id, x.item_id, x.order) for x in got] == [("1", "b1", 0.0)]
+    assert [(r["line"], r["field"], r["error"]) for r in log.rejects] == [
+        (2, "user_id", "missing"), (3, "position", "expected a number, got nan")]
+    (tmp_path / "i.csv").write_text("user_id,item_id,position\nu1,b1,inf\n")
+    with pytest.raises(DataError, match="line 2, field 'position': expected a number, "
+                                        "got 'inf'"):
+        read_interactions(tmp_path / "i.csv", items)
+
+
+def test_a_file_of_no_items_is_refused(tmp_path: Path) -> None:
+    """An empty (or all header) items file would index nothing and train on nothing."""
+    for name, text in (("items.jsonl", ""), ("items.csv", "item_id,domain,title\n")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DataError, match=f"{name}: no items$"):
+            read_items(tmp_path / name)
 
 
 def test_unknown_extension_and_missing_file(tmp_path: Path) -> None:

@@ -661,3 +661,150 @@ def test_search_threads_is_kept_with_the_collection_and_answers_the_same(
 def test_search_threads_below_zero_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="search_threads"):
         EdgeStore(tmp_path / "s", search_threads=-1)
+
+
+def test_an_upsert_of_several_batches_writes_and_counts_every_point(store: VectorStore, points,
+                                                                    monkeypatch, capsys) -> None:
+    """An upsert goes in batches (64 here, as a catalog of more than 1,024 points does): a
+    batch boundary that lost a point, or a progress bar that counted past the end, breaks
+    this."""
+    from xdretrieve.store import base
+
+    monkeypatch.setattr(base, "UPSERT_BATCH", 64)
+    load(store, points, progress=True)
+    assert f"{N}/{N}" in capsys.readouterr().err
+    assert store.count(ITEMS) == N
+    ids = points[0]
+    assert len(store.retrieve(ITEMS, [item_point_id(i) for i in ids])) == N
+
+
+def test_the_encoder_check_goes_by_fingerprint_and_gives_the_caller_s_remedy() -> None:
+    """The same model under another name (a local copy) is the same encoder; a changed model
+    under the same name is not; a caller's advice replaces the default one."""
+    info = StoreInfo(encoder="enc", fingerprint="abc", dim=DIM, version="0", domains=["a"],
+                     text_template="{title}", max_seq_length=64, pooling="mean")
+    info.check_encoder("/models/enc-copy", "abc")
+    with pytest.raises(EncoderMismatchError, match="not by 'enc' .fingerprint zzz.; use --model"):
+        info.check_encoder("enc", "zzz")
+    with pytest.raises(EncoderMismatchError, match=r"zzz\); retrain the model$") as err:
+        info.check_encoder("other", "zzz", remedy="retrain the model")
+    assert "--model" not in str(err.value)
+
+
+def test_store_info_reads_fields_it_does_not_know_and_refuses_another_layout() -> None:
+    """Info written by a later release of the same layout (a field added) still reads; a
+    layout this version does not know, older or newer, is refused with what to do."""
+    from xdretrieve.errors import StoreError
+    from xdretrieve.store import STORE_LAYOUT
+
+    info = StoreInfo(encoder="enc", fingerprint="abc", dim=DIM, version="0", domains=["a"],
+                     text_template="{title}", max_seq_length=64, pooling="mean")
+    assert StoreInfo.from_dict({**info.to_dict(), "added_later": 1}) == info
+    newer = {**info.to_dict(), "layout": STORE_LAYOUT + 1, "version": "9.0"}
+    with pytest.raises(StoreError, match=rf"xdretrieve 9\.0 in store layout {STORE_LAYOUT + 1} "
+                                         r"\(other point ids\).*index the data again"):
+        StoreInfo.from_dict(newer)
+
+
+def test_an_incomplete_store_is_refused_naming_where_it_is() -> None:
+    from xdretrieve.errors import StoreError
+
+    info = StoreInfo(encoder="enc", fingerprint="abc", dim=DIM, version="0", domains=["a"],
+                     text_template="{title}", max_seq_length=64, pooling="mean", complete=False)
+    with pytest.raises(StoreError, match=r"the store at /data/shop\.xdr is not complete"):
+        info.check_complete("/data/shop.xdr")
+    StoreInfo(**{**info.to_dict(), "complete": True}).check_complete("/data/shop.xdr")
+
+
+def test_similarity_of_points_that_are_all_stored_scores_every_one(store: VectorStore,
+                                                                  points) -> None:
+    """No unknown id among those asked: every one of them comes back (an answer one short
+    dropped the farthest point's cosine)."""
+    load(store, points)
+    ids, vectors, _ = points
+    q = vectors[0]
+    asked = [item_point_id(i) for i in ids[:40]]
+    got = store.similarity(ITEMS, q, asked)
+    assert set(got) == set(asked)
+    assert got[item_point_id(ids[39])] == pytest.approx(float(vectors[39] @ q), abs=1e-5)
+
+
+def test_server_stores_of_two_prefixes_on_one_server_keep_apart(points) -> None:
+    """The collection prefix lets several stores share a server: one's points and info are
+    not the other's."""
+    client = QdrantClient(":memory:")
+    first, second = ServerStore(client, prefix="a_"), ServerStore(client, prefix="b_")
+    load(first, points)
+    first.write_info(StoreInfo(encoder="enc", fingerprint="abc", dim=DIM, version="0",
+                               domains=["a", "b"], text_template="{title}", max_seq_length=64,
+                               pooling="mean"))
+    assert not second.exists(ITEMS) and second.read_info() is None
+    assert client.collection_exists("a_items") and first.count(ITEMS) == N
+    client.close()
+
+
+def test_a_dropped_collection_is_gone_and_starts_again_empty(store: VectorStore,
+                                                           points) -> None:
+    """What `index --recreate` does: the points of before must not come back."""
+    load(store, points)
+    store.drop(ITEMS)
+    assert not store.exists(ITEMS)
+    store.ensure(ITEMS, DIM, ("domain",))
+    assert store.count(ITEMS) == 0
+    assert store.search(ITEMS, points[1][0], 5) == []
+
+
+def test_a_store_of_one_shard_answers_a_domain_from_that_domain_alone(tmp_path: Path,
+                                                                      points) -> None:
+    """With ``hnsw_per_domain`` off every point is in one shard: the domain is a filter, and a
+    collection without a domain field keeps no shard per domain either way."""
+    store = EdgeStore(tmp_path / "one", hnsw_per_domain=False)
+    load(store, points)
+    q = points[1][4]
+    for domain in ("a", "b"):
+        got = store.search(ITEMS, q, 10, domain)
+        assert {h.payload["domain"] for h in got} == {domain}
+        assert [h.payload["item_id"] for h in got] == brute_force(points, q, 10, domain)
+    store.close()
+    plain = EdgeStore(tmp_path / "plain")  # per-domain shards on, but no domain field
+    plain.ensure("plain", DIM, ())
+    plain.upsert("plain", [1, 2], points[1][:2], [{"k": 1}, {"k": 2}])
+    assert [h.payload for h in plain.search("plain", points[1][0], 1)] == [{"k": 1}]
+    plain.close()
+
+
+def test_an_unknown_quantization_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="quantization must be 'int8' or 'none', not 'int4'"):
+        EdgeStore(tmp_path / "s", quantization="int4")
+
+
+def test_a_folder_of_many_other_files_is_refused_naming_a_few(tmp_path: Path) -> None:
+    from xdretrieve.errors import StoreError
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in ("a.csv", "b.csv", "c.csv", "d.csv", "e.csv"):
+        (folder / name).write_text("x")
+    with pytest.raises(StoreError, match=r"holds other files \(a\.csv, b\.csv, c\.csv and 2 "
+                                         r"more\) and no xdretrieve store"):
+        EdgeStore(folder).read_info()
+
+
+def test_a_shard_folder_left_by_a_crash_before_its_listing_is_replaced(tmp_path: Path,
+                                                                      points) -> None:
+    """A domain's new shard is made, then listed: a crash in between leaves a folder that the
+    next first point of a domain must not take over with its old points in it."""
+    store = EdgeStore(tmp_path / "s")
+    load(store, points)
+    sset = store._set(ITEMS)
+    name = f"domain-{len(sset.dirs)}"
+    stale = sset.spec.create(tmp_path / "s" / ITEMS / name)  # made, never listed
+    edge_shards.write_points(stale, [item_point_id("ghost")], points[1][:1],
+                             [{"item_id": "ghost", "domain": "c"}])
+    stale.flush()
+    stale.close()
+    v = np.eye(DIM, dtype=np.float32)[:1]
+    store.upsert(ITEMS, [item_point_id("new")], v, [{"item_id": "new", "domain": "c"}])
+    assert [h.payload["item_id"] for h in store.search(ITEMS, points[1][0], 5, "c")] == ["new"]
+    assert store.count(ITEMS) == N + 1
+    store.close()
