@@ -990,6 +990,7 @@ def test_cli_finetune_writes_its_model_directory_whole_or_not_at_all(tiny_model:
 
     first = finetune()
     assert first.exit_code == 0 and (out / MANIFEST).is_file()
+    assert "users: 36 train, 12 valid, 12 test (users.*)\n" in first.output  # as it names them
     # under 10 s (a tiny training takes about 1), said to a tenth (before: 'trained in 0 s')
     seconds = json.loads((out / MANIFEST).read_text())["train_seconds"]
     said = f"{seconds:.1f}" if seconds < 10 else f"{seconds:.0f}"
@@ -1085,6 +1086,7 @@ def test_cli_finetune_without_users_csv_trains_on_the_split_evaluate_uses(tiny_m
                                        "--seed", "7", "--pooling", "mean", "--coral", "0.5",
                                        "--time-budget", "500", "-q"])
     assert result.exit_code == 0, result.output
+    assert "epoch 1:" not in result.output  # -q: no per-epoch lines
     # each option reaches the training (a dropped one would train with its default, silently)
     manifest = json.loads((out / MANIFEST).read_text())
     assert {k: manifest["config"][k] for k in ("dim", "epochs", "seed", "pooling", "coral",
@@ -1460,3 +1462,179 @@ def test_an_item_deleted_through_the_service_leaves_its_answers(trained, tmp_pat
         assert hit.item_id != "movie-5"
     finally:
         service.close()
+
+
+def _long_histories(directory: Path) -> Dataset:
+    """The paired dataset where user u{t}-k read books t+5, t+1 and t (in that order) before
+    movie t; users u{t}-1 are valid."""
+    data = write_paired_dataset(directory, users_per_theme=5)
+    rows = ["user_id,item_id,domain,position"]
+    for t in range(len(THEMES)):
+        for k in range(5):
+            rows += [f"u{t}-{k},book-{(t + j) % len(THEMES)},books,{p}"
+                     for p, j in enumerate((5, 1, 0))]
+            rows.append(f"u{t}-{k},movie-{t},movies,3")
+    (data / "interactions.csv").write_text("\n".join(rows) + "\n")
+    splits = (data / "users.csv").read_text().replace("-1,train", "-1,valid")
+    (data / "users.csv").write_text(splits)
+    return Dataset.from_dir(data)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_the_tower_learns_from_recent_history_of_its_own_users(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """What the tower is given: each user's latest ``max_history`` items (train and valid
+    users alike, as the served model reads a history), the train users less the re-ranker's
+    fold, and an item bias that starts at the log popularity among those users (a user of the
+    fold taught the tower, the oldest items read, or a bias at zero would pass unnoticed)."""
+    from xdretrieve.train import adapter
+    from xdretrieve.train.catalog import Catalog
+
+    ds = _long_histories(tmp_path / "data")
+    catalog = Catalog.of(ds)
+    base = np.random.default_rng(0).normal(size=(len(ds.items), 6)).astype(np.float32)
+    seen = {}
+
+    def fit(model, train, valid, *rest):
+        seen.update(bias=model.bias.detach().numpy().copy(), train=train, valid=valid)
+        raise _Stop
+
+    monkeypatch.setattr(adapter, "_fit_tower", fit)
+    config = AdapterConfig(dim=8, max_history=2, rerank_fraction=0)
+    with pytest.raises(_Stop):
+        train_adapter(ds, base, tmp_path / "m", "m", "f", config)
+    train_users = sorted(u for u, s in ds.splits.items() if s == "train")
+    books = [ex for ex in seen["train"] if catalog.domains[ex.source] == "books"]
+    assert sorted([catalog.ids[r] for r in h] for h in books[0].histories) == sorted(
+        list(ds.histories[u]["books"][-2:]) for u in train_users)
+    for _, _, histories, _ in seen["valid"]:
+        assert all(len(h) <= 2 for h in histories)
+    (_, _, valid_books, _), = [v for v in seen["valid"] if catalog.domains[v[0]] == "books"]
+    valid_users = sorted(u for u, s in ds.splits.items() if s == "valid")
+    assert sorted([catalog.ids[r] for r in h] for h in valid_books) == sorted(
+        list(ds.histories[u]["books"][-2:]) for u in valid_users)
+    counts = {i: 0 for i in ds.items}
+    for u in train_users:
+        for items in ds.histories[u].values():
+            for i in set(items):
+                counts[i] += 1
+    np.testing.assert_allclose(seen["bias"], np.log1p([counts[i] for i in catalog.ids]),
+                               rtol=1e-6)
+    # with the default fold: its users are held out of the tower's examples
+    monkeypatch.setattr(adapter, "_fit_tower", fit)
+    with pytest.raises(_Stop):
+        train_adapter(ds, base, tmp_path / "m", "m", "f", AdapterConfig(dim=8))
+    fold = int(AdapterConfig().rerank_fraction * len(train_users))
+    assert fold > 0
+    assert [len(ex.histories) for ex in seen["train"]] == [len(train_users) - fold] * 2
+
+
+def test_epochs_are_selected_by_a_strict_gain_within_the_budget(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """Valid users' ndcg@10 is scripted: a tie is no gain (the earlier epoch is kept and the
+    tie counts toward patience), a model no valid user is helped by (ndcg 0 throughout) keeps
+    its first epoch, a time budget of 0 stops after one epoch, and each epoch's recorded loss
+    is the mean of its steps' losses, numbered from 1."""
+    from xdretrieve.train import adapter
+
+    ds = _long_histories(tmp_path / "data")
+    base = np.random.default_rng(0).normal(size=(len(ds.items), 6)).astype(np.float32)
+    losses: list[list[float]] = [[]]
+    softmax_loss = adapter.softmax_loss
+
+    def recorded(*args, **kwargs):
+        loss = softmax_loss(*args, **kwargs)
+        losses[-1].append(loss.item())
+        return loss
+
+    def train(scores, **options):
+        script = iter(scores)
+        losses[:] = [[]]
+
+        def validate(model, valid, directions):
+            losses.append([])
+            return {"books->movies/ndcg@10": next(script)}
+
+        monkeypatch.setattr(adapter, "_validate", validate)
+        config = AdapterConfig(dim=8, batch_size=8, seed=0, rerank_fraction=0, **options)
+        return train_adapter(ds, base, tmp_path / "m", "m", "f", config)
+
+    monkeypatch.setattr(adapter, "softmax_loss", recorded)
+    tied = train([0.3, 0.5, 0.5, 0.5, 0.9], epochs=10, patience=2)
+    assert tied["best_epoch"] == 2 and len(tied["history"]) == 4
+    assert [h["epoch"] for h in tied["history"]] == [1, 2, 3, 4]
+    assert len(losses[0]) > 1  # several steps an epoch
+    for h, steps in zip(tied["history"], losses, strict=False):
+        assert h["loss"] == pytest.approx(np.mean(steps), rel=1e-6)
+    nothing = train([0.0, 0.0, 0.0], epochs=3, patience=5)
+    assert nothing["best_epoch"] == 1 and len(nothing["history"]) == 3
+    budget = train([0.1, 0.2, 0.3], epochs=3, patience=5, time_budget_s=0)
+    assert budget["best_epoch"] == 1 and len(budget["history"]) == 1
+
+
+def test_validation_leaves_the_tower_training_with_dropout(tmp_path: Path) -> None:
+    """Each epoch ends with the valid users scored in eval mode (no dropout); the next epoch
+    trains with dropout again (before it is left in eval mode, every epoch after the first
+    would train without it)."""
+    import torch
+
+    from xdretrieve.evaluate.protocol import Protocol
+    from xdretrieve.train import adapter
+    from xdretrieve.train.catalog import Catalog
+    from xdretrieve.train.tower import Tower, pad
+
+    ds = _long_histories(tmp_path / "data")
+    catalog = Catalog.of(ds)
+    torch.manual_seed(0)
+    base = torch.randn(len(ds.items), 6)
+    tower = Tower(base, catalog.rows_by_domain, AdapterConfig(dim=8, dropout=0.5))
+    directions = Protocol(ds).directions()
+    X, M = pad([catalog.rows_by_domain[0][:3]] * 4)
+    valid = [(0, 1, [catalog.rows_by_domain[0][:2]], [np.array([0])]), (1, 0, [], [])]
+    assert tower.training
+    adapter._validate(tower, valid, directions)
+    assert tower.training
+    a, b = tower.users(X, M, 0, 1), tower.users(X, M, 0, 1)
+    assert not torch.allclose(a, b)  # dropout draws anew
+    tower.eval()
+    np.testing.assert_array_equal(tower.users(X, M, 0, 1).detach().numpy(),
+                                  tower.users(X, M, 0, 1).detach().numpy())
+
+
+def test_every_full_mode_option_is_refused_in_adapter_mode(tmp_path: Path) -> None:
+    """Each option of encoder fine-tuning given without --mode full is named in a usage error
+    before any work (one left out of the check would be accepted and silently ignored)."""
+    from click.testing import CliRunner
+
+    from xdretrieve.cli import main
+
+    for option in (["--batch-size", "8"], ["--lr", "1e-3"], ["--ft-epochs", "2"],
+                   ["--max-pairs", "9"], ["--hard-negatives", "0"], ["--workers", "0"],
+                   ["--gradient-checkpointing"], ["--no-gradient-checkpointing"]):
+        out = CliRunner().invoke(main, ["finetune", "--data", str(tmp_path), "--out",
+                                        str(tmp_path / "m"), *option])
+        name = "--[no-]gradient-checkpointing" if "checkpointing" in option[0] else option[0]
+        assert out.exit_code == 2 and f"{name}: only with --mode full" in out.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_coral_samples_items_from_the_whole_domain() -> None:
+    """CORAL's statistics of a domain are those of items drawn from all of it, ``n`` of them
+    (not its first ``n`` items in catalog order: a catalog sorted by category would align one
+    category only)."""
+    import torch
+
+    from xdretrieve.train.tower import Tower
+
+    torch.manual_seed(0)
+    rows = [np.arange(0, 30), np.arange(30, 35)]
+    tower = Tower(torch.randn(35, 6), rows, AdapterConfig(dim=4))
+    sample = tower.item_sample(10)
+    assert [len(s) for s in sample] == [10, 10]  # a domain of 5 items too
+    with torch.no_grad():
+        first = tower.domain_items(0, slice(0, 10))
+        beyond = [not torch.isclose(first, v, atol=1e-6).all(1).any() for v in sample[0]]
+    assert any(beyond)
