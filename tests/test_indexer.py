@@ -212,45 +212,29 @@ def three_domain_user() -> Dataset:
     return Dataset({i.item_id: i for i in items}, events)
 
 
-def test_another_pooling_rewrites_every_profile(tiny_model: str, settings_for) -> None:
-    """A profile's vector depends on the pooling as much as on the history: indexing again
-    with another pooling rewrites every profile, with that pooling's vector."""
+@pytest.mark.parametrize(("change", "pooled"), [
+    ({"pooling": "mean"}, {"method": "mean"}),
+    ({"recency_half_life": 1.0}, {"method": "recency", "half_life": 1.0}),
+])
+def test_another_pooling_or_half_life_rewrites_every_profile(
+        change: dict, pooled: dict, tiny_model: str, settings_for) -> None:
+    """A profile's vector depends on the pooling as much as on the history, and a recency
+    profile's on its half-life too: indexing again with another rewrites every profile (else
+    the store kept the old profiles and said nothing changed), with the new vector."""
     from xdretrieve.users import pool
 
     ds = three_domain_user()
     index_dataset(ds, settings_for(model=tiny_model, pooling="recency"))
-    mean = settings_for(model=tiny_model, pooling="mean")
-    report = index_dataset(ds, mean)
+    other = settings_for(model=tiny_model, **{"pooling": "recency", **change})
+    report = index_dataset(ds, other)
     assert report.items_embedded == 0 and report.profiles_written == report.user_profiles == 3
-    with open_store(mean) as s:
+    with open_store(other) as s:
         books = s.retrieve(ITEMS, [item_point_id(f"book-{k}") for k in range(3)],
                            with_vectors=True)
         (profile,) = s.retrieve(USERS, [user_point_id("u", "books")], with_vectors=True)
     vectors = np.stack([p.vector for p in sorted(books, key=lambda p: p.payload["item_id"])])
-    np.testing.assert_allclose(profile.vector, pool(vectors, "mean"), atol=1e-6)
-    assert not np.allclose(pool(vectors, "mean"), pool(vectors, "recency"), atol=1e-4)
-
-
-def test_another_half_life_rewrites_every_profile(tiny_model: str, settings_for) -> None:
-    """A recency profile's vector depends on its half-life too: indexing again with another
-    rewrites every profile (else the store kept the old half-life's profiles and said nothing
-    changed), with that half-life's vector."""
-    from xdretrieve.users import pool
-
-    ds = three_domain_user()
-    index_dataset(ds, settings_for(model=tiny_model, pooling="recency"))
-    short = settings_for(model=tiny_model, pooling="recency", recency_half_life=1.0)
-    report = index_dataset(ds, short)
-    assert report.items_embedded == 0 and report.profiles_written == report.user_profiles == 3
-    with open_store(short) as s:
-        books = s.retrieve(ITEMS, [item_point_id(f"book-{k}") for k in range(3)],
-                           with_vectors=True)
-        (profile,) = s.retrieve(USERS, [user_point_id("u", "books")], with_vectors=True)
-    vectors = np.stack([p.vector for p in sorted(books, key=lambda p: p.payload["item_id"])])
-    np.testing.assert_allclose(profile.vector, pool(vectors, "recency", half_life=1.0),
-                               atol=1e-6)
-    assert not np.allclose(pool(vectors, "recency", half_life=1.0),
-                           pool(vectors, "recency", half_life=5.0), atol=1e-4)
+    np.testing.assert_allclose(profile.vector, pool(vectors, **pooled), atol=1e-6)
+    assert not np.allclose(pool(vectors, **pooled), pool(vectors, "recency"), atol=1e-4)
 
 
 def popularity_dataset() -> Dataset:

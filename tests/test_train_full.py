@@ -545,26 +545,34 @@ def test_the_checkpoints_of_a_model_written_to_the_current_folder_lie_beside_it(
     assert saved_epoch(".") == 2 and saved_epoch(tmp_path / "model") == 2
 
 
+def _interrupt_in_epoch_two(monkeypatch) -> list[int]:
+    """Full fine-tuning interrupted (as by Ctrl-C) at its third validation, epoch 2's, when
+    epoch 1's checkpoint is saved; returns the list each validation appends to."""
+    from xdretrieve.train import full
+
+    calls: list[int] = []
+    validate = full._validate
+
+    def cut_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(full, "_validate", cut_in_epoch_two)
+    return calls
+
+
 def test_the_cli_resumes_an_interrupted_full_run_and_then_drops_its_checkpoint(
         tiny_model: str, tmp_path: Path, monkeypatch) -> None:
     from click.testing import CliRunner
 
     from xdretrieve.cli import main
-    from xdretrieve.train import full
 
     monkeypatch.setenv("XDR_CACHE_DIR", str(tmp_path / "cache"))
     _paired(tmp_path / "data")
     out, resume = tmp_path / "model", tmp_path / ".model.resume"
-    calls = []
-    validate = full._validate
-
-    def cut_in_epoch_two(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:  # epoch 2's validation: epoch 1 is saved
-            raise KeyboardInterrupt
-        return validate(*args, **kwargs)
-
-    monkeypatch.setattr(full, "_validate", cut_in_epoch_two)
+    calls = _interrupt_in_epoch_two(monkeypatch)
     args = ["finetune", "--data", str(tmp_path / "data"), "--out", str(out), "--model", tiny_model,
             "--dim", "8", "--mode", "full", "--device", "cpu", "--batch-size", "8",
             "--ft-epochs", "3", "--epochs", "2"]
@@ -593,15 +601,8 @@ def test_a_resumed_run_counts_the_time_before_against_a_new_time_budget(
     ds = _paired(tmp_path / "data")
     resume = tmp_path / "resume"
     config = _config(epochs=3, patience=3, max_pairs=16, hard_negatives=0)
-    validate, calls = full._validate, []
-
-    def cut_in_epoch_two(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:  # epoch 2's validation: epoch 1 is saved
-            raise KeyboardInterrupt
-        return validate(*args, **kwargs)
-
-    monkeypatch.setattr(full, "_validate", cut_in_epoch_two)
+    validate = full._validate
+    _interrupt_in_epoch_two(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         finetune_encoder(ds, tiny_model, tmp_path / "encoder", config, device="cpu",
                          resume_dir=resume)
