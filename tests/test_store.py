@@ -48,6 +48,13 @@ def load(store: VectorStore, points, progress: bool = False) -> None:
     store.build_index(ITEMS)
 
 
+def make_info(**changes) -> StoreInfo:
+    """A store's info for the tests: encoder 'enc' (fingerprint 'abc'), domains a and b."""
+    return StoreInfo(**{"encoder": "enc", "fingerprint": "abc", "dim": DIM, "version": "0",
+                        "domains": ["a", "b"], "text_template": "{title}", "max_seq_length": 64,
+                        "pooling": "mean", **changes})
+
+
 def brute_force(points, query: np.ndarray, limit: int, domain=None, exclude=()) -> list[str]:
     ids, vectors, payloads = points
     scores = vectors @ query
@@ -209,8 +216,7 @@ def test_an_info_write_cut_short_leaves_the_previous_info(tmp_path: Path, points
     file that makes the store unreadable."""
     s = EdgeStore(tmp_path / "edge")
     load(s, points)
-    before = StoreInfo(encoder="enc", fingerprint="abc", dim=DIM, version="0", domains=["a", "b"],
-                       text_template="{title}", max_seq_length=64, pooling="mean")
+    before = make_info()
     s.write_info(before)
     write_text = Path.write_text
 
@@ -265,8 +271,7 @@ def test_upsert_is_idempotent(store: VectorStore, points) -> None:
 def test_info_round_trip_and_encoder_check(store: VectorStore, points) -> None:
     assert store.read_info() is None
     load(store, points)
-    info = StoreInfo(encoder="enc", fingerprint="abc", dim=DIM, version="0", domains=["a", "b"],
-                     text_template="{title}", max_seq_length=64, pooling="mean")
+    info = make_info()
     store.write_info(info)
     back = store.read_info()
     assert back == info
@@ -493,8 +498,7 @@ def test_a_store_of_the_uuid_layout_is_refused_with_what_to_do(tmp_path: Path) -
 
     from xdretrieve.errors import StoreError
 
-    info = StoreInfo(encoder="enc", fingerprint="abc", dim=DIM, version="0.0.9", domains=["a"],
-                     text_template="{title}", max_seq_length=64, pooling="mean").to_dict()
+    info = make_info(version="0.0.9", domains=["a"]).to_dict()
     del info["layout"]  # what the first release wrote
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "xdretrieve.json").write_text(json.dumps(info))
@@ -681,8 +685,7 @@ def test_an_upsert_of_several_batches_writes_and_counts_every_point(store: Vecto
 def test_the_encoder_check_goes_by_fingerprint_and_gives_the_caller_s_remedy() -> None:
     """The same model under another name (a local copy) is the same encoder; a changed model
     under the same name is not; a caller's advice replaces the default one."""
-    info = StoreInfo(encoder="enc", fingerprint="abc", dim=DIM, version="0", domains=["a"],
-                     text_template="{title}", max_seq_length=64, pooling="mean")
+    info = make_info(domains=["a"])
     info.check_encoder("/models/enc-copy", "abc")
     with pytest.raises(EncoderMismatchError, match="not by 'enc' .fingerprint zzz.; use --model"):
         info.check_encoder("enc", "zzz")
@@ -697,8 +700,7 @@ def test_store_info_reads_fields_it_does_not_know_and_refuses_another_layout() -
     from xdretrieve.errors import StoreError
     from xdretrieve.store import STORE_LAYOUT
 
-    info = StoreInfo(encoder="enc", fingerprint="abc", dim=DIM, version="0", domains=["a"],
-                     text_template="{title}", max_seq_length=64, pooling="mean")
+    info = make_info(domains=["a"])
     assert StoreInfo.from_dict({**info.to_dict(), "added_later": 1}) == info
     newer = {**info.to_dict(), "layout": STORE_LAYOUT + 1, "version": "9.0"}
     with pytest.raises(StoreError, match=rf"xdretrieve 9\.0 in store layout {STORE_LAYOUT + 1} "
@@ -709,8 +711,7 @@ def test_store_info_reads_fields_it_does_not_know_and_refuses_another_layout() -
 def test_an_incomplete_store_is_refused_naming_where_it_is() -> None:
     from xdretrieve.errors import StoreError
 
-    info = StoreInfo(encoder="enc", fingerprint="abc", dim=DIM, version="0", domains=["a"],
-                     text_template="{title}", max_seq_length=64, pooling="mean", complete=False)
+    info = make_info(domains=["a"], complete=False)
     with pytest.raises(StoreError, match=r"the store at /data/shop\.xdr is not complete"):
         info.check_complete("/data/shop.xdr")
     StoreInfo(**{**info.to_dict(), "complete": True}).check_complete("/data/shop.xdr")
@@ -735,9 +736,7 @@ def test_server_stores_of_two_prefixes_on_one_server_keep_apart(points) -> None:
     client = QdrantClient(":memory:")
     first, second = ServerStore(client, prefix="a_"), ServerStore(client, prefix="b_")
     load(first, points)
-    first.write_info(StoreInfo(encoder="enc", fingerprint="abc", dim=DIM, version="0",
-                               domains=["a", "b"], text_template="{title}", max_seq_length=64,
-                               pooling="mean"))
+    first.write_info(make_info())
     assert not second.exists(ITEMS) and second.read_info() is None
     assert client.collection_exists("a_items") and first.count(ITEMS) == N
     client.close()
