@@ -62,6 +62,28 @@ def view(dataset: Dataset) -> TrainView:
     return Protocol(dataset).train_view(B2M)
 
 
+def with_a_fan(dataset: Dataset) -> Dataset:
+    """``dataset`` and a train user who watched the last movie twenty times and read nothing: by
+    interactions it is then the most popular movie (23 against movie-hit's 16), by users not (4);
+    and popularity order is no longer items.jsonl order."""
+    fan = [Interaction("fan", f"movie-{THEMES - 1}", "movies", float(k)) for k in range(20)]
+    return Dataset(dataset.items, [*dataset.interactions, *fan],
+                   {**dataset.splits, "fan": "train"})  # type: ignore[dict-item]
+
+
+def view_of(users: Sequence[tuple[str, str, Sequence[str], Sequence[str]]]) -> TrainView:
+    """The books->movies train view of users given as (id, split, books, movies); items.jsonl
+    order is the order of first mention."""
+    items: dict[str, Item] = {}
+    events = []
+    for user, _, books, movies in users:
+        for domain, ids in (("books", books), ("movies", movies)):
+            for i in ids:
+                items.setdefault(i, Item(i, domain, i))
+                events.append(Interaction(user, i, domain, float(len(events))))
+    return Protocol(Dataset(items, events, {u: s for u, s, _, _ in users})).train_view(B2M)
+
+
 def target_ids(view: TrainView, ranking: np.ndarray) -> list[str]:
     return [view.target_items[i] for i in ranking]
 
@@ -80,6 +102,17 @@ def test_popularity_counts_train_users_and_keeps_file_order_on_ties(view: TrainV
     rankings = method.rank(queries(view))
     assert target_ids(view, rankings[0]) == ["movie-hit", *(f"movie-{t}" for t in range(THEMES))]
     assert (rankings == rankings[0]).all()  # the same for everybody
+
+
+def test_popularity_counts_each_interaction_not_each_user(dataset: Dataset) -> None:
+    """EVALUATION.md's popularity is the number of train-user interactions, a user's repeats
+    included: counted once per user, the fan's movie (4 users) would stay behind movie-hit."""
+    view = Protocol(with_a_fan(dataset)).train_view(B2M)
+    method = Popularity()
+    method.fit(view)
+    assert method.counts.tolist() == [16.0] + [3.0] * (THEMES - 1) + [23.0]  # type: ignore
+    assert target_ids(view, method.rank([("book-0",)])[0])[:2] == [f"movie-{THEMES - 1}",
+                                                                  "movie-hit"]
 
 
 @pytest.mark.parametrize("make", [ItemKNN, UserKNN, lambda: EMCDR(EMCDRConfig(factors=16)),
@@ -201,6 +234,29 @@ def test_userknn_weighs_a_rare_shared_item_above_a_common_one() -> None:
     assert target_ids(view, method.rank([("b-rare", "b-common")])[0])[0] == "m-a"
 
 
+def test_userknn_scores_an_item_by_the_similarity_of_the_neighbours_who_have_it() -> None:
+    """Query {b1}: user near read b1 only (cosine 1), user far also b2 (cosine 0.52) and watched
+    m-far three times; four other users read another book. m-near comes first: each neighbour's
+    vote is its cosine (not 1), counts once however often they watched the item, and profiles
+    are normalised (unnormalised, near and far would be equally close). Otherwise a tie with
+    m-far, the more popular, or m-far ahead."""
+    users = [("far", "train", ["b1", "b2"], ["m-far"] * 3), ("near", "train", ["b1"], ["m-near"])]
+    users += [(f"other{k}", "train", ["b-other"], ["m-other"]) for k in range(4)]
+    view = view_of(users)
+    method = UserKNN(neighbours=(2,))  # fewer than the 6 train users: the k nearest are kept
+    method.fit(view)
+    assert target_ids(view, method.rank([("b1",)])[0])[:2] == ["m-near", "m-far"]
+
+
+def test_userknn_ranks_a_batch_of_queries_each_by_its_own_neighbours(view: TrainView) -> None:
+    """Three neighbours of 24 train users, every theme's query in one call: each query's
+    neighbours (its theme's three train users) vote for its row, not another query's."""
+    method = UserKNN(neighbours=(3,))
+    method.fit(view)
+    rankings = method.rank(queries(view))
+    assert [target_ids(view, r)[0] for r in rankings] == [f"movie-{t}" for t in range(THEMES)]
+
+
 def test_userknn_with_one_neighbour_recommends_that_neighbours_items(view: TrainView) -> None:
     method = UserKNN(neighbours=(1,))
     method.fit(view)
@@ -210,11 +266,15 @@ def test_userknn_with_one_neighbour_recommends_that_neighbours_items(view: Train
     assert set(ranking[:2]) <= {"movie-5", "movie-hit"} and "movie-5" in ranking[:2]
 
 
-def test_unknown_query_items_fall_back_to_popularity(view: TrainView) -> None:
+def test_unknown_query_items_fall_back_to_popularity(dataset: Dataset) -> None:
+    """A query the neighbourhood methods know nothing about gets the popularity ranking, not
+    items.jsonl order (the fan's movie is the most popular and the last in the file)."""
+    view = Protocol(with_a_fan(dataset)).train_view(B2M)
     for method in (ItemKNN(), UserKNN()):
         method.fit(view)
         ranking = target_ids(view, method.rank([("not-an-item",)])[0])
-        assert ranking == ["movie-hit", *(f"movie-{t}" for t in range(THEMES))]
+        assert ranking == [f"movie-{THEMES - 1}", "movie-hit",
+                           *(f"movie-{t}" for t in range(THEMES - 1))]
 
 
 def test_stable_rank_ties() -> None:
@@ -298,6 +358,21 @@ def test_choose_picks_the_best_on_valid_users_and_sees_only_their_queries(view: 
     best, table = choose([{"good": True, "k": 1}, {"good": False}, {"good": True, "k": 2}],
                          rank_with, view.valid)
     assert best == {"good": True, "k": 1} and table[0][1] == table[2][1]
+
+
+def test_itemknn_ranks_with_the_setting_chosen_on_valid_users() -> None:
+    """b0 was read with mA by one user and with mB by five of mB's fifty: without shrink mA is
+    closer (0.41 against 0.29), with a shrink of 10 mB is (0.18 against 0.08). The valid user
+    watched mB, so shrink 10 is chosen, and the ranking uses it (not the grid's first setting).
+    """
+    users = [("a", "train", ["b0"], ["mA"]), ("valid", "valid", ["b0"], ["mB"])]
+    users += [(f"p{k}", "train", ["b0"], ["mB"]) for k in range(5)]
+    users += [(f"q{k}", "train", ["b1"], ["mB"]) for k in range(45)]
+    view = view_of(users)
+    method = ItemKNN(alphas=(0.5,), shrinks=(0.0, 10.0))
+    method.fit(view)
+    assert (method.alpha, method.shrink) == (0.5, 10.0)
+    assert target_ids(view, method.rank([("b0",)])[0]) == ["mB", "mA"]
 
 
 def test_choose_refuses_test_users(dataset: Dataset) -> None:
@@ -495,6 +570,14 @@ def test_registry() -> None:
         assert isinstance(method, Popularity) and method.name == "test-only"
     finally:
         del METHODS["test-only"]
+
+
+def test_each_baseline_name_builds_that_baseline() -> None:
+    """`--method itemknn` runs ItemKNN: a factory building another baseline would report its
+    figures under the wrong name."""
+    built = {name: type(make_method(name)) for name in BASELINES}
+    assert built == {"popularity": Popularity, "itemknn": ItemKNN, "userknn": UserKNN,
+                     "emcdr": EMCDR}
 
 
 def test_the_runner_builds_named_methods_with_its_seed_and_closes_each(dataset: Dataset) -> None:

@@ -8,8 +8,8 @@ from xdretrieve.evaluate.compare import against_best, to_markdown
 from xdretrieve.evaluate.runner import MethodResult, Results
 
 
-def _row(method: str, ndcg: np.ndarray) -> MethodResult:
-    per_user = {"ndcg@10": ndcg, "recall@10": ndcg}
+def _row(method: str, ndcg: np.ndarray, recall: np.ndarray | None = None) -> MethodResult:
+    per_user = {"ndcg@10": ndcg, "recall@10": ndcg if recall is None else recall}
     return MethodResult("a->b", method, len(ndcg), {k: float(v.mean()) for k, v in per_user.items()},
                         0.0, 0.0, per_user=per_user)
 
@@ -37,6 +37,41 @@ def test_interval_widens_with_noise_and_contains_the_ratio() -> None:
     c = against_best(results)[0]
     assert c.low < c.ratio < c.high
     assert c.low < 1.0 < c.high  # no difference can be claimed
+
+
+def test_each_metric_is_compared_against_the_best_other_method_on_that_metric() -> None:
+    """The best other method on recall@10 need not be the best on ndcg@10: each metric's ratio
+    is against its own best."""
+    ones = np.ones(100)
+    rows = [_row("itemknn", 0.4 * ones, 0.2 * ones), _row("userknn", 0.2 * ones, 0.4 * ones),
+            _row("xdretrieve", 0.3 * ones, 0.3 * ones)]
+    ndcg, recall = against_best(Results("toy", rows, {"a->b": 100}, {}, "0", "now", 1.0))
+    assert (ndcg.rival, recall.rival) == ("itemknn", "userknn")
+    assert abs(ndcg.ratio - 0.75) < 1e-9 and abs(recall.ratio - 0.75) < 1e-9
+
+
+def _noisy(n: int) -> tuple[Results, np.ndarray]:
+    """xdretrieve's per-user values random, its rival's all 1: the ratio is xdretrieve's mean."""
+    a = np.random.default_rng(0).random(n)
+    rows = [_row("itemknn", np.ones(n)), _row("xdretrieve", a)]
+    return Results("toy", rows, {"a->b": n}, {}, "0", "now", 1.0), a
+
+
+def test_the_interval_is_the_same_on_every_run_and_follows_the_seed() -> None:
+    """A report rewritten from the same results says the same interval (the bootstrap is
+    seeded), and another seed draws other resamples."""
+    results, _ = _noisy(300)
+    assert against_best(results) == against_best(results)
+    assert against_best(results, seed=1)[0].low != against_best(results)[0].low
+
+
+def test_the_interval_is_the_95_percent_one() -> None:
+    """Ratio against a rival of all ones: the bootstrap of a mean, whose 95% interval reaches
+    about 1.96 standard errors either side (a 90% one 1.64)."""
+    results, a = _noisy(1000)
+    c = against_best(results)[0]
+    se = a.std() / np.sqrt(len(a))
+    assert 1.8 < (c.ratio - c.low) / se < 2.15 and 1.8 < (c.high - c.ratio) / se < 2.15
 
 
 def test_the_report_bolds_the_best_value_of_each_metric() -> None:

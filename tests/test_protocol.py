@@ -28,6 +28,7 @@ from xdretrieve.evaluate.protocol import (
 )
 from xdretrieve.evaluate.report import format_table, to_markdown, write_report
 from xdretrieve.evaluate.runner import evaluate
+from xdretrieve.evaluate.selection import score_task
 
 BOOKS_TO_MOVIES = Direction("books", "movies")
 
@@ -46,6 +47,13 @@ USERS: dict[str, tuple[str, list[tuple[str, int]]]] = {
     "te3": ("test", [("b2", 0)]),  # books only: in no direction
     "te4": ("test", [("m0", 0)]),  # movies only: in no direction
 }
+
+
+def with_music(ds: Dataset) -> Dataset:
+    """``ds`` and a third domain that only a train user has: no test user in its directions."""
+    return Dataset({**ds.items, "x0": Item("x0", "music", "title x0")},
+                   [*ds.interactions, Interaction("tr1", "x0", "music", 9.0)], ds.splits,
+                   name="hand-made")
 
 
 def make_dataset(users: dict[str, tuple[str, list[tuple[str, int]]]] = USERS,
@@ -255,6 +263,27 @@ class LeakyPopularity(Method):
         return np.tile(self.ranking, (len(queries), 1))
 
 
+class LeakyOneItem(Recorder):
+    """Ranks in file order, but swaps to the front the item of the first test user's held-out
+    interaction, read from the raw dataset: a leak that moves one item, not the whole ranking."""
+
+    name = "leaky-one"
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def fit(self, view: TrainView) -> None:
+        super().fit(view)
+        held = next(x.item_id for x in self.dataset.interactions if x.domain == view.target
+                    and self.dataset.splits[x.user_id] == "test")  # type: ignore[index]
+        self.front = view.item_index(view.target)[held]
+
+    def rank(self, queries: Sequence[tuple[str, ...]]) -> np.ndarray:
+        ranking = np.arange(self.n)
+        ranking[[0, self.front]] = ranking[[self.front, 0]]
+        return np.tile(ranking, (len(queries), 1))
+
+
 def test_a_fit_cannot_reach_test_users_target_items(protocol: Protocol) -> None:
     method = Recorder()
     method.fit(protocol.train_view(BOOKS_TO_MOVIES))
@@ -282,6 +311,20 @@ def test_leaky_method_is_caught() -> None:
         check_no_leak(LeakyPopularity, make_dataset(), BOOKS_TO_MOVIES)
 
 
+def test_a_leak_that_moves_a_single_item_is_caught() -> None:
+    """A ranking that changes in a few places has changed: the check compares every position,
+    not only whether all of them moved."""
+    with pytest.raises(LeakError, match="leaky-one"):
+        check_no_leak(LeakyOneItem, make_dataset(), BOOKS_TO_MOVIES)
+
+
+def test_the_leak_check_refuses_a_direction_without_test_users() -> None:
+    """Checking no user would pass whatever the method reads."""
+    with pytest.raises(XDRetrieveError, match="no test users in books->music: nothing to check"):
+        check_no_leak(lambda ds: Popularity(), with_music(make_dataset()),
+                      Direction("books", "music"))
+
+
 # -- the run end to end: runner, report, command line -------------------------------------------
 
 def test_runner_scores_every_method_on_the_same_users() -> None:
@@ -297,6 +340,34 @@ def test_runner_scores_every_method_on_the_same_users() -> None:
     assert pop.fit_seconds >= 0 and pop.rank_seconds >= 0
     # the recorder ranks in file order m5 m0 ...: te2 hits at rank 1
     assert results.metric("books->movies", "recorder", "mrr") == pytest.approx((1 + 1 / 6) / 2)
+
+
+def test_scoring_in_batches_scores_each_user_against_their_own_truth(protocol: Protocol) -> None:
+    """Batches of one user give the figures of one batch (the second batch's user against their
+    own truth, not the first batch's), and progress hears of each user once."""
+    task = protocol.task(BOOKS_TO_MOVIES)
+    method = Popularity()
+    method.fit(protocol.train_view(BOOKS_TO_MOVIES))
+    done: list[int] = []
+    whole = score_task(method.rank, task, progress=done.append)
+    by_one = score_task(method.rank, task, batch_size=1, progress=done.append)
+    assert done == [2, 1, 1]
+    assert whole["mrr"].tolist() == pytest.approx([1 / 4, 1 / 6])
+    assert {k: v.tolist() for k, v in by_one.items()} == {k: v.tolist() for k, v in whole.items()}
+
+
+def test_a_ranking_of_fewer_than_every_target_item_is_refused() -> None:
+    """A method answering its top items only would be scored as if the rest were irrelevant
+    (mrr and recall@50 silently low): the protocol ranks every target item."""
+
+    class TopThree(Recorder):
+        name = "top-three"
+
+        def rank(self, queries: Sequence[tuple[str, ...]]) -> np.ndarray:
+            return super().rank(queries)[:, :3]
+
+    with pytest.raises(ValueError, match=r"shape \(2, 3\), expected \(2, 6\): a full ranking"):
+        evaluate(make_dataset(), methods=[TopThree()], progress=False)
 
 
 def test_runner_max_users_and_directions() -> None:
@@ -344,11 +415,7 @@ def test_a_direction_without_test_users_is_skipped_and_reported_so(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A third domain no test user has: its directions are warned about and have no rows; the
     report (json, markdown, plot) says so instead of failing on the missing rows."""
-    ds = make_dataset()
-    ds = Dataset({**ds.items, "x0": Item("x0", "music", "title x0")},
-                 [*ds.interactions, Interaction("tr1", "x0", "music", 9.0)], ds.splits,
-                 name="hand-made")
-    results = evaluate(ds, directions=["books->music", "books->movies"],
+    results = evaluate(with_music(make_dataset()), directions=["books->music", "books->movies"],
                        methods=["popularity", Recorder()], progress=False)
     assert results.n_users == {"books->music": 0, "books->movies": 2}
     assert {r.direction for r in results.rows} == {"books->movies"}
@@ -453,6 +520,17 @@ def test_cli_run_writes_files_and_prints_the_table(tmp_path: Path) -> None:
     assert (config["seed"], config["max_users"]) == (3, 1)
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"results.json", "report.md",
                                                               "metrics.png"}
+
+
+def test_cli_shows_progress_bars_unless_quiet(tmp_path: Path) -> None:
+    """Progress bars go to stderr; -q is quiet there, and the table is printed either way."""
+    args = ["--data", str(write_dataset_dir(tmp_path / "data")), "--direction", "books->movies",
+            "--method", "popularity", "--out", str(tmp_path / "out")]
+    loud = CliRunner().invoke(evaluate_command, args)
+    quiet = CliRunner().invoke(evaluate_command, [*args, "-q"])
+    assert loud.exit_code == 0 and quiet.exit_code == 0, loud.output + quiet.output
+    assert "books->movies popularity ranking" in loud.stderr and quiet.stderr == ""
+    assert all("books->movies  popularity  2" in r.stdout for r in (loud, quiet))
 
 
 def test_cli_errors(tmp_path: Path) -> None:
