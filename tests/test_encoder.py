@@ -210,6 +210,28 @@ def test_the_cache_keeps_each_text_s_own_vector(tmp_path: Path) -> None:
     again.close()
 
 
+def test_vectors_cached_by_one_process_are_found_by_the_next(tmp_path: Path) -> None:
+    """A rerun is another process: the keys must not depend on the process (Python's hash() of
+    a text is salted per process), or every rerun would embed the whole catalog again."""
+    import os
+    import subprocess
+    import sys
+
+    from xdretrieve.embedding_cache import EmbeddingCache
+
+    write = ("import sys; from pathlib import Path; import numpy as np; "
+             "from xdretrieve.embedding_cache import EmbeddingCache; "
+             "c = EmbeddingCache(Path(sys.argv[1]), 'enc'); "
+             "c.put(['red pencil', 'blue stapler'], np.eye(2, 4, dtype=np.float32)); c.close()")
+    subprocess.run([sys.executable, "-c", write, str(tmp_path)], check=True,
+                   env={**os.environ, "PYTHONHASHSEED": "random"})
+    cache = EmbeddingCache(tmp_path, "enc")
+    found = cache.get(["blue stapler", "green ink", "red pencil"])
+    cache.close()
+    assert sorted(found) == [0, 2]
+    np.testing.assert_array_equal(np.stack([found[2], found[0]]), np.eye(2, 4))
+
+
 def test_a_cache_that_cannot_be_used_is_only_a_warning(tiny_model: str, tmp_path: Path,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     """The cache only saves time: one that cannot be opened (a file in the way, a read-only

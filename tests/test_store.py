@@ -639,6 +639,38 @@ def test_a_failing_worker_is_a_clear_error(tmp_path: Path) -> None:
         edge_load.write_in_parallel([(tmp_path / "nowhere", [0, 1, 2])], [1, 2, 3], v, [{}] * 3)
 
 
+@pytest.mark.parametrize("dies", ["on its first chunk", "before its first chunk"])
+def test_a_worker_that_stops_without_answering_is_a_clear_error(tmp_path: Path, monkeypatch,
+                                                              dies: str) -> None:
+    """A worker that exits before it answers (killed, out of memory): an error naming the shard
+    and the exit code, not EOFError from the pipe. Dead before the first chunk reaches it, the
+    chunk stays in the pipe's buffer and closing the pipe flushes it again: that BrokenPipeError
+    used to replace the clear error and leave the worker's stdout open."""
+    import re
+
+    from xdretrieve.errors import StoreError
+
+    quits = tmp_path / "quits"
+    reads = "head -c 1 > /dev/null\n" if dies == "on its first chunk" else ""
+    quits.write_text(f"#!/bin/sh\n{reads}exit 3\n")
+    quits.chmod(0o755)
+    monkeypatch.setattr(edge_load.sys, "executable", str(quits))
+    if dies == "before its first chunk":
+        popen = edge_load.subprocess.Popen
+
+        def exited(*args, **kwargs):
+            proc = popen(*args, **kwargs)
+            proc.wait()
+            return proc
+
+        monkeypatch.setattr(edge_load.subprocess, "Popen", exited)
+    shard = tmp_path / "s" / ITEMS / "a"
+    v = np.ones((3, DIM), dtype=np.float32)
+    with pytest.raises(StoreError, match=re.escape(f"the process writing {shard} stopped (exit "
+                                                   f"code 3) before answering")):
+        edge_load.write_in_parallel([(shard, [0, 1, 2])], [1, 2, 3], v, [{}] * 3)
+
+
 @pytest.mark.parametrize("threads", [0, 1, 2])
 def test_search_threads_is_kept_with_the_collection_and_answers_the_same(
         tmp_path: Path, points, threads: int) -> None:

@@ -4,6 +4,7 @@ trained model answers through the same index/query path."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -243,6 +244,37 @@ def test_a_model_whose_base_encoder_changed_is_refused(trained, tmp_path: Path) 
                                               f"{'0' * 16}, but that encoder is now "
                                               f"{manifest['base_fingerprint']}"):
         resolve_model(str(model))
+
+
+@pytest.mark.parametrize("damage", ["manifest-not-json", "newer-format", "weights-missing",
+                                    "weights-cut-short"])
+def test_a_damaged_or_newer_model_directory_is_refused_naming_its_file(trained, tmp_path: Path,
+                                                                       damage: str) -> None:
+    """A model directory copied half, edited by hand or written by a newer xdretrieve: an
+    error naming the file and what to do, not a KeyError or zipfile traceback from loading."""
+    import json
+    import shutil
+
+    from xdretrieve.errors import XDRetrieveError
+    from xdretrieve.model import MANIFEST, WEIGHTS, TrainedModel
+
+    tmp, *_ = trained
+    model = shutil.copytree(tmp / "model", tmp_path / "model")
+    manifest = json.loads((model / MANIFEST).read_text())
+    if damage == "manifest-not-json":
+        (model / MANIFEST).write_text('{"format": 1, "kind"')
+        expected = f"{model / MANIFEST}: not a readable model manifest"
+    elif damage == "newer-format":
+        (model / MANIFEST).write_text(json.dumps({**manifest, "format": 2}))
+        expected = f"{model / MANIFEST}: model format 2, but this xdretrieve reads format 1"
+    elif damage == "weights-missing":
+        (model / WEIGHTS).unlink()
+        expected = f"{model / WEIGHTS}: the model's weights cannot be read"
+    else:
+        (model / WEIGHTS).write_bytes((model / WEIGHTS).read_bytes()[:1000])
+        expected = f"{model / WEIGHTS}: the model's weights cannot be read"
+    with pytest.raises(XDRetrieveError, match=re.escape(expected)):
+        TrainedModel.load(model)
 
 
 def test_the_service_counts_the_items_new_to_the_trained_model(trained, tmp_path: Path) -> None:
@@ -884,6 +916,7 @@ def test_info_summarises_the_trained_model_of_a_store(trained, tmp_path: Path) -
     best = manifest["history"][manifest["best_epoch"] - 1]
     assert out["kind"] == "adapter" and out["best_epoch"] == manifest["best_epoch"]
     assert out["users"] == manifest["split"] and out["epochs"] == len(manifest["history"])
+    assert out["trained_at"] == manifest["created_at"]  # when: which of two models it is
     assert out["valid"] == {k: round(v, 4) for k, v in best.items() if "/" in k}
     kept = manifest["reranker"]["kept"]
     assert out["reranker"] == (f"served into {', '.join(kept)}" if kept else
@@ -1026,6 +1059,28 @@ def test_cli_finetune_writes_its_model_directory_whole_or_not_at_all(tiny_model:
     monkeypatch.chdir(here / "sub")
     moved = CliRunner().invoke(main, [*args[:3], "--out", "../../model2", *args[5:]])
     assert moved.exit_code == 0 and (tmp_path / "model2" / MANIFEST).is_file()
+
+
+def test_a_model_is_written_beside_its_out_folder_made_for_it_and_never_over_a_file(
+        tmp_path: Path) -> None:
+    """The model is written in a hidden sibling of ``out`` and published by a rename on that
+    one file system (from a temporary folder elsewhere, /tmp on a file system of its own, the
+    rename fails once training is done); ``out`` may name folders that do not exist yet; a file
+    there (a typo) is refused with the reason, from Python too (the CLI's --out takes folders
+    only), not with a traceback from listing it as a folder."""
+    from xdretrieve.errors import XDRetrieveError
+    from xdretrieve.model import StagedModelDir, is_model_dir
+
+    out = tmp_path / "models" / "2026" / "shop.model"
+    with StagedModelDir(out) as stage:
+        assert stage.path.parent == out.parent and stage.path.name.startswith(".shop.model.")
+        (stage.path / MANIFEST).write_text("{}")
+        stage.publish()
+    assert is_model_dir(out) and [p.name for p in out.parent.iterdir()] == ["shop.model"]
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(XDRetrieveError, match="notes.txt exists and is not an xdretrieve model"):
+        StagedModelDir(tmp_path / "notes.txt")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_hyper_parameters_out_of_range_are_refused_by_name(tmp_path: Path) -> None:
@@ -1306,6 +1361,22 @@ def test_finetune_from_python_writes_what_index_loads(trained, tiny_model: str,
     with pytest.raises(XDRetrieveError, match="unknown mode 'partial'"):
         xdretrieve.finetune(ds, tmp_path / "m2", settings, config, mode="partial")
     assert not (tmp_path / "m2").exists()
+
+
+def test_finetune_refuses_a_dataset_of_one_domain_saying_so(tmp_path: Path) -> None:
+    """One domain has no direction to learn: said as such, before anything is embedded (not
+    as a lack of valid users, the first check it would fail later)."""
+    import xdretrieve
+    from xdretrieve.errors import XDRetrieveError
+
+    data = write_paired_dataset(tmp_path / "data")
+    for name in ("items.jsonl", "interactions.csv"):
+        lines = (data / name).read_text().splitlines(keepends=True)
+        (data / name).write_text("".join(line for line in lines if "movie" not in line))
+    ds = Dataset.from_dir(data)
+    with pytest.raises(XDRetrieveError, match=r"has one domain \(books\): cross-domain"):
+        xdretrieve.finetune(ds, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
 
 
 def test_cli_finetune_draws_valid_users_when_users_csv_names_none(tiny_model: str,

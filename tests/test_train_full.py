@@ -684,6 +684,25 @@ def test_the_collectives_of_two_gloo_processes(tmp_path: Path) -> None:
     assert [(s["how_many"], s["rank0"]) for s in said] == [(1, True), (1, True)]
 
 
+def test_a_process_group_the_caller_started_is_used_and_left_to_it(monkeypatch) -> None:
+    """A stack that starts its own process group before it trains: setup takes the rank and
+    size from that group, and does not own it (starting it again raises in torch, and tearing
+    it down when training ends would leave the caller without it). The group here is one gloo
+    process, the caller's, under a launch that says two."""
+    import torch.distributed as dist
+
+    from xdretrieve.train.distributed import setup
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        ctx = setup("cpu")
+        assert (ctx.rank, ctx.world_size, ctx.own_group) == (0, 1, False)
+    finally:
+        dist.destroy_process_group()
+
+
 def _weights(path: Path) -> dict:
     from sentence_transformers import SentenceTransformer
 

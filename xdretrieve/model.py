@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 
 MANIFEST = "xdretrieve_model.json"
 WEIGHTS = "weights.npz"
+MODEL_FORMAT = 1  # of the directory: a newer xdretrieve that changes it writes another number
 
 
 def is_model_dir(path: str | Path) -> bool:
@@ -36,8 +38,26 @@ def is_model_dir(path: str | Path) -> bool:
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest of the model directory at ``path``."""
-    return json.loads((Path(path) / MANIFEST).read_text())
+    """The manifest of the model directory at ``path``.
+
+    Raises:
+        XDRetrieveError: it cannot be read, or was written in another format (a newer
+            xdretrieve): said with the file, not as a KeyError deep in loading.
+    """
+    from xdretrieve.errors import XDRetrieveError
+
+    file = Path(path) / MANIFEST
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise XDRetrieveError(f"{file}: not a readable model manifest ({e}); train the model "
+                              f"again (`xdretrieve finetune`)") from None
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if found != MODEL_FORMAT:
+        raise XDRetrieveError(
+            f"{file}: model format {found!r}, but this xdretrieve reads format {MODEL_FORMAT} "
+            f"(a model written by another version): train it again with this one")
+    return manifest
 
 
 def model_summary(path: Path) -> dict[str, Any] | str:
@@ -174,9 +194,15 @@ class TrainedModel:
     def load(cls, path: str | Path) -> TrainedModel:
         path = Path(path)
         manifest = read_manifest(path)
-        with np.load(path / WEIGHTS, allow_pickle=False) as npz:
-            weights = {k: npz[k].astype(np.float32) if npz[k].dtype.kind == "f" else npz[k]
-                       for k in npz.files}
+        try:  # the file opened here: np.load leaves its own open when the zip is cut short
+            with open(path / WEIGHTS, "rb") as f, np.load(f, allow_pickle=False) as npz:
+                weights = {k: npz[k].astype(np.float32) if npz[k].dtype.kind == "f" else npz[k]
+                           for k in npz.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as e:  # missing, cut short, not npz
+            from xdretrieve.errors import XDRetrieveError
+
+            raise XDRetrieveError(f"{path / WEIGHTS}: the model's weights cannot be read ({e}); "
+                                  f"train the model again (`xdretrieve finetune`)") from None
         bias = dict(zip(weights.pop("bias_ids").tolist(), weights.pop("bias").tolist(), strict=False))
         from xdretrieve.rerank import Reranker
 

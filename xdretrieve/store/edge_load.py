@@ -12,6 +12,7 @@ written, as with a single process: an ``index`` run again redoes the rest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import subprocess
@@ -133,8 +134,11 @@ def write_in_parallel(jobs: Sequence[tuple[Path, Sequence[int]]], ids: Sequence[
                 w.proc.kill()
             w.proc.wait()
             for pipe in (w.proc.stdin, w.proc.stdout):
+                # closing stdin flushes a chunk a dead worker never read: BrokenPipeError, which
+                # would hide the error above and leave the other pipes open (the file is closed)
                 if pipe is not None:
-                    pipe.close()
+                    with contextlib.suppress(OSError):
+                        pipe.close()
 
 
 def _worker(shard_dir: str) -> int:

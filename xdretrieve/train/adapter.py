@@ -32,7 +32,7 @@ import numpy as np
 
 from xdretrieve.data import Dataset
 from xdretrieve.errors import XDRetrieveError
-from xdretrieve.model import MANIFEST, WEIGHTS
+from xdretrieve.model import MANIFEST, MODEL_FORMAT, WEIGHTS
 from xdretrieve.train import POOLINGS, selection_score
 from xdretrieve.train.catalog import Catalog
 from xdretrieve.train.checks import above, at_least, check_fields, fraction, one_of
@@ -335,7 +335,7 @@ def _save(model, out_dir, domains, ids, config, base_model, base_fingerprint, be
     if reranker is not None:
         reranker.save(out)
     manifest = {
-        "format": 1, "kind": "adapter", "base_model": base_model,
+        "format": MODEL_FORMAT, "kind": "adapter", "base_model": base_model,
         "base_fingerprint": base_fingerprint, "dim": config.dim, "domains": domains,
         "max_history": config.max_history, "config": asdict(config), "best_epoch": best_epoch,
         "train_seconds": round(seconds, 1), "history": history, "reranker": rerank_report,
