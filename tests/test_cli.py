@@ -521,6 +521,19 @@ def test_light_imports() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_every_exported_name_resolves_and_an_unknown_one_is_refused() -> None:
+    """`from xdretrieve import X` works for every name of ``__all__`` (an export pointed at the
+    wrong module failed only at a user's first use), and a misspelt name is an ImportError
+    (AttributeError), not a None that fails later and further away."""
+    import xdretrieve
+
+    for name in xdretrieve.__all__:
+        assert getattr(xdretrieve, name) is not None, name
+    assert not hasattr(xdretrieve, "Retreiver")
+    with pytest.raises(ImportError, match="Retreiver"):
+        from xdretrieve import Retreiver  # noqa: F401
+
+
 def test_python_dash_m_runs_the_cli() -> None:
     done = subprocess.run([sys.executable, "-m", "xdretrieve", "query", "--help"],
                           capture_output=True, text=True, check=True, timeout=120)
@@ -572,3 +585,21 @@ def test_a_cuda_device_the_machine_lacks_is_refused_before_the_data_is_read(
         assert r.exit_code == 2, r.output
         assert "device 'cuda:1': torch sees no CUDA device on this machine" in r.output
         assert "title" not in r.output and not list(tmp_path.glob("[ms]"))
+
+
+def test_a_bad_parquet_row_is_named_by_its_row_number(tmp_path: Path, paired_dir: Path) -> None:
+    """A Parquet file has rows, not lines: the command's message (the one with the
+    --skip-bad-rows hint) says 'row 2' as the reader does, not 'line 2' of a binary file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "items.jsonl").write_text((paired_dir / "items.jsonl").read_text())
+    pq.write_table(pa.Table.from_pylist([{"user_id": "u1", "item_id": "book-0", "position": 0},
+                                         {"user_id": "u1", "item_id": "zz", "position": 1}]),
+                   data / "interactions.parquet")
+    r = run("index", "--data", str(data), "--store", str(tmp_path / "store"), ok=False)
+    assert r.exit_code == 1
+    assert ("interactions.parquet, row 2, field 'item_id': unknown item 'zz' (--skip-bad-rows "
+            "skips such rows") in r.output

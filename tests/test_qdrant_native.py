@@ -5,6 +5,7 @@ Retriever.recommend_user answers. Run on qdrant-client's in-process mode behind 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,22 @@ def test_known_items_excluded_as_the_retriever_does(indexed, example, user: str,
                                         exclude_items=seen)
     _same(native, retriever.recommend_user(user, target, 5))
     assert not set(seen) & {p.payload["item_id"] for p in native}
+
+
+def test_the_command_line_prints_rank_score_id_and_title_less_the_target_history(
+        indexed, example, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """main(), what a person runs: lines ranked from 1 with the item's title, and the user's
+    items of the target domain left out (not those of the domain they are known in), so that
+    it prints what Retriever.recommend_user answers."""
+    client, retriever = indexed
+    monkeypatch.setattr(example, "QdrantClient", lambda **kwargs: client)
+    monkeypatch.setattr(sys, "argv", ["example.py", "--user", "u5-1", "--source", "books",
+                                      "--domain", "movies", "--limit", "5"])
+    example.main()
+    lines = [line.split(None, 3) for line in capsys.readouterr().out.splitlines()]
+    hits = retriever.recommend_user("u5-1", "movies", 5)
+    assert [(int(rank), item, title) for rank, _, item, title in lines] == [
+        (rank, h.item_id, h.title) for rank, h in enumerate(hits, start=1)]
+    assert [float(score) for _, score, _, _ in lines] == pytest.approx(
+        [h.score for h in hits], abs=1e-4)

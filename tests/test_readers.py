@@ -443,3 +443,27 @@ def test_a_dataset_shows_its_counts_not_its_records(paired_dir: Path) -> None:
         f"{roles.count('test')} test / {roles.count('train')} train)")
     no_split = Dataset(ds.items, ds.interactions, name="x")
     assert repr(no_split).endswith(f"of {len(ds.histories)} users)")
+
+
+def test_a_dataset_read_from_relative_paths_is_named_after_its_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--data .` (or `--items items.jsonl`) run inside the data folder: the dataset is named
+    after that folder as from an absolute path (the name heads evaluation reports), not ''."""
+    data = tmp_path / "shop"
+    data.mkdir()
+    write_jsonl(data / "items.jsonl", ITEMS)
+    (data / "interactions.csv").write_text("user_id,item_id,position\nu1,m1,0\n")
+    monkeypatch.chdir(data)
+    assert Dataset.from_dir(".").name == "shop"
+    assert Dataset.load("items.jsonl", "interactions.csv").name == "shop"
+
+
+def test_a_domain_nobody_has_used_is_a_domain_and_a_missing_history_is_empty(
+        tmp_path: Path) -> None:
+    """Items alone make a domain (a new catalog: the cold-start target itself); a user with no
+    item in a domain, or a user the data do not know, has an empty history there, not None."""
+    write_jsonl(tmp_path / "items.jsonl", ITEMS)
+    (tmp_path / "interactions.csv").write_text("user_id,item_id,position\nu1,b1,0\n")
+    ds = Dataset.from_dir(tmp_path)
+    assert ds.domains == ("books", "movies")
+    assert ds.history("u1", "movies") == () and ds.history("ghost", "books") == ()

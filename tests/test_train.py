@@ -1096,6 +1096,8 @@ def test_hyper_parameters_out_of_range_are_refused_by_name(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"AdapterConfig: dim=0 \(allowed: >= 1\); "
                                           r"lr=-1 \(allowed: > 0\)$"):
         AdapterConfig(dim=0, lr=-1)
+    with pytest.raises(ValueError, match="epochs=0"):  # a bad value, as Python says it
+        AdapterConfig(epochs=0)
     for bad in ({"epochs": 0}, {"pooling": "max"}, {"dropout": 1.0}, {"time_budget_s": -1},
                 {"seed": -1}, {"batch_size": "8"}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
@@ -1533,6 +1535,99 @@ def test_an_item_deleted_through_the_service_leaves_its_answers(trained, tmp_pat
         assert hit.item_id != "movie-5"
     finally:
         service.close()
+
+
+def test_an_excluded_item_of_high_bias_stays_out_of_the_answer(trained, tmp_path: Path) -> None:
+    """The items the search did not reach are scored by bias in memory: a history's items and
+    a stored user's own items are left out there as the search leaves them out (the scan by
+    bias would bring back an item of high bias, the user's own)."""
+    from xdretrieve.config import Settings
+    from xdretrieve.errors import NotFoundError
+    from xdretrieve.indexer import index_dataset
+
+    tmp, ds, _, _ = trained
+    # one candidate: the search reads the 6 nearest items, the held items by bias the rest
+    settings = Settings(store=tmp_path / "store", model=str(tmp / "model"),
+                        cache_dir=tmp / "cache", candidates=1, rerank=False)
+    index_dataset(ds, settings)
+    with Retriever(settings) as r:
+        r.model.bias = {i: 100.0 if i == "movie-5" else 0.0 for i in r.model.bias}
+        r.model.index_points()
+        r.refresh()  # the items by bias, read again with these biases
+        assert [h.item_id for h in r.recommend_history(["book-0"], "movies", 3)][0] == "movie-5"
+        for hits in (r.recommend_history(["book-0", "movie-5"], "movies", 3),
+                     r.recommend_user("u5-2", "movies", 3)):  # a train user who has movie-5
+            assert len(hits) == 3 and "movie-5" not in {h.item_id for h in hits}
+        # a target domain the store does not hold: refused before the tower reads the history
+        with pytest.raises(NotFoundError, match="unknown domain 'music'; this store has"):
+            r.recommend_history(["book-0"], "music")
+
+
+def test_a_cooccurring_item_deleted_through_the_service_leaves_a_reranked_answer(
+        trained, tmp_path: Path) -> None:
+    """The re-ranker's statistics still know an item deleted through the service, and offer
+    it as a co-occurring candidate: it is left out of the answer (its score is nowhere to be
+    read), not a KeyError."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    import shutil
+
+    from xdretrieve.config import Settings
+    from xdretrieve.indexer import index_dataset
+    from xdretrieve.rerank import FEATURES, Reranker
+    from xdretrieve.service import Service
+    from xdretrieve.service_models import DeleteRequest
+
+    tmp, ds, _, _ = trained
+    model = tmp_path / "model"  # the trained model with a re-ranker and its statistics
+    shutil.copytree(tmp / "model", model)
+    ones = np.ones(len(FEATURES), dtype=np.float32)
+    Reranker(ones, np.zeros_like(ones), ones, _train_stats(ds)).save(model)
+    settings = Settings(store=tmp_path / "store", model=str(model), cache_dir=tmp / "cache",
+                        candidates=6)  # 3 of the tower's best, then the co-occurring items
+    index_dataset(ds, settings)
+    service = Service(settings)
+    try:
+        r = service.retriever()
+        assert "movie-3" in {h.item_id for h in r.recommend_history(["book-3"], "movies", 3)}
+        assert service.delete(DeleteRequest(item_ids=["movie-3"])).deleted == ["movie-3"]
+        hits = r.recommend_history(["book-3"], "movies", 3)
+        assert len(hits) == 3 and "movie-3" not in {h.item_id for h in hits}
+        # as many as asked for also when the candidates are no more than the answer: the next
+        # candidate takes the deleted one's place (the answer used to come back one short)
+        narrow = r.search(r.history_query(["book-3"], "movies"), "movies", 3, candidates=2)
+        assert len({h.item_id for h in narrow}) == 3 and "movie-3" not in {
+            h.item_id for h in narrow}
+    finally:
+        service.close()
+
+
+def test_history_items_without_statistics_text_are_read_by_title_and_text(trained,
+                                                                           tmp_path: Path) -> None:
+    """Where the re-ranker's statistics have no text for a history's items (items new to the
+    model), the history's own titles and texts stand in: the text overlap is then the one the
+    statistics' texts (title and text) give, not that of the titles alone."""
+    from xdretrieve.config import Settings
+    from xdretrieve.indexer import index_dataset
+    from xdretrieve.rerank import FEATURES, ItemStats, Reranker, overlap_text
+
+    tmp, ds, _, _ = trained
+    settings = Settings(store=tmp_path / "store", model=str(tmp / "model"),
+                        cache_dir=tmp / "cache")
+    index_dataset(ds, settings)
+    ids = list(ds.items)
+    stats = ItemStats.fit(ids, ds.histories, [ds.items[i].domain for i in ids],
+                          [overlap_text(ds.items[i].title, ds.items[i].text) for i in ids])
+    ones = np.ones(len(FEATURES), dtype=np.float32)
+    with Retriever(settings) as r:
+        r.model.reranker = Reranker(ones, 0 * ones, ones, stats)
+        r.model.index_points()
+        known = r.recommend_history(["book-3"], "movies", 4)
+        stats.knows_texts = lambda *a: False  # as for items the statistics do not know
+        read = r.recommend_history(["book-3"], "movies", 4)
+    assert [h.item_id for h in read] == [h.item_id for h in known]
+    assert known[0].why["features"]["text_overlap"] > 0
+    for a, b in zip(read, known, strict=True):
+        assert a.why["features"] == pytest.approx(b.why["features"], abs=1e-6)
 
 
 def _long_histories(directory: Path) -> Dataset:

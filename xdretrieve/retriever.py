@@ -489,16 +489,21 @@ class Retriever:
             text = self._history_text(query.history)
         co_rows = reranker.stats.cooccurring_rows(query.history, domain, n, together)
         co = [p for p in model.row_points(co_rows).tolist() if p not in exclude]
-        chosen = candidate_union(pids, co, n)
         known = {p: k for k, p in enumerate(pids)}
-        cos = {p: float(cosines[known[p]]) for p in chosen if p in known}
-        score = {p: float(scores[known[p]]) for p in cos}
-        # the co-occurring items beyond the search
-        extra, extra_cos, extra_scores = self._score_points(
-            query.vector, [p for p in chosen if p not in known], domain)
-        cos.update(zip(extra, extra_cos.tolist(), strict=True))
-        score.update(zip(extra, extra_scores.tolist(), strict=True))
-        chosen = [p for p in chosen if p in cos]  # deleted since: left out
+        cos = {p: float(cosines[k]) for p, k in known.items()}
+        score = {p: float(scores[k]) for p, k in known.items()}
+        while True:  # the co-occurring items beyond the search, read from the store
+            chosen = candidate_union(pids, co, n)
+            beyond = [p for p in chosen if p not in cos]
+            extra, extra_cos, extra_scores = self._score_points(query.vector, beyond, domain)
+            cos.update(zip(extra, extra_cos.tolist(), strict=True))
+            score.update(zip(extra, extra_scores.tolist(), strict=True))
+            if len(extra) == len(beyond):
+                break
+            # deleted since training: the union again without them, so that the next
+            # co-occurring item (or the tower's) takes their place and n are re-ranked
+            gone = set(beyond) - set(extra)
+            co = [p for p in co if p not in gone]
         # an item added after training is unknown to the statistics (row -1): no popularity,
         # co-occurrence or text for it
         x = row_features(reranker.stats, model.stats_rows(chosen), query.history, text, None,
@@ -568,6 +573,7 @@ class Retriever:
 def _best(scores: np.ndarray, n: int) -> np.ndarray:
     """Indices of the ``n`` highest scores, best first (ties by index)."""
     if len(scores) > n:
-        top = np.argpartition(-scores, n - 1)[:n]
-        return top[np.lexsort((top, -scores[top]))]
+        # every score tied with the n-th: argpartition would keep an arbitrary few of them
+        top = np.flatnonzero(scores >= np.partition(scores, len(scores) - n)[len(scores) - n])
+        return top[np.lexsort((top, -scores[top]))][:n]
     return np.argsort(-scores, kind="stable")

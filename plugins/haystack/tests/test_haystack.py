@@ -8,7 +8,7 @@ import pytest
 from haystack import Document, Pipeline
 from xdretrieve_haystack import XDRetrieveRetriever
 
-from xdretrieve import NotFoundError, StoreError, XDRetrieveError
+from xdretrieve import NotFoundError, Retriever, StoreError, XDRetrieveError
 
 
 @pytest.fixture(autouse=True)
@@ -64,6 +64,10 @@ def test_bad_calls(component: XDRetrieveRetriever) -> None:
         component.run(user_id="u1", text="dragons")
     with pytest.raises(NotFoundError, match="unknown domain 'music'"):
         component.run(user_id="u1", domain="music")
+    with pytest.raises(ValueError, match="exactly one"):
+        component.run()  # nothing to answer for: not a text search for None
+    with pytest.raises(NotFoundError, match="unknown user ''"):
+        component.run(user_id="")  # a user id, if an empty one: not a text search
 
 
 def test_the_readme_example_runs_as_printed(readme_example_output: list[str]) -> None:
@@ -83,3 +87,21 @@ def test_a_closed_component_reopens_and_a_given_model_is_used(
     with pytest.raises(XDRetrieveError, match="no-such-model"):
         other.run(history=["book-1"])
     other.close()
+
+
+def test_a_catalog_field_named_score_does_not_replace_the_hit_s_score(
+        component: XDRetrieveRetriever, monkeypatch: pytest.MonkeyPatch) -> None:
+    """meta's 'score' is the hit's, as Document.score is: an item's own field of that name (a
+    review score) must not replace it, else a pipeline that ranks or cuts by it reads that."""
+    answer = Retriever.recommend_history
+
+    def rated(self, *args):
+        hits = answer(self, *args)
+        for h in hits:
+            h.payload = {**h.payload, "score": 4.5}
+        return hits
+
+    monkeypatch.setattr(Retriever, "recommend_history", rated)
+    docs = component.run(history=["book-1"])["documents"]
+    assert docs[0].id == "movie-1"
+    assert [d.meta["score"] for d in docs] == [d.score for d in docs]

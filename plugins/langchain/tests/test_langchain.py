@@ -16,8 +16,8 @@ def core(paired_settings):
         yield r
 
 
-@pytest.mark.parametrize("mode, query", [("user", "u{t}"), ("history", "book-{t}"),
-                                         ("history", " book-{t} , "),
+@pytest.mark.parametrize("mode, query", [("user", "u{t}"), ("user", " u{t}\n"),
+                                         ("history", "book-{t}"), ("history", " book-{t} , "),
                                          ("text", "The {theme} chronicles")])
 def test_the_counterpart_comes_first(core: Retriever, themes: list[str], mode: str,
                                      query: str) -> None:
@@ -45,6 +45,19 @@ def test_a_history_is_read_oldest_first(core: Retriever) -> None:
     assert got != [h.item_id for h in core.recommend_history(history[::-1], "movies", 3)]
 
 
+def test_a_catalog_field_named_score_does_not_replace_the_hit_s_score(
+        core: Retriever, monkeypatch: pytest.MonkeyPatch) -> None:
+    """metadata['score'] is the hit's: an item's own field of that name (a review score) must
+    not replace it, else a chain that ranks or cuts by it reads that."""
+    answer = core.recommend_history(["book-1"], "movies", 3)
+    for h in answer:
+        h.payload = {**h.payload, "score": 4.5}
+    monkeypatch.setattr(core, "recommend_history", lambda *args: answer)
+    docs = XDRetrieveRetriever(retriever=core, domain="movies", limit=3).invoke("book-1")
+    assert docs[0].metadata["item_id"] == "movie-1"
+    assert [d.metadata["score"] for d in docs] == [h.score for h in answer]
+
+
 def test_is_a_runnable(core: Retriever) -> None:
     retriever = XDRetrieveRetriever(retriever=core, domain="books", limit=1)
     chain = retriever | RunnableLambda(lambda docs: docs[0].metadata["item_id"])
@@ -57,6 +70,8 @@ def test_errors_are_xdretrieve_errors(core: Retriever) -> None:
         XDRetrieveRetriever(retriever=core, mode="user", domain="movies").invoke("ghost")
     with pytest.raises(ValueError):
         XDRetrieveRetriever(retriever=core, mode="vibes", domain="movies")
+    with pytest.raises(ValueError, match="limit"):  # when made, not at a chain's first query
+        XDRetrieveRetriever(retriever=core, domain="movies", limit=0)
 
 
 def test_the_readme_example_runs_as_printed(readme_example_output: list[str]) -> None:

@@ -15,7 +15,8 @@ def core(paired_settings):
         yield r
 
 
-@pytest.mark.parametrize("mode, query", [("user", "u{t}"), ("history", "book-{t}"),
+@pytest.mark.parametrize("mode, query", [("user", "u{t}"), ("user", " u{t}\n"),
+                                         ("history", "book-{t}"), ("history", " book-{t} , "),
                                          ("text", "The {theme} chronicles")])
 def test_the_counterpart_comes_first(core: Retriever, themes: list[str], mode: str,
                                      query: str) -> None:
@@ -59,3 +60,28 @@ def test_errors(core: Retriever) -> None:
 def test_the_readme_example_runs_as_printed(readme_example_output: list[str]) -> None:
     assert len(readme_example_output) == 5
     assert all(line.startswith("movie-") for line in readme_example_output)
+
+
+def test_a_catalog_field_named_score_does_not_replace_the_hit_s_score(
+        core: Retriever, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The metadata's 'score' is the node's score: an item's own field of that name (a review
+    score) must not replace it, else a query engine that cuts by it reads that."""
+    answer = core.recommend_history(["book-1"], "movies", 3)
+    for h in answer:
+        h.payload = {**h.payload, "score": 4.5}
+    monkeypatch.setattr(core, "recommend_history", lambda *args: answer)
+    hits = XDRetrieveRetriever(core, domain="movies", limit=3).retrieve("book-1")
+    assert hits[0].node.node_id == "movie-1"
+    assert [h.node.metadata["score"] for h in hits] == [h.score for h in hits]
+
+
+def test_llamaindex_s_own_arguments_reach_its_base_retriever(core: Retriever) -> None:
+    """callback_manager (like verbose) goes on to BaseRetriever: an app that traces its
+    retrievals through its callback handlers sees this retriever's too."""
+    from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
+
+    debug = LlamaDebugHandler()
+    retriever = XDRetrieveRetriever(core, domain="movies", limit=1,
+                                    callback_manager=CallbackManager([debug]))
+    assert [h.node.node_id for h in retriever.retrieve("book-2")] == ["movie-2"]
+    assert len(debug.get_event_pairs(CBEventType.RETRIEVE)) == 1
