@@ -4,8 +4,8 @@ Each entry of ``tests/mutations.json`` is a one-line change that a real bug woul
 saved halved, an exponent swapped, a tie broken the other way) with the test files that must
 catch it. A mutation the tests pass ("survived") is a gap in the tests, unless the entry says
 it is expected to survive and why (a change that keeps the answer, or a path no request
-reaches). An entry names test files, or the one test function that catches it
-(``tests/test_x.py::test_y``, much faster to run). Not part of the default suite: a sweep runs
+reaches). An entry names the one test function that catches it (``tests/test_x.py::test_y``),
+or test files (slower to run). Not part of the default suite: a sweep runs
 pytest once per mutation (about 40 minutes for 465 on 2 cores).
 
 Usage (from the repository root, with a clean working tree under xdretrieve/ and plugins/)::
@@ -13,6 +13,8 @@ Usage (from the repository root, with a clean working tree under xdretrieve/ and
     python -m tests.mutation_sweep              # every mutation
     python -m tests.mutation_sweep --only save-bias-halved --only kept-ge
 
+It first runs every test the entries name on the code as it is (one pytest run): a test that
+fails there would "catch" every mutation, so the sweep stops (exit status 2) and names it.
 Exit status 1 when a mutation not expected to survive survives. Each file is restored after
 its mutation, also when interrupted; the clean-tree check means ``git checkout`` can restore
 anything a killed run left behind.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -29,6 +32,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MUTATIONS = Path(__file__).with_name("mutations.json")
+# Without the pytest plugins that installed packages bring (hypothesis, schemathesis, anyio,
+# langsmith with the LangChain plugin): importing them took about 6 of the 7 s of a run of one
+# short test. No test needs them: main() first runs every named test so, unmutated.
+PYTEST_ENV = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 
 
 def entry_problem(mutation: dict) -> str | None:
@@ -59,6 +66,19 @@ def _test_exists(test: str) -> bool:
     return re.search(rf"^def {re.escape(name)}\(", source, re.M) is not None
 
 
+def failing_unmutated(mutations: list[dict]) -> str:
+    """The tests the entries name that fail on the code as it is (pytest's summary lines), or
+    '': a mutation such a test "catches" would prove nothing."""
+    tests = sorted({t for m in mutations for t in m["tests"]})
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-rfE", *tests], cwd=ROOT, capture_output=True, text=True,
+                          env=PYTEST_ENV)
+    if done.returncode == 0:
+        return ""
+    failed = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    return "\n".join(failed) or (done.stdout + done.stderr).strip()[-2000:]
+
+
 def run_one(mutation: dict) -> tuple[bool, str]:
     """(caught, pytest's last line) for one mutation."""
     problem = entry_problem(mutation)
@@ -70,7 +90,7 @@ def run_one(mutation: dict) -> tuple[bool, str]:
     try:
         done = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-             *mutation["tests"]], cwd=ROOT, capture_output=True, text=True)
+             *mutation["tests"]], cwd=ROOT, capture_output=True, text=True, env=PYTEST_ENV)
     finally:
         path.write_text(source)
     lines = done.stdout.strip().splitlines()
@@ -95,6 +115,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unknown mutation(s): {', '.join(sorted(unknown))}", file=sys.stderr)
             return 2
         mutations = [m for m in mutations if m["id"] in args.only]
+    problems = [p for p in map(entry_problem, mutations) if p is not None]
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 2
+    failing = failing_unmutated(mutations)
+    if failing:
+        print(f"tests that fail without any mutation (fix them first):\n{failing}",
+              file=sys.stderr)
+        return 2
     gaps, caught_count, expected_count = [], 0, 0
     for m in mutations:
         caught, last = run_one(m)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from tests.mutation_sweep import MUTATIONS, entry_problem
+from tests.mutation_sweep import MUTATIONS, entry_problem, failing_unmutated
 
 
 def test_every_mutation_changes_text_found_once_and_names_existing_tests() -> None:
@@ -28,3 +28,15 @@ def test_an_entry_may_name_one_test_function_and_it_must_exist() -> None:
     assert entry_problem({**entry, "tests": [named]}) is None
     assert "do not exist" in entry_problem({**entry, "tests": [named + "_renamed"]})
     assert "do not exist" in entry_problem({**entry, "tests": ["tests/test_nope.py"]})
+
+
+def test_the_sweep_stops_on_a_test_that_fails_without_any_mutation(tmp_path) -> None:
+    """Such a test would count every mutation as caught: named, with pytest's summary line (a
+    passing test names nothing). Run as the sweep runs its tests: without pytest plugins."""
+    broken = tmp_path / "test_broken.py"
+    broken.write_text("def test_already_failing():\n    assert 1 == 2\n")
+    passing = "tests/test_metrics.py::test_hr_and_mrr_hand_computed"
+    assert failing_unmutated([{"tests": [passing]}]) == ""
+    said = failing_unmutated([{"tests": [passing]}, {"tests": [f"{broken}::test_already_failing"]}])
+    assert "FAILED" in said and "test_already_failing" in said and "test_hr_and_mrr" not in said
+
