@@ -256,7 +256,7 @@ def test_a_damaged_or_newer_model_directory_is_refused_naming_its_file(trained, 
     import shutil
 
     from xdretrieve.errors import XDRetrieveError
-    from xdretrieve.model import MANIFEST, WEIGHTS, TrainedModel
+    from xdretrieve.model import MANIFEST, WEIGHTS, TrainedModel, trained_items
 
     tmp, *_ = trained
     model = shutil.copytree(tmp / "model", tmp_path / "model")
@@ -275,6 +275,9 @@ def test_a_damaged_or_newer_model_directory_is_refused_naming_its_file(trained, 
         expected = f"{model / WEIGHTS}: the model's weights cannot be read"
     with pytest.raises(XDRetrieveError, match=re.escape(expected)):
         TrainedModel.load(model)
+    if damage.startswith("weights"):  # what `index --model` reads of them first
+        with pytest.raises(XDRetrieveError, match=re.escape(expected)):
+            trained_items(model)
 
 
 def test_the_service_counts_the_items_new_to_the_trained_model(trained, tmp_path: Path) -> None:

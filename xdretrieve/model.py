@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from xdretrieve.errors import XDRetrieveError
+
 MANIFEST = "xdretrieve_model.json"
 WEIGHTS = "weights.npz"
 MODEL_FORMAT = 1  # of the directory: a newer xdretrieve that changes it writes another number
@@ -44,8 +46,6 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         XDRetrieveError: it cannot be read, or was written in another format (a newer
             xdretrieve): said with the file, not as a KeyError deep in loading.
     """
-    from xdretrieve.errors import XDRetrieveError
-
     file = Path(path) / MANIFEST
     try:
         manifest = json.loads(file.read_text())
@@ -97,8 +97,6 @@ def _base_of(manifest: dict[str, Any]) -> str:
 def check_domains(path: str | Path, known: Sequence[str], wanted: Sequence[str]) -> None:
     """Raise :class:`XDRetrieveError` unless the model at ``path``, trained on the domains
     ``known``, knows every domain in ``wanted`` (it has an item adapter for those only)."""
-    from xdretrieve.errors import XDRetrieveError
-
     unknown = sorted(set(wanted) - set(known))
     if unknown:
         raise XDRetrieveError(
@@ -111,8 +109,25 @@ def check_domains(path: str | Path, known: Sequence[str], wanted: Sequence[str])
 def trained_items(path: str | Path) -> set[str]:
     """The ids of the items the model at ``path`` learned a bias for (its training catalog);
     items added since count as bias 0 and seldom reach a user's top 10 (README)."""
-    with np.load(Path(path) / WEIGHTS, allow_pickle=False) as npz:
-        return set(npz["bias_ids"].tolist())
+    return set(read_weights(path, ["bias_ids"])["bias_ids"].tolist())
+
+
+def read_weights(path: str | Path, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of the weights file of the model directory at ``path`` (``keys`` only, when
+    given), floats as float32.
+
+    Raises:
+        XDRetrieveError: the file is missing, cut short or lacks one of them, said with the
+            file (not a zipfile or KeyError traceback).
+    """
+    file = Path(path) / WEIGHTS
+    try:  # the file opened here: np.load leaves its own open when the zip is cut short
+        with open(file, "rb") as f, np.load(f, allow_pickle=False) as npz:
+            return {k: npz[k].astype(np.float32) if npz[k].dtype.kind == "f" else npz[k]
+                    for k in (npz.files if keys is None else keys)}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # missing, cut short
+        raise XDRetrieveError(f"{file}: the model's weights cannot be read ({e}); train the "
+                              f"model again (`xdretrieve finetune`)") from None
 
 
 def model_out_problem(out: str | Path) -> str | None:
@@ -141,8 +156,6 @@ class StagedModelDir:
     """
 
     def __init__(self, out: str | Path):
-        from xdretrieve.errors import XDRetrieveError
-
         self.out = Path(out).resolve()  # '.', 'models/..': a folder with a name to rename
         problem = model_out_problem(out)
         if problem is not None:
@@ -194,15 +207,7 @@ class TrainedModel:
     def load(cls, path: str | Path) -> TrainedModel:
         path = Path(path)
         manifest = read_manifest(path)
-        try:  # the file opened here: np.load leaves its own open when the zip is cut short
-            with open(path / WEIGHTS, "rb") as f, np.load(f, allow_pickle=False) as npz:
-                weights = {k: npz[k].astype(np.float32) if npz[k].dtype.kind == "f" else npz[k]
-                           for k in npz.files}
-        except (OSError, ValueError, zipfile.BadZipFile) as e:  # missing, cut short, not npz
-            from xdretrieve.errors import XDRetrieveError
-
-            raise XDRetrieveError(f"{path / WEIGHTS}: the model's weights cannot be read ({e}); "
-                                  f"train the model again (`xdretrieve finetune`)") from None
+        weights = read_weights(path)
         bias = dict(zip(weights.pop("bias_ids").tolist(), weights.pop("bias").tolist(), strict=False))
         from xdretrieve.rerank import Reranker
 

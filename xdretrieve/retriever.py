@@ -489,9 +489,8 @@ class Retriever:
             text = self._history_text(query.history)
         co_rows = reranker.stats.cooccurring_rows(query.history, domain, n, together)
         co = [p for p in model.row_points(co_rows).tolist() if p not in exclude]
-        known = {p: k for k, p in enumerate(pids)}
-        cos = {p: float(cosines[k]) for p, k in known.items()}
-        score = {p: float(scores[k]) for p, k in known.items()}
+        cos = dict(zip(pids, cosines.tolist(), strict=True))  # the tower's, then those beyond
+        score = dict(zip(pids, scores.tolist(), strict=True))
         while True:  # the co-occurring items beyond the search, read from the store
             chosen = candidate_union(pids, co, n)
             beyond = [p for p in chosen if p not in cos]
