@@ -163,6 +163,54 @@ def test_emcdr_mlp_keeps_its_best_step_on_valid_users() -> None:
     assert errors == sorted(errors, reverse=True) and errors[-1] < errors[0]
 
 
+def test_emcdr_mlp_stops_after_patience_steps_without_a_better_valid_error(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Training ends once ``patience`` steps in a row bring no better valid error: the steps
+    run are the best step's plus patience, not one more (which would take a late improvement
+    that the setting says to give up on)."""
+    import re
+    from dataclasses import replace
+
+    from xdretrieve.evaluate.emcdr import _fit_mlp
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 4)), rng.normal(size=(8, 3))
+    x_valid, y_valid = rng.normal(size=(50, 4)), rng.normal(size=(50, 3))
+    config = EMCDRConfig(hidden=64, lr=0.05, epochs=300, patience=3)
+    with caplog.at_level("INFO", logger="xdretrieve.evaluate.emcdr"):
+        final = _fit_mlp(x, y, x_valid, y_valid, config, seed=0)(x_valid)
+    steps = int(re.findall(r"emcdr mapping: (\d+) steps", caplog.text)[-1])
+    # the best step: the fewest steps (the same draws) after which that mapping is kept
+    best = next(s for s in range(1, steps + 1) if np.array_equal(final, _fit_mlp(
+        x, y, x_valid, y_valid, replace(config, epochs=s, patience=1000), seed=0)(x_valid)))
+    assert steps == best + config.patience < config.epochs
+
+
+def test_emcdr_mlp_without_valid_users_keeps_its_trained_mapping() -> None:
+    """No valid users in a direction (nothing to stop on): the mapping is the one trained for
+    every step, not the untrained one it started from."""
+    from xdretrieve.evaluate.emcdr import _fit_mlp
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 4))
+    y = np.tanh(x @ rng.normal(size=(4, 3)))
+    none = np.zeros((0, 4)), np.zeros((0, 3))
+
+    def error(steps: int) -> float:
+        config = EMCDRConfig(hidden=16, lr=0.05, epochs=steps)
+        apply = _fit_mlp(x, y, *none, config, seed=0)
+        return float(((apply(x) - y) ** 2).sum(axis=1).mean())
+
+    assert error(100) < 0.1 * error(1)
+
+
+def test_emcdr_reports_its_seed() -> None:
+    """The report's settings of an emcdr row include the seed of its ALS and MLP draws (a
+    method object may be built with another seed than the run's --seed)."""
+    config = EMCDR(EMCDRConfig(factors=8), seed=3).config()
+    assert config["seed"] == 3 and config["factors"] == 8
+
+
 def test_emcdr_maps_only_train_users_active_in_both_domains(
         dataset: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
     """A train user with books only has no target factors to map to: counted as a user whose
@@ -424,6 +472,19 @@ def test_retriever_method_build_and_close_hooks(dataset: Dataset) -> None:
     assert results.methods == ["built", "popularity"]
     with pytest.raises(ValueError, match="exactly one"):
         RetrieverMethod("neither")
+    with pytest.raises(ValueError, match="exactly one"):  # not one of them silently ignored
+        RetrieverMethod("both", lambda history, domain, limit: [], build=build)
+
+
+def test_ranking_before_fitting_is_refused_by_name() -> None:
+    """rank() before fit() is an error that says so, not rows of None (popularity) nor a
+    TypeError from inside the method (the retriever adapter, emcdr)."""
+    with pytest.raises(RuntimeError, match=r"rank\(\) before fit\(\)"):
+        Popularity().rank([("book-0",)])
+    with pytest.raises(XDRetrieveError, match=r"method 'early': rank\(\) before fit\(\)"):
+        RetrieverMethod("early", lambda history, domain, limit: []).rank([("book-0",)])
+    with pytest.raises(RuntimeError, match=r"score\(\) before fit\(\)"):
+        EMCDR().rank([("book-0",)])
 
 
 def test_retriever_method_takes_whole_rankings_as_columns_or_asks_by_ids(view: TrainView) -> None:
@@ -529,8 +590,66 @@ def test_full_ranking_by_columns_is_the_ranking_by_ids(
     history = ("book-1", "movie-2", "movie-6", "book-4")
     rows = ranking.rank_rows(history, "movies", THEMES + 1)
     assert rows is not None and target_ids(view, rows[-2:]) == ["movie-2", "movie-6"]
+    # the tail after the served head: best cosine first, as the head (the stub has no model)
+    vector = stub.history_query(history, "movies").vector
+    cosines = [float(stub.items[i][1] @ vector) for i in target_ids(view, rows[:-2])]
+    assert cosines == sorted(cosines, reverse=True)
     queries = [history, ("book-3",), ("movie-0", "movie-hit")]
     np.testing.assert_array_equal(by_rows.rank(queries), by_ids.rank(queries))
+
+
+def test_full_ranking_of_a_store_lacking_an_evaluated_item_asks_by_ids(
+        view: TrainView, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rank_rows answers in columns only where the store holds exactly the evaluation's target
+    items: a store without one of them answers None, so the ranking goes by ids and the missing
+    item is appended (in columns it would be a row one item short)."""
+    from xdretrieve.evaluate import retrieval
+
+    monkeypatch.setattr(retrieval, "SERVED", 2)
+    rng = np.random.default_rng(0)
+    stored = [i for i in (*view.target_items, *view.source_items) if i != "movie-4"]
+    stub = _StubRetriever({i: ("movies" if i.startswith("movie") else "books",
+                               rng.normal(size=4)) for i in stored})
+    ranking = retrieval._FullRanking(stub, "movies", view.item_index("movies"))
+    assert ranking.rank_rows(("book-1",), "movies", THEMES + 1) is None
+    method = RetrieverMethod("partial", ranking)
+    method.fit(view)
+    rows = method.rank([("book-1",), ("book-5",)])
+    assert [target_ids(view, row)[-1] for row in rows] == ["movie-4", "movie-4"]
+    assert (np.sort(rows, axis=1) == np.arange(THEMES + 1)).all()
+
+
+def test_a_retriever_row_ranks_from_its_own_local_store_indexed_once(
+        dataset: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`evaluate --url ...`: a retriever row indexes the catalog into a store of its own under
+    the work folder, not into the server's collections; one method object fitted for both
+    directions indexes and opens it once (the catalog is the same), and closes it at the end."""
+    from xdretrieve import indexer, retriever
+    from xdretrieve.config import Settings
+    from xdretrieve.evaluate import retrieval
+
+    rng = np.random.default_rng(0)
+    stub = _StubRetriever({i: (item.domain, rng.normal(size=4))
+                           for i, item in dataset.items.items()})
+    indexed: list[Settings] = []
+    opened: list[Settings] = []
+    closed: list[bool] = []
+    stub.close = lambda: closed.append(True)  # type: ignore[attr-defined]
+    monkeypatch.setattr(indexer, "index_dataset",
+                        lambda ds, settings, users=True: indexed.append(settings))
+    monkeypatch.setattr(retriever, "Retriever", lambda settings: opened.append(settings) or stub)
+    method = retrieval.retriever_method("xdretrieve", Settings(url="http://qdrant.example:6333"),
+                                        tmp_path / "work")
+    protocol = Protocol(dataset)
+    for direction in (B2M, Direction("movies", "books")):
+        method.fit(protocol.train_view(direction))
+        assert method.rank(protocol.task(direction).queries).shape[1] == len(
+            protocol.train_view(direction).target_items)
+    method.close()
+    assert len(indexed) == len(opened) == 1 and closed == [True]
+    assert (indexed[0].url, opened[0].url) == (None, None)
+    assert indexed[0].store == opened[0].store == Path(method.config()["store"])
+    assert indexed[0].store.parent == tmp_path / "work" / "stores"
 
 
 def test_each_retriever_variant_is_registered_with_its_own_settings(
@@ -568,6 +687,9 @@ def test_registry() -> None:
     try:
         method = make_method("test-only")
         assert isinstance(method, Popularity) and method.name == "test-only"
+        # the list names what is registered now (e.g. zeroshot), not just the baselines
+        with pytest.raises(XDRetrieveError, match=r"known methods: popularity, .*\btest-only\b"):
+            make_method("no-such-method")
     finally:
         del METHODS["test-only"]
 

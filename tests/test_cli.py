@@ -102,6 +102,32 @@ def test_help_of_every_command(command: str) -> None:
     out = run(command, "--help").output
     assert f"Usage: main {command}" in out
     assert "--help" in out
+    assert run(command, "-h").output == out  # -h as well, as the group's context says
+
+
+def test_each_v_lowers_the_log_level_a_step(monkeypatch) -> None:
+    """No -v: warnings only; -v: info; -vv and more: debug (where fail_cleanly logs the
+    traceback of a system error)."""
+    import logging
+
+    levels: list[int] = []
+    monkeypatch.setattr(logging, "basicConfig", lambda **kw: levels.append(kw["level"]))
+    for flags in ([], ["-v"], ["-vv"], ["-vvv"]):
+        run(*flags, "info", "--help")
+    assert levels == [logging.WARNING, logging.INFO, logging.DEBUG, logging.DEBUG]
+
+
+def test_a_table_s_columns_line_up_under_their_headers() -> None:
+    """Each column is as wide as its widest cell, its header included (a header wider than
+    its values pushed the headers after it off their columns), and no line ends in spaces."""
+    from xdretrieve.cli import format_table
+
+    assert format_table(("rank", "item_id", "title"),
+                        [(1, "movie-3", "Chess"), (10, "m", "A")]).splitlines() == [
+        "rank  item_id  title",
+        "----  -------  -----",
+        "1     movie-3  Chess",
+        "10    m        A"]
 
 
 def test_index_query_round_trip(paired_dir: Path, tmp_path: Path, monkeypatch) -> None:
@@ -133,6 +159,13 @@ def test_index_query_round_trip(paired_dir: Path, tmp_path: Path, monkeypatch) -
                           "--domain", "movies", "-k", "5", "--json").output)
     assert [h["rank"] for h in data["hits"]] == [1, 2, 3, 4, 5]
     assert {h["item_id"] for h in data["hits"][:2]} == {"movie-5", "movie-6"}
+    # blank entries between commas are skipped (not an unknown item ''); without --limit, 10
+    # hits, as --help says; without --explain, no 'why' in a hit
+    data = json.loads(run("query", "--store", store, "--history", "book-5, , book-6, ",
+                          "--domain", "movies", "--json").output)
+    assert data["query"].startswith("history of 2 item(s)")
+    assert [h["rank"] for h in data["hits"]] == list(range(1, 11))
+    assert all(set(h) == {"rank", "item_id", "title", "score"} for h in data["hits"])
     text = json.loads(run("query", "--store", store, "--text", "chess", "--domain", "movies",
                           "--json").output)
     assert text["hits"][0]["item_id"] == "movie-9"
@@ -260,9 +293,16 @@ def test_query_batch_answers_each_user_as_its_own_query(paired_dir: Path, tmp_pa
             str(users / "recs.jsonl"), input="u3-0\n", ok=False)  # under a file
     assert r.exit_code == 2 and f"{users} is a file, not a folder" in r.output
     nested = tmp_path / "new" / "recs.jsonl"  # a folder to make, as every output's
-    run("query", "--store", store, "--users", "-", "--domain", "movies", "--out", str(nested),
-        input="u3-0\n")
+    r = run("query", "--store", store, "--users", "-", "--domain", "movies", "--out",
+            str(nested), input="u3-0\n")
     assert json.loads(nested.read_text())["user_id"] == "u3-0"
+    assert r.stdout == "" and r.stderr == f"wrote 1 answer to {nested}\n"
+    # without --out, standard output is the JSON Lines alone (`> recs.jsonl`): the count of
+    # unknown users goes to standard error
+    r = run("query", "--store", store, "--users", "-", "--domain", "movies", "--unknown-users",
+            "popular", input="u3-0\nghost\n")
+    assert [json.loads(line)["user_id"] for line in r.stdout.splitlines()] == ["u3-0", "ghost"]
+    assert "1 of 2 users unknown to the store" in r.stderr
 
 
 def test_explain_columns_are_counts_and_shares() -> None:
@@ -308,6 +348,49 @@ def test_index_reads_two_files_stores_items_only_and_recreates(
     info = json.loads(run("info", "--store", store).output)
     assert info["points"] == {"items": 24, "users": 72}
     assert info["encoder"] == str(Path(other_tiny_model).resolve())
+
+
+def test_index_says_what_a_changed_catalog_changed_and_takes_its_options(
+        paired_dir: Path, tmp_path: Path, tiny_model: str, monkeypatch) -> None:
+    """The table counts what changed: an item whose text changed embedded, one changed in
+    another field rewritten, a removed one deleted, the profiles of the users they touch
+    written or deleted; vectors read partly from the cache are said as part of them, not
+    'all'; --pooling and --batch-size reach the settings the store is built with."""
+    from xdretrieve import indexer
+
+    monkeypatch.setenv("XDR_CACHE_DIR", str(tmp_path / "cache"))
+    index = ("index", "--model", tiny_model, "--pooling", "mean", "--batch-size", "5", "-q")
+    run(*index, "--data", str(paired_dir), "--store", str(tmp_path / "a"))
+    data = tmp_path / "data"
+    data.mkdir()
+    items = [json.loads(line) for line in (paired_dir / "items.jsonl").read_text().splitlines()]
+    for item in items:
+        if item["item_id"] == "movie-3":
+            item["text"] = "a film about deep sea subs"
+        if item["item_id"] == "book-2":
+            item["price"] = 9.5
+    (data / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items
+                                              if i["item_id"] != "movie-11"))
+    rows = (paired_dir / "interactions.csv").read_text().splitlines(keepends=True)
+    (data / "interactions.csv").write_text("".join(r for r in rows if "movie-11," not in r))
+    seen = []
+    index_dataset = indexer.index_dataset
+    monkeypatch.setattr(indexer, "index_dataset",
+                        lambda ds, settings, **kw: seen.append(settings)
+                        or index_dataset(ds, settings, **kw))
+    # a new store of the changed catalog: all but movie-3 read from the cache
+    out = run(*index, "--data", str(data), "--store", str(tmp_path / "b")).output
+    assert re.search(r"^items +23 +23 embedded, 0 deleted$", out, re.M)
+    assert re.search(r"\([\d,]+ items/s, 22 from the embedding cache\)", out)
+    assert (seen[0].pooling, seen[0].batch_size) == ("mean", 5)
+    assert json.loads(run("info", "--store", str(tmp_path / "b")).output)["pooling"] == "mean"
+    out = run(*index, "--data", str(data), "--store", str(tmp_path / "a")).output
+    assert re.search(r"^items +23 +1 embedded, 1 rewritten \(other fields\), 1 deleted$", out,
+                     re.M)
+    assert re.search(r"^user profiles +69 +3 written, 3 deleted$", out, re.M)
+    out = run(*index, "--data", str(data), "--store", str(tmp_path / "a")).output
+    assert re.search(r"^items +23 +0 embedded, 0 deleted$", out, re.M)
+    assert re.search(r"^user profiles +69 +0 written, 0 deleted$", out, re.M)
 
 
 def data_with_an_empty_title(tmp_path: Path, paired_dir: Path) -> Path:
@@ -359,6 +442,23 @@ def test_skip_bad_rows_reads_the_two_files_too_and_writes_nothing_when_none_is_b
     clean = tmp_path / "clean.jsonl"
     assert len(read_dataset(paired_dir, True, clean).items) == 24
     assert not clean.exists() and capsys.readouterr().err == ""
+
+
+def test_only_the_first_process_of_a_launch_writes_the_rejects(
+        tmp_path: Path, paired_dir: Path, monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Under torchrun every process reads the dataset; only rank 0 writes --rejects and says
+    so (several processes writing one file interleaved their rows), the others skip the same
+    rows quietly."""
+    from xdretrieve.cli_checks import read_dataset
+
+    data = data_with_an_empty_title(tmp_path, paired_dir)
+    rejects = tmp_path / "rejects.jsonl"
+    monkeypatch.setenv("RANK", "1")
+    assert len(read_dataset(data, True, rejects).items) == 24
+    assert not rejects.exists() and capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert len(read_dataset(data, True, rejects).items) == 24
+    assert rejects.is_file() and "skipped 1 bad row(s)" in capsys.readouterr().err
 
 
 def test_finetune_and_evaluate_skip_bad_rows_as_index_does(tmp_path: Path, paired_dir: Path,
@@ -432,6 +532,40 @@ def test_a_wrong_model_or_output_folder_fails_before_the_data_is_read(
             ok=False)
     assert r.exit_code == 2 and "exists and is not an xdretrieve model directory" in r.output
     assert "title" not in r.output and sorted(p.name for p in others.iterdir()) == ["notes.txt"]
+
+
+def test_full_mode_options_are_refused_in_adapter_mode(tmp_path: Path) -> None:
+    """Each option that only full mode uses stops an adapter run by name, before any work (one
+    let through trained an adapter and ignored it silently)."""
+    for option, value in (("--batch-size", "8"), ("--lr", "1e-4"), ("--ft-epochs", "2"),
+                          ("--max-pairs", "100"), ("--hard-negatives", "0"), ("--workers", "1"),
+                          ("--gradient-checkpointing", None),
+                          ("--no-gradient-checkpointing", None)):
+        r = run("finetune", "--data", str(tmp_path), "--out", str(tmp_path / "m"), option,
+                *([value] if value else []), ok=False)
+        named = "--[no-]gradient-checkpointing" if "checkpointing" in option else option
+        assert r.exit_code == 2 and f"{named}: only with --mode full" in r.output, option
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_evaluate_without_method_runs_every_one(tmp_path: Path, paired_dir: Path,
+                                                monkeypatch) -> None:
+    """No --method: every baseline and every retriever-backed method (the help's 'all of
+    them'), then the --no-rerank-row row."""
+    from xdretrieve.errors import XDRetrieveError
+
+    asked = []
+
+    def evaluate(dataset, methods, **kwargs):
+        asked.extend(methods)
+        raise XDRetrieveError("stop here")
+
+    monkeypatch.setattr("xdretrieve.evaluate.runner.evaluate", evaluate)
+    r = run("evaluate", "--data", str(paired_dir), "--no-rerank-row", "--out",
+            str(tmp_path / "ev"), ok=False)
+    assert r.exit_code == 1 and "stop here" in r.output
+    assert asked == ["popularity", "itemknn", "userknn", "emcdr", "zeroshot", "xdretrieve",
+                     "xdretrieve-no-rerank"]
 
 
 def test_evaluate_says_when_its_xdretrieve_row_is_an_untrained_encoder(
@@ -510,6 +644,24 @@ def test_paths_that_cannot_be_written_fail_before_the_work(tmp_path: Path, paire
     assert r.exit_code == 1 and f"Error: {rejects}: Not a directory" in r.output
 
 
+def test_a_system_error_without_a_path_is_said_as_the_system_says_it() -> None:
+    """An OSError that names no file (a full disk met writing to a pipe) is its own line, not
+    one that starts with an empty path and a colon."""
+    import errno
+
+    import click
+
+    from xdretrieve.cli_checks import fail_cleanly
+
+    @fail_cleanly
+    def write() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(click.ClickException) as failed:
+        write()
+    assert failed.value.message == "[Errno 28] No space left on device"
+
+
 def test_light_imports() -> None:
     """`import xdretrieve` and `xdretrieve --help` must not import torch."""
     code = ("import sys, xdretrieve, xdretrieve.cli\n"
@@ -532,12 +684,34 @@ def test_every_exported_name_resolves_and_an_unknown_one_is_refused() -> None:
     assert not hasattr(xdretrieve, "Retreiver")
     with pytest.raises(ImportError, match="Retreiver"):
         from xdretrieve import Retreiver  # noqa: F401
+    # and every name the TYPE_CHECKING block imports (what an editor offers after `from
+    # xdretrieve import`) is exported: one left out of the lazy table failed at run time
+    import ast
+
+    tree = ast.parse(Path(xdretrieve.__file__).read_text())
+    block = next(node for node in tree.body if isinstance(node, ast.If)
+                 and getattr(node.test, "id", "") == "TYPE_CHECKING")
+    typed = {alias.name for node in block.body for alias in node.names}
+    assert set(xdretrieve.__all__) == typed | {"__version__"}
 
 
 def test_python_dash_m_runs_the_cli() -> None:
     done = subprocess.run([sys.executable, "-m", "xdretrieve", "query", "--help"],
                           capture_output=True, text=True, check=True, timeout=120)
     assert done.stdout.startswith("Usage: xdretrieve query [OPTIONS]")
+
+
+def test_the_version_is_the_package_s() -> None:
+    """`xdretrieve --version` says the version pyproject.toml gives the package (the one a bug
+    report names; the two were kept by hand)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    version = tomllib.loads(pyproject.read_text())["project"]["version"]
+    assert run("--version").output == f"xdretrieve, version {version}\n"
 
 
 def test_demo_trains_indexes_and_answers(tmp_path: Path, monkeypatch, minilm_model: str) -> None:

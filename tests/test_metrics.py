@@ -118,6 +118,15 @@ def test_errors() -> None:
         score_rankings(np.array([[0, 1]]), [np.array([0]), np.array([1])], 2, ks=(1,))
 
 
+def test_one_empty_truth_set_in_a_batch_is_refused() -> None:
+    """A batch where only one query has no relevant item is refused as a single such query is:
+    scored, that query's recall and ndcg would be NaN and the mean over users NaN with it."""
+    rankings = np.array([[0, 1], [1, 0], [0, 1]])
+    truth = [np.array([0]), np.array([], dtype=np.int64), np.array([1])]
+    with pytest.raises(ValueError, match="every query needs at least one relevant item"):
+        score_rankings(rankings, truth, 2, ks=(1,))
+
+
 def test_metric_names_order() -> None:
     assert metric_names((10, 50)) == METRICS
     assert metric_names((5,)) == ("recall@5", "ndcg@5", "hr@5", "mrr")

@@ -839,3 +839,210 @@ def test_a_shard_folder_left_by_a_crash_before_its_listing_is_replaced(tmp_path:
     assert [h.payload["item_id"] for h in store.search(ITEMS, points[1][0], 5, "c")] == ["new"]
     assert store.count(ITEMS) == N + 1
     store.close()
+
+
+def test_a_shard_written_in_several_engine_calls_keeps_every_point(tmp_path: Path, points,
+                                                                   monkeypatch) -> None:
+    """A shard's points go to the engine 1,024 at a time (64 here; a worker process writes
+    chunks of 16,384): a batch boundary that started again from the first batch lost every
+    point after it."""
+    monkeypatch.setattr(edge_shards, "WRITE_BATCH", 64)
+    ids, vectors, payloads = points
+    store = EdgeStore(tmp_path / "s")
+    load(store, points)
+    assert store.count(ITEMS) == N
+    got = {p.payload["item_id"]: p
+           for p in store.retrieve(ITEMS, [item_point_id(i) for i in ids], with_vectors=True)}
+    assert sorted(got) == sorted(ids)
+    for k in (0, 63, 64, 200, 599):
+        np.testing.assert_allclose(got[ids[k]].vector, vectors[k], atol=1e-6)
+        assert got[ids[k]].payload == payloads[k]
+    store.close()
+
+
+def test_a_shard_listing_write_cut_short_leaves_the_previous_listing(tmp_path: Path, points,
+                                                                     monkeypatch) -> None:
+    """``shards.json`` names every domain's shard: a write of it that dies half way (a full
+    disk, a kill) when a new domain arrives must leave the last listing whole, not half a
+    JSON file that makes the whole collection unreadable."""
+    from xdretrieve.errors import StoreError
+
+    store = EdgeStore(tmp_path / "s")
+    load(store, points)
+    write_text = Path.write_text
+
+    def dies_half_way(path: Path, data: str, *args, **kwargs) -> int:
+        write_text(path, data[:len(data) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", dies_half_way)
+    v = np.eye(DIM, dtype=np.float32)[:1]
+    with pytest.raises(StoreError, match="out of disk space"):
+        store.upsert(ITEMS, [item_point_id("new")], v, [{"item_id": "new", "domain": "c"}])
+    monkeypatch.undo()
+    store.close()
+    again = EdgeStore(tmp_path / "s")
+    assert again.count(ITEMS) == N
+    q = points[1][3]
+    assert [h.payload["item_id"] for h in again.search(ITEMS, q, 10, "a")] == \
+        brute_force(points, q, 10, "a")
+    again.close()
+
+
+def test_a_shard_that_cannot_be_opened_is_named_not_blamed_on_another_process(
+        tmp_path: Path, points) -> None:
+    """A domain's shard folder gone or damaged (a copy cut short) is named with the engine's
+    reason; calling it 'open in another process' sent the user looking for a process that is
+    not there."""
+    import re
+    import shutil
+
+    from xdretrieve.errors import StoreError
+
+    s = EdgeStore(tmp_path / "s")
+    load(s, points)
+    s.close()
+    listing = json.loads((tmp_path / "s" / ITEMS / edge_shards.SHARDS_FILE).read_text())
+    gone = tmp_path / "s" / ITEMS / listing["domains"]["b"]
+    shutil.rmtree(gone)
+    again = EdgeStore(tmp_path / "s")
+    with pytest.raises(StoreError, match=rf"cannot open the store .*\({re.escape(str(gone))}\)"
+                       ) as err:
+        again.search(ITEMS, points[1][0], 3, "b")
+    assert "another process" not in str(err.value)
+    again.close()
+
+
+def test_a_store_replaced_counts_the_disk_its_files_take_as_free(tmp_path: Path, points,
+                                                                  monkeypatch) -> None:
+    """`index --recreate` drops the store before it writes: the room its files take on the
+    disk (their blocks, in bytes; the engine's files are sparse, far larger than what they
+    hold) counts as free, no more and no less."""
+    from collections import namedtuple
+
+    from xdretrieve.errors import StoreError
+    from xdretrieve.store import edge
+
+    _, _, payloads = points
+    s = EdgeStore(tmp_path / "edge")
+    load(s, points)
+    files = [f for f in (tmp_path / "edge").rglob("*") if f.is_file()]
+    held = sum(f.stat().st_blocks * 512 for f in files)
+    assert sum(f.stat().st_size for f in files) > held > 0  # sparse files: the case is real
+    dim = 4096  # the points' vectors take more than the store holds now
+    need = 2 * N * dim * 4 + sum(len(json.dumps(p)) for p in payloads)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(edge.shutil, "disk_usage", lambda path: usage(1 << 40, 0, need - held))
+    s.check_space(dim, payloads, replacing=True)
+    monkeypatch.setattr(edge.shutil, "disk_usage",
+                        lambda path: usage(1 << 40, 0, need - held - 1))
+    with pytest.raises(StoreError, match="not enough disk space"):
+        s.check_space(dim, payloads, replacing=True)
+    s.close()
+
+
+def test_the_room_for_many_payloads_is_estimated_from_a_sample_of_them(tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    """Above 1,000 points the payloads' size comes from a sample of them: the sample's mean
+    times every point (not the sample's total spread over every point: a third of the room
+    here, and a full disk let through)."""
+    from collections import namedtuple
+
+    from xdretrieve.errors import StoreError
+    from xdretrieve.store import edge
+
+    payloads = [{"item_id": f"i{k:05d}", "domain": "a", "text": "x" * 300} for k in range(3000)]
+    need = 2 * len(payloads) * DIM * 4 + len(payloads) * len(json.dumps(payloads[0]))
+    usage = namedtuple("usage", "total used free")
+    s = EdgeStore(tmp_path / "edge")
+    monkeypatch.setattr(edge.shutil, "disk_usage", lambda path: usage(1 << 40, 0, need - 1))
+    with pytest.raises(StoreError, match=r"3,000 points take about"):
+        s.check_space(DIM, payloads)
+    monkeypatch.setattr(edge.shutil, "disk_usage", lambda path: usage(1 << 40, 0, need))
+    s.check_space(DIM, payloads)
+    s.close()
+
+
+def test_a_search_of_every_domain_leaves_out_a_few_points_and_still_fills_its_limit(
+        store: VectorStore, points) -> None:
+    """Without a domain the embedded store merges its shards' nearest: the few excluded points
+    are left out of that merge, which must keep more than the limit until they are (cut to
+    the limit first, the answer came back short by the excluded ones it held)."""
+    load(store, points)
+    q = points[1][11]
+    top = brute_force(points, q, 3)
+    got = store.search(ITEMS, q, 10, exclude=[item_point_id(i) for i in top])
+    assert [h.payload["item_id"] for h in got] == brute_force(points, q, 10, None, set(top))
+
+
+def test_a_collection_the_store_does_not_hold_is_named(tmp_path: Path, points) -> None:
+    """A store indexed without users (or whose users/ folder is gone): one StoreError naming
+    the store and the collection, not the engine's missing file."""
+    from xdretrieve.errors import StoreError
+    from xdretrieve.store import USERS
+
+    s = EdgeStore(tmp_path / "s")
+    load(s, points)
+    with pytest.raises(StoreError, match=r"the store .*s has no collection 'users'"):
+        s.count(USERS)
+    s.close()
+
+
+def test_a_server_collection_is_made_for_a_bulk_load_as_the_settings_say(points,
+                                                                         monkeypatch) -> None:
+    """What qdrant-client's local mode ignores and a server obeys: the settings' HNSW links
+    and the cluster's placement reach a new collection, its indexing is off while it loads,
+    and build_index turns it on (indexing_threshold 0 keeps a server from ever indexing)."""
+    client = QdrantClient(":memory:")
+    calls: dict[str, list[dict]] = {}
+
+    def spy(name: str):
+        real = getattr(client, name)
+
+        def call(*args, **kwargs):
+            calls.setdefault(name, []).append(kwargs)
+            return real(*args, **kwargs)
+        return call
+
+    for name in ("create_collection", "update_collection"):
+        monkeypatch.setattr(client, name, spy(name))
+    store = ServerStore(client, prefix="t_", hnsw_m=48, hnsw_ef_construct=300, shards=3,
+                        replicas=2)
+    load(store, points)
+    made = calls["create_collection"][0]
+    assert (made["hnsw_config"].m, made["hnsw_config"].ef_construct) == (48, 300)
+    assert (made["shard_number"], made["replication_factor"]) == (3, 2)
+    assert made["optimizers_config"].indexing_threshold == 0
+    assert calls["update_collection"][-1]["optimizers_config"].indexing_threshold > 0
+    assert store.count(ITEMS) == N
+    store.close()
+
+
+def test_build_index_on_a_server_waits_until_the_collection_is_green(monkeypatch) -> None:
+    """A server indexes in the background: build_index returns once the collection is green
+    (an index run then queries a built graph), and gives up with a StoreError naming the
+    collection after its timeout."""
+    from types import SimpleNamespace
+
+    from qdrant_client import models
+
+    from xdretrieve.errors import StoreError
+    from xdretrieve.store import server
+
+    client = QdrantClient(":memory:")
+    store = ServerStore(client, prefix="t_")
+    store.ensure(ITEMS, DIM)
+    statuses = [models.CollectionStatus.YELLOW] * 2 + [models.CollectionStatus.GREEN]
+    real = client.get_collection
+    monkeypatch.setattr(client, "get_collection", lambda name: real(name).model_copy(
+        update={"status": statuses.pop(0) if statuses else models.CollectionStatus.YELLOW}))
+    clock = iter(range(0, 1000, 10))
+    slept: list[float] = []
+    monkeypatch.setattr(server, "time", SimpleNamespace(monotonic=lambda: next(clock),
+                                                        sleep=slept.append))
+    store.build_index(ITEMS)
+    assert statuses == [] and len(slept) == 2
+    with pytest.raises(StoreError, match=r"collection t_items was not indexed within 25 s"):
+        store.build_index(ITEMS, timeout_s=25)  # yellow from now on
+    assert len(slept) == 2 + 2  # a clock of 10 s a call: yellow at 10 and 20 s, 30 is past 25
+    store.close()
