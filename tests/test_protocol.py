@@ -4,6 +4,7 @@ see (and a leaky fit caught); then the protocol run end to end: runner, report, 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from xdretrieve.errors import NotFoundError, XDRetrieveError
 from xdretrieve.evaluate.cli import evaluate as evaluate_command
 from xdretrieve.evaluate.leakcheck import LeakError, check_no_leak, perturb_test_targets
 from xdretrieve.evaluate.methods import Method, stable_rank
+from xdretrieve.evaluate.metrics import METRICS
 from xdretrieve.evaluate.popularity import Popularity
 from xdretrieve.evaluate.protocol import (
     SPLIT_SEED,
@@ -108,6 +110,8 @@ def test_train_view_holds_train_users_only(protocol: Protocol) -> None:
     assert not any(isinstance(v, Dataset) for v in vars(view).values())
     with pytest.raises(TypeError):
         view.histories["te1"] = {"movies": ("m4",)}  # type: ignore[index]
+    with pytest.raises(TypeError):  # nor one user's history: a fit cannot rewrite the dataset's
+        view.histories["tr1"]["movies"] = ("m4",)  # type: ignore[index]
 
 
 def test_history_matrix_ignores_other_domains_and_repeats(protocol: Protocol) -> None:
@@ -130,9 +134,10 @@ def test_directions_and_errors(protocol: Protocol) -> None:
 
 def test_a_direction_is_checked_on_both_sides(protocol: Protocol) -> None:
     """A pair given as a tuple (not parsed from text) is checked too: an unknown source domain
-    is named, not an empty task; one domain both ways is refused, not scored on its own
-    history."""
-    with pytest.raises(NotFoundError, match="unknown domain 'music'"):
+    is named, with the domains there are, not an empty task; one domain both ways is refused,
+    not scored on its own history."""
+    with pytest.raises(NotFoundError, match="unknown domain 'music'; this dataset has: books, "
+                                            "movies"):
         protocol.task(Direction("music", "movies"))
     with pytest.raises(XDRetrieveError, match="source and target must differ"):
         protocol.task(Direction("books", "books"))
@@ -194,14 +199,43 @@ def test_random_split_without_users_csv_is_seeded_and_takes_both_domain_users() 
 
 
 def test_a_few_users_without_users_csv_still_give_one_test_user() -> None:
-    """10% of 4 users rounds to none: the split keeps one, so that `evaluate` has a user."""
+    """10% of 4 users rounds to none: the split keeps one, so that `evaluate` has a user; and
+    one valid user, so that finetune has one to select its model on."""
     users = {f"u{i}": ("train", [(f"b{i}", 0), (f"m{i}", 1)]) for i in range(4)}
     split = Split.of(make_dataset(users, with_splits=False))
-    assert len(split.test) == 1 and len(split.train) + len(split.valid) == 3
+    assert len(split.test) == 1 and len(split.valid) == 1 and len(split.train) == 2
     # two such users: one tests, the other trains; none is left for valid (never all of them)
     two = {u: v for u, v in users.items() if u in ("u0", "u1")}
     split = Split.of(make_dataset(two, with_splits=False))
     assert len(split.test) == 1 and split.valid == () and len(split.train) == 1
+
+
+def test_split_sizes_round_to_the_nearest_user() -> None:
+    """10% test and 5% valid of the users active in two domains, each rounded to the nearest
+    user (not down): 16 such users give 2 test and 1 valid, 100 give 10 and 5 (5% of all 100,
+    not of the 90 left after the test draw)."""
+    for n, sizes in ((16, (2, 1)), (100, (10, 5))):
+        users = {f"u{i:03d}": ("train", [(f"b{i % 4}", 0), (f"m{i % 5}", 1)]) for i in range(n)}
+        split = Split.of(make_dataset(users, with_splits=False))
+        assert (len(split.test), len(split.valid)) == sizes, n
+
+
+def test_the_split_does_not_depend_on_the_order_of_the_rows() -> None:
+    """The same users and interactions in another row order (a file re-exported sorted by item,
+    a users.csv sorted by split) are drawn the same test and valid users: a model's recorded
+    train users stay the evaluation's train users."""
+    users = {f"u{i:02d}": ("train", [(f"b{i % 4}", 0), (f"m{i % 5}", 1)]) for i in range(40)}
+    ds = make_dataset(users, with_splits=False)
+    moved = Dataset(ds.items, ds.interactions[::-1], None, name="hand-made")
+    assert list(moved.histories) != list(ds.histories)  # another order of first interaction
+    split, other = Split.of(ds), Split.of(moved)
+    assert (set(other.test), set(other.valid)) == (set(split.test), set(split.valid))
+    # a users.csv without valid users: the ones drawn from its train users, in any row order
+    listed = {u: ("train" if i % 5 else "test", h) for i, (u, (_, h)) in enumerate(users.items())}
+    ds = make_dataset(listed)
+    moved = Dataset(ds.items, ds.interactions, dict(reversed(ds.splits.items())), name="x")
+    split, other = Split.of(ds), Split.of(moved)
+    assert split.valid and set(other.valid) == set(split.valid)
 
 
 def test_users_that_users_csv_leaves_out_are_not_used_and_said_so(
@@ -340,6 +374,39 @@ def test_runner_scores_every_method_on_the_same_users() -> None:
     assert pop.fit_seconds >= 0 and pop.rank_seconds >= 0
     # the recorder ranks in file order m5 m0 ...: te2 hits at rank 1
     assert results.metric("books->movies", "recorder", "mrr") == pytest.approx((1 + 1 / 6) / 2)
+    with pytest.raises(NotFoundError, match="no result for method 'nope' on books->movies"):
+        results.get("books->movies", "nope")  # an error that says so, not None
+
+
+class Timed(Recorder):
+    """Takes 5 s to fit and 2 s to rank, on the fake clock ``clock``."""
+
+    name = "timed"
+
+    def __init__(self, clock: list[float]):
+        self.clock = clock
+
+    def fit(self, view: TrainView) -> None:
+        super().fit(view)
+        self.clock[0] += 5.0
+
+    def rank(self, queries: Sequence[tuple[str, ...]]) -> np.ndarray:
+        self.clock[0] += 2.0
+        return super().rank(queries)
+
+
+def test_fit_and_rank_are_timed_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ranking time is the ranking's alone: a method slow to fit is not reported slow to
+    answer (the fit's seconds counted again in the rank column)."""
+    import types
+
+    from xdretrieve.evaluate import runner
+
+    clock = [100.0]
+    monkeypatch.setattr(runner, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    results = evaluate(make_dataset(), methods=[Timed(clock)], progress=False)
+    assert [(r.fit_seconds, r.rank_seconds) for r in results.rows] == [(5.0, 2.0)] * 2
+    assert results.runtime_seconds == 14.0
 
 
 def test_scoring_in_batches_scores_each_user_against_their_own_truth(protocol: Protocol) -> None:
@@ -447,7 +514,7 @@ def test_a_methods_numpy_settings_are_written_as_plain_json(tmp_path: Path) -> N
 
 def test_report_files(tmp_path: Path) -> None:
     results = evaluate(make_dataset(), methods=["popularity", Recorder()], progress=False)
-    paths = write_report(results, tmp_path / "out")
+    paths = write_report(results, tmp_path / "runs" / "out")  # folders made as needed
     doc = json.loads(paths["json"].read_text())
     assert doc["dataset"] == "hand-made" and doc["version"] != "" and doc["runtime_seconds"] >= 0
     assert [d["direction"] for d in doc["directions"]] == ["books->movies", "movies->books"]
@@ -463,6 +530,88 @@ def test_report_files(tmp_path: Path) -> None:
     table = format_table(results).splitlines()
     assert table[0].split()[:4] == ["direction", "method", "users", "recall@10"]
     assert len(table) == 2 + 4
+
+
+def test_results_json_keeps_exact_figures_the_start_in_utc_and_the_settings(
+        tmp_path: Path) -> None:
+    """results.json is for machines: each mean as computed (not rounded as the tables are), the
+    start time with its UTC offset, and the batch size the run used."""
+    from datetime import datetime, timedelta
+
+    results = evaluate(make_dataset(), methods=["popularity"], progress=False, batch_size=7)
+    doc = json.loads(write_report(results, tmp_path / "out")["json"].read_text())
+    mrr = doc["directions"][0]["methods"][0]["metrics"]["mrr"]
+    assert mrr == results.metric("books->movies", "popularity", "mrr") == (1 / 4 + 1 / 6) / 2
+    assert datetime.fromisoformat(doc["started"]).utcoffset() == timedelta(0)
+    assert doc["config"]["batch_size"] == 7
+
+
+class Named(Recorder):
+    """The recorder, reported as the project's own method."""
+
+    name = "xdretrieve"
+
+
+def test_the_report_compares_xdretrieve_with_the_best_other_method(tmp_path: Path) -> None:
+    """results.json and report.md both carry the ratio against the best other method, per
+    direction and compared metric; every Markdown table has as many cells in each line (a short
+    delimiter row and the table is not a table)."""
+    results = evaluate(make_dataset(), methods=["popularity", Named()], progress=False)
+    paths = write_report(results, tmp_path / "out")
+    doc = json.loads(paths["json"].read_text())
+    assert [(c["direction"], c["metric"], c["rival"]) for c in doc["against_best"]] == [
+        (d, m, "popularity") for d in ("books->movies", "movies->books")
+        for m in ("ndcg@10", "recall@10")]
+    markdown = paths["markdown"].read_text()
+    assert "## Against the best other method" in markdown
+    assert "| books->movies | ndcg@10 | xdretrieve | popularity |" in markdown
+    tables: list[list[str]] = [[]]
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            tables[-1].append(line)
+        elif tables[-1]:
+            tables.append([])
+    tables = [t for t in tables if t]
+    assert len(tables) == 3  # two directions, the comparison
+    for table in tables:
+        assert len({line.count("|") for line in table}) == 1, table
+
+
+def test_the_terminal_table_is_aligned_with_four_decimals() -> None:
+    """Each value starts under its header (the headers count in the column widths), and the
+    figures have the four decimals the reference values are given to."""
+    results = evaluate(make_dataset(), methods=["popularity"], progress=False)
+    header, rule, *rows = format_table(results).splitlines()
+    starts = [m.start() for m in re.finditer(r"\S+", rule)]
+    assert [header.index(h) for h in ("direction", "method", "users", "recall@10")] == starts[:4]
+    for row in rows:
+        assert [m.start() for m in re.finditer(r"\S+", row)] == starts
+    mrr = results.metric("books->movies", "popularity", "mrr")
+    assert rows[0].split()[2 + list(METRICS).index("mrr") + 1] == f"{mrr:.4f}" == "0.2083"
+
+
+def test_the_plot_has_one_panel_per_metric_with_each_methods_values(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """metrics.png: a panel per plotted metric, titled so, whose bars are that metric's values
+    (method by method, direction by direction), not the first panel's again."""
+    from matplotlib.figure import Figure
+
+    from xdretrieve.evaluate.report import PLOTTED, plot
+
+    drawn: list[Figure] = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (drawn.append(fig),
+                                                                  save(fig, *a, **k)))
+    results = evaluate(make_dataset(), methods=["popularity", Recorder()], progress=False)
+    plot(results, tmp_path / "metrics.png")
+    panels = [ax for ax in drawn[0].axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == list(PLOTTED)
+    assert results.metric("books->movies", "popularity", "ndcg@10") != results.metric(
+        "books->movies", "popularity", "recall@10")
+    for ax, metric in zip(panels, PLOTTED, strict=True):
+        heights = [round(p.get_height(), 9) for p in ax.patches]
+        assert heights == [round(results.metric(d, m, metric), 9)
+                           for m in results.methods for d in results.directions], metric
 
 
 def test_without_the_eval_extra_the_report_has_the_figures_and_no_plot(
