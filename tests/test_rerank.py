@@ -356,6 +356,18 @@ def test_popular_items_of_a_domain_most_first() -> None:
     assert ItemStats.fit(IDS, HISTORIES).popular("office") == []  # no domains known
 
 
+def test_items_no_train_user_had_have_popularity_zero() -> None:
+    """The catalog's last items that nobody bought yet (a new line) still have a popularity,
+    0: their features are computed and the domain's popular items end with them, not an
+    IndexError at the first query that meets them."""
+    stats = ItemStats.fit(IDS + ["o4", "o5"], HISTORIES, DOMAINS + ["office", "office"])
+    assert stats.popularity.tolist() == [2, 1, 2, 1, 1, 0, 0]
+    assert stats.popular("office") == ["o1", "o2", "o3", "o4", "o5"]
+    zeros = np.zeros(2, np.float32)
+    x = features(stats, ["a1"], "", ["o5", "o1"], None, zeros, zeros)
+    np.testing.assert_allclose(x[:, FEATURES.index("log_popularity")], np.log1p([0, 2]))
+
+
 def _random_stats(seed: int) -> ItemStats:
     rng = np.random.default_rng(seed)
     ids = [f"a{k}" for k in range(60)] + [f"o{k}" for k in range(80)]
@@ -627,6 +639,80 @@ def test_the_fit_candidates_are_the_towers_best_and_the_cooccurring_in_the_tower
         np.testing.assert_array_equal(y_chunked, y)
 
 
+def test_the_fit_features_are_the_towers_cosines_and_scores_of_its_best(monkeypatch) -> None:
+    """The re-ranker is fitted on what serving hands it: per user, the target domain's items
+    with the tower's cosine and its score (scale x cosine + the item's bias), the tower's best
+    by that score among them. Fitted on other numbers, its weights would apply to features
+    serving never gives."""
+    import torch
+
+    from xdretrieve.train import rerank_fit
+    from xdretrieve.train.tower import pad
+
+    tower, dataset, catalog, histories, _ = _untrained_fit_setup()
+    with torch.no_grad():  # biases that reorder the tower's best (all 0 untrained)
+        tower.bias.copy_(torch.from_numpy(
+            np.random.default_rng(1).normal(0, 3, len(catalog.ids)).astype(np.float32)))
+    ids = catalog.ids
+    texts = [overlap_text(dataset.items[i].title, dataset.items[i].text) for i in ids]
+    stats = ItemStats.fit(ids, histories, [dataset.items[i].domain for i in ids], texts)
+    seen = []
+
+    def recording(stats, history, history_text, candidates, candidate_texts, cosines, scores):
+        seen.append((candidates, cosines, scores))
+        return real(stats, history, history_text, candidates, candidate_texts, cosines, scores)
+
+    real = rerank_fit.features
+    monkeypatch.setattr(rerank_fit, "features", recording)
+    hs = [np.array([k, k + 1]) for k in range(8)]
+    rerank_fit._candidate_groups(tower, catalog, texts, {(0, 1): "books->movies"},
+                                 [(0, 1, hs, [np.array([k]) for k in range(8)])], stats, 6)
+    with torch.no_grad():
+        U = tower.users(*pad(hs), 0, 1)
+        cos = (U @ tower.domain_items(1).T).numpy()
+        score = tower.user_scores(U, 1).numpy()
+    movies = [ids[r] for r in catalog.rows_by_domain[1]]
+    assert len(seen) == len(hs)
+    for r, (candidates, cosines, scores) in enumerate(seen):
+        at = [movies.index(c) for c in candidates]  # each one a movie
+        np.testing.assert_allclose(cosines, cos[r, at], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(scores, score[r, at], rtol=1e-5, atol=1e-5)
+        best = np.argsort(-score[r], kind="stable")[:tower_head(6)]
+        assert set(best.tolist()) <= set(at)
+    assert any(set(np.argsort(-cos[r])[:3]) != set(np.argsort(-score[r])[:3])
+               for r in range(len(hs)))  # the case is not trivial: the biases reorder
+
+
+def test_the_fit_reads_the_tower_as_served_without_its_dropout(monkeypatch) -> None:
+    """Training leaves the tower in training mode, its dropout on: the re-ranker must be fitted
+    and checked on the candidates and scores of the tower as it serves (no dropout), not on
+    randomly thinned user vectors that no query ever gets."""
+    from xdretrieve.train import rerank_fit
+
+    tower, dataset, catalog, histories, directions = _untrained_fit_setup()
+    made = []
+
+    def recording(*args):
+        made.append((args, real(*args)))
+        return made[-1][1]
+
+    real = rerank_fit._candidate_groups
+    monkeypatch.setattr(rerank_fit, "_candidate_groups", recording)
+    monkeypatch.setattr(rerank_fit, "_compare_on_valid",
+                        lambda groups, reranker: {"kept": ["movies"]})
+    users = [(0, 1, [np.array([k]) for k in range(10)], [np.array([k]) for k in range(10)])]
+    train = sorted(histories)
+    tower.train()  # as the tower's training leaves it (dropout 0.2)
+    rerank_fit.fit_served_reranker(tower, dataset, catalog, histories, users, users, train[:30],
+                                   train, directions, seed=0, candidates=6)
+    tower.eval()
+    assert len(made) == 2  # the fit's and the check's
+    for args, groups in made:
+        for (_, x, y), (_, x_served, y_served) in zip(groups, real(*args), strict=True):
+            np.testing.assert_allclose(x, x_served, rtol=1e-6)
+            np.testing.assert_array_equal(y, y_served)
+
+
 def test_the_fit_reads_statistics_without_its_users_and_serves_those_of_every_train_user(
         monkeypatch, capsys) -> None:
     """The re-ranker is fitted on held-out users with the statistics of the tower's users
@@ -664,6 +750,12 @@ def test_the_fit_reads_statistics_without_its_users_and_serves_those_of_every_tr
     np.testing.assert_array_equal(read[0].popularity, popularity(train[:30]))  # the fit's
     np.testing.assert_array_equal(read[1].popularity, popularity(train))  # the check's
     assert reranker.stats is read[1] and reranker.domains == ("movies",)
+    # saved with each item's domain and text: serving's co-occurring candidates, popular items
+    # and text overlap read them
+    texts = [overlap_text(dataset.items[i].title, dataset.items[i].text) for i in catalog.ids]
+    assert reranker.stats.texts == texts
+    assert reranker.stats.cooccurring(["b3"], "movies", 5) == ["m3", "m4", "m5"]
+    assert reranker.stats.popular("books")[:2] == ["b0", "b1"]
     kept.clear()
     assert fit(progress=True) is None
     assert capsys.readouterr().out.endswith("served into no domain (none gains)\n")
