@@ -97,6 +97,38 @@ def test_settings_come_from_arguments_then_environment_then_the_file(
     assert make_settings(pooling="mean", batch_size=None).pooling == "mean"
 
 
+@pytest.mark.parametrize(("name", "lowest"), [
+    ("batch_size", 1), ("shards", 1), ("replicas", 1), ("max_seq_length", 8), ("hnsw_m", 4),
+    ("hnsw_ef_construct", 8), ("search_ef", 8), ("search_threads", 0), ("candidates", 1)])
+def test_each_numeric_setting_is_held_to_its_documented_range(
+        name: str, lowest: int, tmp_path: Path, monkeypatch) -> None:
+    """The lowest value each setting documents is taken (search_threads 0: one thread per
+    CPU) and one below is refused in the settings, not met later as a batch of 0 items, a
+    server collection of 0 shards or a 7-token text."""
+    from pydantic import ValidationError
+
+    from xdretrieve import Settings
+
+    monkeypatch.chdir(tmp_path)  # no xdretrieve.toml
+    monkeypatch.delenv(f"XDR_{name.upper()}", raising=False)
+    assert getattr(Settings(**{name: lowest}), name) == lowest
+    with pytest.raises(ValidationError, match=name):
+        Settings(**{name: lowest - 1})
+
+
+def test_a_model_under_the_home_folder_is_looked_for_there(tmp_path: Path, monkeypatch) -> None:
+    """`--model ~/models/shop` (or XDR_MODEL, or xdretrieve.toml) is the home folder's model
+    directory, as a shell would read it; a model name is left as it is."""
+    from xdretrieve import Settings
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert Settings(model="~/models/shop").model == str(tmp_path / "models" / "shop")
+    monkeypatch.setenv("XDR_MODEL", "~/models/env")
+    assert Settings().model == str(tmp_path / "models" / "env")
+    assert Settings(model="all-MiniLM-L6-v2").model == "all-MiniLM-L6-v2"
+
+
 @pytest.mark.parametrize("command", sorted(main.commands))
 def test_help_of_every_command(command: str) -> None:
     out = run(command, "--help").output

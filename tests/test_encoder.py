@@ -137,6 +137,7 @@ def test_a_device_that_is_not_there_is_refused_in_one_line(
     with pytest.raises(ValueError, match="'tpu' is not a device xdretrieve runs on"):
         Settings(device="tpu")
     assert Settings(device="cuda:1").device == "cuda:1"
+    assert Settings(device="cuda:10").device == "cuda:10"  # a machine of 16 GPUs has a tenth
     for near in ("cpu0", "cuda:1x", "auto-gpu"):  # the whole name, not its start
         with pytest.raises(ValueError, match=f"'{near}' is not a device xdretrieve runs on"):
             Settings(device=near)

@@ -121,6 +121,8 @@ def test_recommendations_are_the_known_right_answers(client: httpx.Client) -> No
         assert body["domain"] == "movies" and body["query"].startswith(f"user u{t}-0")
         assert [h["rank"] for h in body["hits"]] == [1, 2, 3]
         assert body["hits"][0]["title"] == f"{THEMES[t].capitalize()}: the movie"
+        r = client.post("/recommend/user", json={"user_id": f"u{t}-0", "domain": "movies"})
+        assert len(_top(r)) == 10  # the default limit, as on every query endpoint
         r = client.post("/recommend/history", json={"item_ids": [f"book-{t}"], "domain": "movies"})
         assert _top(r)[0] == f"movie-{t}"
         assert len(r.json()["hits"]) == 10  # the default limit (12 movies exist)
@@ -133,6 +135,8 @@ def test_recommendations_are_the_known_right_answers(client: httpx.Client) -> No
     scores = [h["score"] for h in client.post("/search/text", json={
         "text": "jazz", "domain": "books", "limit": 5}).json()["hits"]]
     assert scores == sorted(scores, reverse=True)
+    r = client.post("/search/text", json={"text": "jazz", "domain": "books"})
+    assert len(_top(r)) == 10  # the default limit (12 books exist)
 
 
 def test_operations_endpoints(client: httpx.Client) -> None:
@@ -177,10 +181,13 @@ def test_unknowns_are_404_with_the_message(client: httpx.Client, path: str, body
     ("/recommend/user", {"user_id": "  ", "domain": "movies"}),
     ("/recommend/user", {"user_id": "u1-0", "domain": "movies", "k": 3}),
     ("/recommend/history", {"item_ids": "book-1", "domain": "movies"}),
+    ("/recommend/history", {"item_ids": ["  "], "domain": "movies"}),  # an id, not a 404
     ("/search/text", {"text": "", "domain": "movies"}),
     ("/search/text", None),
     ("/items", {"items": [{"item_id": "x", "domain": "movies", "title": "t",
                            "extra": {"text_hash": 1}}]}),  # the index writes its own there
+    ("/items", {"items": [{"item_id": "x", "domain": "movies", "title": "t",
+                           "extra": {"fields_hash": 1}}]}),  # and there
     # refused in files too: '->' joins a direction's domains (before: stored as a domain)
     ("/items", {"items": [{"item_id": "x", "domain": "books->movies", "title": "t"}]}),
     ("/items", {"items": []}),  # an empty write is a client's mistake, not "0 upserted"
@@ -191,6 +198,8 @@ def test_unknowns_are_404_with_the_message(client: httpx.Client, path: str, body
     ("/items", {"items": [{"item_id": "x", "domain": "movies", "title": "  "}]}),  # no title
     ("/items", {"items": [{"item_id": "x", "domain": "movies", "title": "t",
                            "extra": {"": 1}}]}),  # a field needs a name
+    ("/items", {"items": [{"item_id": "x", "domain": "movies", "title": "t",
+                           "extra": {"f" * 129: 1}}]}),  # of at most 128 characters
 ])
 def test_invalid_bodies_are_422(client: httpx.Client, path: str, body: dict | None) -> None:
     r = client.request("PUT" if path == "/items" else "POST", path, json=body)
@@ -386,6 +395,34 @@ def test_read_write_lock_excludes_writers_from_readers() -> None:
     assert events == ["read", "second read", "read done", "write"]
 
 
+def test_the_locked_store_answers_as_the_store_it_wraps(tmp_path: Path) -> None:
+    """The service's store holds a lock around each call and passes every argument on: the
+    history left out and the domain kept in the nearest-neighbour search a trained model's
+    query makes (before it, the service would recommend the items a user already has), and
+    the cosines of given points of one domain."""
+    import numpy as np
+
+    from xdretrieve.service import LockedStore, ReadWriteLock
+    from xdretrieve.store import ITEMS, open_store
+
+    vectors = np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    inner = open_store(Settings(store=tmp_path / "store", cache_dir=tmp_path / "cache"))
+    inner.create(ITEMS, 16, ("domain",))
+    inner.upsert(ITEMS, list(range(8)), vectors,
+                 [{"item_id": f"i{k}", "domain": "ab"[k % 2]} for k in range(8)])
+    store = LockedStore(inner, ReadWriteLock())
+    try:
+        ids, cosines = store.nearest(ITEMS, vectors[0], 8, domain="a", exclude=[0, 2])
+        assert sorted(ids) == [4, 6] and cosines.tolist() == sorted(cosines, reverse=True)
+        hits = store.search(ITEMS, vectors[0], 8, domain="a", exclude=[0, 2])
+        assert [h.id for h in hits] == ids
+        found = store.similarity(ITEMS, vectors[0], [0, 1, 2], domain="a")
+        assert sorted(found) == [0, 2] and found[0] == pytest.approx(1, abs=1e-5)
+    finally:
+        store.close()
+
+
 def test_a_waiting_writer_holds_back_new_readers_and_writers_take_turns() -> None:
     """A stream of searches must not starve an upsert: a reader that comes while a writer
     waits goes after it. And two writes never run at once (they read and rewrite the store's
@@ -500,6 +537,23 @@ def test_a_store_an_interrupted_index_left_incomplete_is_not_ready(
         assert r.status_code == 409 and "built by encoder" in r.json()["detail"]
 
 
+def test_a_store_made_by_put_items_alone_is_ready_and_described(tiny_model: str,
+                                                                 tmp_path: Path) -> None:
+    """Items written through the service to an empty store (no `index`: no users collection)
+    make it ready, and GET /info counts what it has instead of failing on what it lacks."""
+    from xdretrieve.service import create_app
+
+    settings = Settings(store=tmp_path / "store", cache_dir=tmp_path / "cache", model=tiny_model)
+    with LiveServer(create_app(settings)) as live, httpx.Client(base_url=live.url) as c:
+        r = c.put("/items", json={"items": [{"item_id": "movie-1", "domain": "movies",
+                                             "title": "A film"}]})
+        assert r.status_code == 200, r.text
+        assert c.get("/ready").json() == {"ready": True, "items": 1, "reason": None}
+        r = c.get("/info")
+        assert r.status_code == 200, r.text
+        assert r.json()["points"] == {"items": 1} and r.json()["domains"] == ["movies"]
+
+
 def test_put_items_embeds_as_the_store_was_built(paired_dir: Path, tiny_model: str,
                                                  tmp_path: Path, monkeypatch) -> None:
     """A service started without a model serves PUT /items with the encoder and the token limit
@@ -531,7 +585,8 @@ def test_put_items_embeds_as_the_store_was_built(paired_dir: Path, tiny_model: s
     with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=60) as c:
         r = c.put("/items", json={"items": [{"item_id": book.item_id, "domain": book.domain,
                                              "title": book.title, "text": book.text,
-                                             "extra": {"n": 2**70, "m": -3, "on": True}}]})
+                                             "extra": {"n": 2**70, "m": -3, "on": True,
+                                                       "price": 9.5, "note": None}}]})
         assert r.status_code == 200, r.text
         np.testing.assert_allclose(stored("book-3").vector, before, atol=1e-6)
         # an integer beyond Qdrant's 64 bits keeps its digits, as a file's does (before: a
@@ -539,6 +594,7 @@ def test_put_items_embeds_as_the_store_was_built(paired_dir: Path, tiny_model: s
         payload = stored("book-3").payload
         assert (payload["n"], payload["m"]) == (str(2**70), -3)
         assert payload["on"] is True  # a flag stays a flag (not the integer 1)
+        assert payload["price"] == 9.5 and payload["note"] is None  # as a file's row keeps them
 
         r = c.request("DELETE", "/items", json={"item_ids": list(items)})
         assert r.status_code == 200 and r.json()["not_found"] == []
@@ -561,6 +617,13 @@ def test_put_items_embeds_as_the_store_was_built(paired_dir: Path, tiny_model: s
     (store,) = opened
     with pytest.raises(StoreError, match="closed"):
         store.count(ITEMS)
+    # but a store it was given is the caller's: left open for them
+    given = open_store(Settings(store=tmp_path / "store", cache_dir=tmp_path / "cache"))
+    with pytest.raises(EncoderMismatchError, match="built by encoder"):
+        create_app(Settings(store=tmp_path / "store", cache_dir=tmp_path / "cache",
+                            model="all-MiniLM-L6-v2"), store=given)
+    assert given.count(ITEMS) == 0  # every item was deleted above
+    given.close()
 
 
 def test_serve_help_and_light_import() -> None:
@@ -572,6 +635,11 @@ def test_serve_help_and_light_import() -> None:
     assert result.exit_code == 0
     for option in ("--host", "--port", "--store", "--url", "--model"):
         assert option in result.output
+    # -h too, on its own as under `xdretrieve` (click keeps the help option of the first run:
+    # without the group's settings of its own, `xdretrieve serve -h` then failed in-process)
+    assert CliRunner().invoke(serve, ["-h"]).output == result.output
+    from xdretrieve.cli import main
+    assert CliRunner().invoke(main, ["serve", "-h"]).exit_code == 0
     code = ("import sys, xdretrieve.serve_cli; "
             "print(sorted(m for m in ('fastapi', 'uvicorn', 'torch') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -630,6 +698,18 @@ def test_serve_hands_uvicorn_its_options_and_the_model_to_the_service(
         {"host": "127.0.0.1", "port": 8000, "log_level": "info", "access_log": True},
         {"host": "0.0.0.0", "port": 9001, "log_level": "warning", "access_log": False}]
     assert runs[1][0].state.service.settings.model == tiny_model
+    # --url serves the server's store, and says so (not the --store it does not use)
+    runs.clear()
+    result = CliRunner().invoke(serve, ["--store", store, "--url", ":memory:"])
+    assert result.exit_code == 0, result.output
+    ((app, _),) = runs
+    app.state.service.close()
+    assert app.state.service.settings.url == ":memory:"
+    assert "serving :memory: on http://127.0.0.1:8000" in result.output
+    # a port that is not one is refused by the option, not by uvicorn's traceback
+    result = CliRunner().invoke(serve, ["--store", store, "--port", "65536"])
+    assert result.exit_code == 2 and "65536 is not in the range" in result.output
+    assert len(runs) == 1
 
 
 def test_a_failing_command_is_one_line_naming_both_paths_and_a_closed_pipe_stays_quiet() -> None:

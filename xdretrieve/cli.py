@@ -21,6 +21,7 @@ import click
 
 from xdretrieve import __version__
 from xdretrieve.cli_checks import (
+    COMMAND_CONTEXT,
     OutputDir,
     UserPath,
     bad_rows_options,
@@ -77,7 +78,7 @@ def make_settings(**options: Any) -> Any:
         raise click.UsageError(str(e)) from e
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings=COMMAND_CONTEXT)
 @click.version_option(__version__, prog_name="xdretrieve")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
@@ -437,7 +438,7 @@ def _register_optional() -> None:
     main.add_command(finetune)
     try:
         from xdretrieve.serve_cli import serve
-    except ImportError:  # serve_cli imported first (it imports this module): registered later
+    except ImportError:  # serve_cli imported first (it imports this module): it registers itself
         return
     main.add_command(serve)
 

@@ -19,6 +19,10 @@ import click
 from xdretrieve.errors import XDRetrieveError
 from xdretrieve.paths import output_dir_problem
 
+# Every command's, also when it is invoked on its own (click builds a command's help option once,
+# from the first context it meets: a command run outside the group would lose -h for good).
+COMMAND_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
 
 def fail_cleanly(func: Callable[..., Any]) -> Callable[..., Any]:
     """A command's library errors, and the system's (a folder in the way, no permission, a full

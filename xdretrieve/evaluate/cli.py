@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from xdretrieve.cli_checks import (
+    COMMAND_CONTEXT,
     OutputDir,
     UserPath,
     bad_rows_options,
@@ -24,8 +25,7 @@ from xdretrieve.cli_checks import (
 from xdretrieve.errors import XDRetrieveError
 
 
-@click.command("evaluate", context_settings={"help_option_names": ["-h", "--help"],
-                                             "max_content_width": 100})
+@click.command("evaluate", context_settings=COMMAND_CONTEXT)
 @click.option("--data", required=True,
               type=UserPath(exists=True, file_okay=False, path_type=Path),
               help="Dataset folder: items.*, interactions.* and optionally users.* (the split).")

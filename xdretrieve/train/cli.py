@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from xdretrieve.cli_checks import (
+    COMMAND_CONTEXT,
     OutputDir,
     UserPath,
     bad_rows_options,
@@ -17,8 +18,7 @@ from xdretrieve.cli_checks import (
 from xdretrieve.train import POOLINGS
 
 
-@click.command("finetune", context_settings={"help_option_names": ["-h", "--help"],
-                                             "max_content_width": 100})
+@click.command("finetune", context_settings=COMMAND_CONTEXT)
 @click.option("--data", required=True, type=UserPath(exists=True, file_okay=False, path_type=Path),
               help="Dataset folder with items.*, interactions.* and optionally users.* (the "
                    "split; without it, the seeded split that `evaluate` draws too).")
