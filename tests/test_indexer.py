@@ -389,3 +389,72 @@ def test_vectors_are_what_the_encoder_gives(paired_dir: Path, tiny_model: str,
         (point,) = s.retrieve(ITEMS, [item_point_id("book-2")], with_vectors=True)
         np.testing.assert_allclose(point.vector, expected, atol=1e-5)
         assert point.payload["title"] == "The baseball chronicles"
+
+
+def test_a_text_the_template_leaves_out_is_rewritten_not_embedded(
+        tiny_model: str, settings_for) -> None:
+    """With a template of the title alone an item's text is not in its vector but is served
+    with it: a changed text is written again (not embedded), else the store kept the old one
+    and said nothing changed."""
+    from dataclasses import replace
+
+    settings = settings_for(model=tiny_model, text_template="{title}")
+    ds = three_domain_user()
+    index_dataset(ds, settings)
+    items = {**ds.items, "book-1": replace(ds.items["book-1"], text="castles and moats")}
+    report = index_dataset(Dataset(items, ds.interactions), settings)
+    assert (report.items_embedded, report.items_rewritten) == (0, 1) and report.changed
+    with open_store(settings) as s:
+        (point,) = s.retrieve(ITEMS, [item_point_id("book-1")])
+    assert point.payload["text"] == "castles and moats"
+
+
+def test_the_same_fields_in_another_order_change_nothing(tiny_model: str, settings_for) -> None:
+    """A catalog exported again with its columns in another order holds the same items: a
+    re-index rewrites none of them."""
+    settings = settings_for(model=tiny_model)
+    items = {"b": Item("b", "books", "Dune", "", {"price": 9.5, "year": 1965}),
+             "m": Item("m", "movies", "Alien", "", {"year": 1979, "price": 3.0})}
+    index_dataset(Dataset(items, []), settings)
+    swapped = {k: Item(i.item_id, i.domain, i.title, i.text, dict(reversed(i.extra.items())))
+               for k, i in items.items()}
+    report = index_dataset(Dataset(swapped, []), settings)
+    assert report.items_rewritten == 0 and not report.changed
+
+
+def test_the_vectors_read_from_the_cache_are_counted_per_run(tiny_model: str,
+                                                               settings_for) -> None:
+    """One loaded encoder indexing several stores (a notebook, the evaluation's local stores):
+    each report counts the vectors that run read from the embedding cache, not every vector
+    the encoder has read from it since it was loaded."""
+    from xdretrieve.encoder import Encoder
+
+    ds = three_domain_user()
+    encoder = Encoder.from_settings(settings_for(model=tiny_model))
+    runs = [index_dataset(ds, settings_for(model=tiny_model, store=settings_for().store / name),
+                          encoder=encoder) for name in ("a", "b", "c")]
+    assert [r.items_from_cache for r in runs] == [0, len(ds.items), len(ds.items)]
+
+
+def test_a_recreate_counts_the_room_of_the_store_it_replaces_as_free(
+        paired_dir: Path, tiny_model: str, other_tiny_model: str, settings_for,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--recreate drops what the store holds before it writes: on a nearly full disk the
+    room the old store's files take counts as free (else a store that fits was refused)."""
+    from xdretrieve.store.edge import EdgeStore
+
+    ds = Dataset.from_dir(paired_dir)
+    index_dataset(ds, settings_for(model=tiny_model))
+    checked: list[tuple[int, bool]] = []
+    check_space = EdgeStore.check_space
+    monkeypatch.setattr(EdgeStore, "check_space", lambda self, dim, payloads, replacing=False: (
+        checked.append((len(payloads), replacing)),
+        check_space(self, dim, payloads, replacing))[1])
+    index_dataset(ds, settings_for(model=other_tiny_model), recreate=True)
+    assert checked[0] == (len(ds.items), True)
+
+
+def test_deleting_from_a_store_without_items_deletes_nothing(backend) -> None:
+    """DELETE /items on a store nobody has indexed into yet (the service starts on one): every
+    id is not found, not an error about a missing collection."""
+    assert indexer.delete_items(["x", "y"], backend("empty")) == []

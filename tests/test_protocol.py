@@ -336,6 +336,31 @@ def test_perturbation_rewrites_only_test_users_target_interactions() -> None:
                 assert after == before
 
 
+def test_the_rewrite_of_test_users_targets_is_the_same_for_a_seed() -> None:
+    """The leak check's rewrite is seeded: run again, it rewrites to the same items (a check
+    that passed once passes again)."""
+    ds = make_dataset()
+    runs = [perturb_test_targets(ds, BOOKS_TO_MOVIES, seed=3).interactions for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2] != ds.interactions
+
+
+def test_the_leak_check_ranks_only_the_first_test_users_it_is_given() -> None:
+    """max_users: the check ranks (and counts) the first test users only."""
+    with pytest.raises(LeakError, match="the rankings of 1 of 1 test users changed"):
+        check_no_leak(LeakyPopularity, make_dataset(), BOOKS_TO_MOVIES, max_users=1)
+
+
+def test_the_rewrite_leaves_a_test_user_s_third_domain_as_it_was() -> None:
+    """Only the direction's target is rewritten: a test user's interactions in a third domain
+    stay (else they pointed at target items labelled as that domain's)."""
+    ds = make_dataset()
+    ds = Dataset({**ds.items, "x0": Item("x0", "music", "title x0")},
+                 [*ds.interactions, Interaction("te1", "x0", "music", 9.0)], ds.splits)
+    moved = perturb_test_targets(ds, BOOKS_TO_MOVIES, seed=0)
+    assert moved.history("te1", "music") == ("x0",)
+    assert moved.history("te1", "movies") != ds.history("te1", "movies")
+
+
 def test_honest_method_passes_the_leak_check() -> None:
     check_no_leak(lambda ds: Popularity(), make_dataset(), BOOKS_TO_MOVIES)
 

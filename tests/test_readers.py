@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -147,6 +148,8 @@ def test_parquet_fields_of_any_type_are_kept_as_json_and_stored(
          "line 1, field 'item_id': expected a string, got True"),
         ([ITEMS[0], {**ITEMS[1], "fields_hash": 3}],  # the index writes its own there
          "line 2, field 'fields_hash': 'fields_hash' is a name xdretrieve keeps for itself"),
+        ([{**ITEMS[0], "text_hash": 3}],  # as its other own field: else a re-index compares it
+         "line 1, field 'text_hash': 'text_hash' is a name xdretrieve keeps for itself"),
     ],
 )
 def test_bad_items_name_file_line_and_field(tmp_path: Path, rows: list, expected: str) -> None:
@@ -377,6 +380,10 @@ def test_a_header_without_a_required_column_is_refused_at_the_header(tmp_path: P
     with pytest.raises(DataError, match=r"the file has: item_id;domain;title \(separated by ';'\? "
                                         r"a CSV file here is separated by ','\)"):
         read_items(items)
+    for sep in ("\t", "|"):  # a tab-separated export named .csv, or one by '|'
+        items.write_text(f"item_id{sep}domain{sep}title\nb1{sep}books{sep}Dune\n")
+        with pytest.raises(DataError, match=re.escape(f"(separated by {sep!r}? a CSV file here")):
+            read_items(items)
     known = read_items(write_jsonl(tmp_path / "items.jsonl", ITEMS))
     inter = tmp_path / "inter.csv"
     inter.write_text("user_id,item_id,when\nu1,b1,0\n")
@@ -387,6 +394,10 @@ def test_a_header_without_a_required_column_is_refused_at_the_header(tmp_path: P
     with pytest.raises(DataError, match=r"users\.parquet: no 'user_id' column; the file has: "
                                         r"user, split"):
         read_users(tmp_path / "users.parquet")
+    (tmp_path / "users.csv").write_text("user_id,role\nu1,train\n")
+    for rejects in (None, RejectLog()):  # not every row skipped, leaving no split at all
+        with pytest.raises(DataError, match=r"users\.csv, line 1: no 'split' column"):
+            read_users(tmp_path / "users.csv", rejects)
 
 
 def test_a_time_without_a_zone_is_utc_whatever_the_machine_s_zone(tmp_path: Path,
@@ -443,6 +454,9 @@ def test_a_dataset_shows_its_counts_not_its_records(paired_dir: Path) -> None:
         f"{roles.count('test')} test / {roles.count('train')} train)")
     no_split = Dataset(ds.items, ds.interactions, name="x")
     assert repr(no_split).endswith(f"of {len(ds.histories)} users)")
+    listed = {"u1": "valid", "u2": "train", "u3": "test", "u4": "train"}  # users.csv order
+    assert repr(Dataset(ds.items, ds.interactions, listed)).endswith(
+        "split 1 test / 2 train / 1 valid)")  # the same whatever order users.csv lists them
 
 
 def test_a_dataset_read_from_relative_paths_is_named_after_its_folder(
@@ -467,3 +481,52 @@ def test_a_domain_nobody_has_used_is_a_domain_and_a_missing_history_is_empty(
     ds = Dataset.from_dir(tmp_path)
     assert ds.domains == ("books", "movies")
     assert ds.history("u1", "movies") == () and ds.history("ghost", "books") == ()
+
+
+def test_a_gzip_file_corrupt_inside_is_refused_by_name(tmp_path: Path) -> None:
+    """A .jsonl.gz damaged in the middle (a bad copy) fails in zlib, not at its end: the error
+    names the file, as for one cut short, not zlib's bare 'Error -3 while decompressing'."""
+    import gzip
+
+    rows = [{"item_id": f"b{k}", "domain": "books", "title": f"t{k}"} for k in range(200)]
+    packed = bytearray(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    packed[len(packed) // 2] ^= 0xFF
+    (tmp_path / "items.jsonl.gz").write_bytes(bytes(packed))
+    for rejects in (None, RejectLog()):  # the rest of the file cannot be read: not a bad row
+        with pytest.raises(DataError, match=r"items\.jsonl\.gz: unreadable gzip file: Error -3"):
+            read_items(tmp_path / "items.jsonl.gz", rejects)
+
+
+def test_a_rating_is_a_number_and_a_rating_of_zero_is_kept(tmp_path: Path) -> None:
+    """A rating is a number: a date in the rating column is a bad row (not a rating of 1.6
+    billion), and a rating of 0 (JSON or Parquet's number) is a rating, not a missing one."""
+    items = read_items(write_jsonl(tmp_path / "items.jsonl", ITEMS))
+    path = write_jsonl(tmp_path / "i.jsonl", [
+        {"user_id": "u1", "item_id": "b1", "position": 0, "rating": 0},
+        {"user_id": "u1", "item_id": "m1", "position": 1, "rating": 4.5},
+        {"user_id": "u1", "item_id": "m2", "position": 2}])
+    assert [x.rating for x in read_interactions(path, items)] == [0.0, 4.5, None]
+    (tmp_path / "i.csv").write_text("user_id,item_id,position,rating\nu1,b1,0,2021-05-01\n")
+    with pytest.raises(DataError, match=r"line 2, field 'rating': expected a number, "
+                                        r"got '2021-05-01'$"):
+        read_interactions(tmp_path / "i.csv", items)
+
+
+def test_a_rejected_parquet_row_with_a_time_is_written_with_its_time_as_text(
+        tmp_path: Path) -> None:
+    """--skip-bad-rows writes each skipped row: a Parquet row holds times as Python objects,
+    which JSON cannot hold as they are; writing the rejects must not fail on them."""
+    import datetime as dt
+
+    added = dt.datetime(2020, 5, 17, 8, 30, tzinfo=dt.timezone.utc)
+    pq.write_table(pa.Table.from_pylist(
+        [{"item_id": "b1", "domain": "books", "title": "Dune", "added": added},
+         {"item_id": "b2", "domain": "books", "title": None, "added": added}]),
+        tmp_path / "items.parquet")
+    log = RejectLog()
+    assert list(read_items(tmp_path / "items.parquet", log)) == ["b1"]
+    log.write(tmp_path / "rejects.jsonl")
+    (saved,) = [json.loads(x) for x in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    assert (saved["line"], saved["field"]) == (2, "title")
+    assert saved["row"] == {"item_id": "b2", "domain": "books", "title": None,
+                            "added": str(added)}
