@@ -223,11 +223,24 @@ def test_the_learning_rate_warms_up_from_the_first_step_and_decays_from_the_peak
     assert rates == pytest.approx([0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
 
 
+def test_the_optimiser_decays_the_weight_matrices_only() -> None:
+    """AdamW's weight decay pulls the weight matrices toward 0, not the biases and the norms'
+    gains: decayed, a LayerNorm's scale shrinks every step and the embeddings lose their
+    trained scale."""
+    from xdretrieve.train.full import _optimiser
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
+    opt, _ = _optimiser(model, _config(weight_decay=0.1), torch.device("cpu"), 10)
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decay == {id(model[0].weight): 0.1, id(model[0].bias): 0.0,
+                     id(model[1].weight): 0.0, id(model[1].bias): 0.0}
+
+
 def test_fine_tuning_stops_after_patience_epochs_without_a_better_valid_score(
         tiny_model: str, tmp_path: Path, monkeypatch) -> None:
     """A better valid score resets the count of epochs without one, a tie does not, and
     ``patience`` such epochs in a row stop the run: an epoch more (or fewer) is time spent, or
-    a better epoch never reached."""
+    a better epoch never reached. ``max_pairs`` bounds each epoch's steps."""
     from xdretrieve.train import full
 
     ds = _paired(tmp_path / "data")
@@ -239,6 +252,8 @@ def test_fine_tuning_stops_after_patience_epochs_without_a_better_valid_score(
     # best at 3 (the tie at 4 is no better), then 4 and 5 without a better score: stop
     assert [h["epoch"] for h in report["history"]] == [0, 1, 2, 3, 4, 5]
     assert report["best_epoch"] == 3
+    # max_pairs bounds every epoch, not only the first: 16 pairs, steps of 8 (of 72 pairs)
+    assert all(1 <= h["steps"] <= 2 for h in report["history"][1:])
 
 
 def test_fine_tuning_without_logq_gives_the_loss_no_correction(tiny_model: str, tmp_path: Path,
@@ -280,11 +295,13 @@ def test_both_stages_use_the_item_text_and_length_of_the_settings(tiny_model: st
     encode = encoder_module.Encoder.encode
     monkeypatch.setattr(full, "finetune_encoder", finetune)
     monkeypatch.setattr(encoder_module.Encoder, "encode", lambda self, texts, **k:
+                        seen.setdefault("length", self.model.max_seq_length) and
                         seen.setdefault("texts", list(texts)) and encode(self, texts, **k))
     monkeypatch.setattr(adapter, "train_adapter", lambda *a, **k: {})
     full.train_full(ds, tmp_path / "model", resolve_model(tiny_model), settings, _config())
     assert (seen.get("text_template"), seen.get("max_seq_length")) == ("{domain}: {title}", 32)
     assert seen["texts"] == [item_text(it, "{domain}: {title}") for it in ds.items.values()]
+    assert seen["length"] == 32  # stage 2 embeds the items at the settings' length too
 
 
 def test_an_item_no_train_pair_leads_to_gets_a_finite_logq(tmp_path: Path) -> None:
@@ -321,6 +338,89 @@ def test_without_valid_queries_in_any_direction_the_last_epoch_is_kept(
                                   device="cpu")
     assert "no valid users in any direction" in caplog.text
     assert report["best_epoch"] == 2 and report["epochs"] == 2
+
+
+def test_valid_users_are_ranked_by_scaled_cosine_plus_log_popularity(monkeypatch) -> None:
+    """The score that selects the epoch ranks as the docstring says, ``scale * cos`` plus the
+    log-popularity prior: without the scale, a prior of a unit or two outweighs any cosine and
+    the epoch is selected by how popular its top items are."""
+    from xdretrieve.train import full
+
+    vectors = {"query": [1.0, 0.0], "bought": [0.8, 0.6], "popular": [0.6, 0.8]}
+    monkeypatch.setattr(full, "_embed", lambda model, texts, *a, **k:
+                        torch.tensor([vectors[t] for t in texts]))
+    prior = np.log1p(np.array([[0.0, 5.0]]))  # the popular item: 5 train users, 1.8 more
+    valid = [("books->movies", 0, ["query"], [np.array([0])], prior)]
+    metrics, _ = full._validate(None, valid, ["bought", "popular"], [np.array([0, 1])],
+                                _config(scale=20.0), torch.device("cpu"))
+    # 20 * 0.8 + 0 = 16 beats 20 * 0.6 + 1.8 = 13.8: the bought item first (by cosine too)
+    assert metrics == {"books->movies/ndcg@10": 1.0, "books->movies/ndcg@10_cosine": 1.0}
+
+
+def test_the_prior_of_valid_users_is_the_popularity_of_the_target_domain(tmp_path: Path) -> None:
+    """Each direction's valid queries are scored with the log popularity of its target
+    domain's items among train users: the source domain's (another set of items, of another
+    size in general) would rank the targets by a count that is not theirs."""
+    from xdretrieve.train.catalog import Catalog
+    from xdretrieve.train.full import _task
+
+    data = tmp_path / "data"
+    _paired(data)
+    fans = [f"fan{k}" for k in range(4)]  # train users: book 0 and movie 5
+    with open(data / "interactions.csv", "a") as f:
+        f.writelines(f"{u},book-0,books,0\n{u},movie-5,movies,1\n" for u in fans)
+    with open(data / "users.csv", "a") as f:
+        f.writelines(f"{u},train\n" for u in fans)
+    ds = Dataset.from_dir(data)
+    task = _task(ds, _config(), "{title}. {text}")
+    ids = Catalog.of(ds).ids
+    tops = {name: ids[task.rows_by_domain[t][int(np.argmax(prior))]]
+            for name, t, _, _, prior in task.valid}
+    assert tops == {"books->movies": "movie-5", "movies->books": "book-0"}
+
+
+def test_when_no_epoch_scores_above_zero_the_encoder_as_given_is_saved(
+        tiny_model: str, tmp_path: Path, monkeypatch) -> None:
+    """Valid users none of whose targets any epoch ranks in the top 10 (an ndcg@10 of 0
+    throughout, as a hard dataset gives early on) select the encoder as given: epoch 0 is a
+    candidate like the others, and saving must not fail for want of a better epoch. What the
+    output folder held before is replaced, not merged with (an earlier model's files left
+    beside the new one would load with it)."""
+    from xdretrieve.train import full
+
+    ds = _paired(tmp_path / "data")
+    (tmp_path / "encoder").mkdir()
+    (tmp_path / "encoder" / "vocab.old.txt").write_text("an earlier model's file")
+    monkeypatch.setattr(full, "_validate", lambda *a, **k: ({"books->movies/ndcg@10": 0.0}, {}))
+    report = finetune_encoder(ds, tiny_model, tmp_path / "encoder",
+                              _config(epochs=3, patience=2, max_pairs=16, hard_negatives=0),
+                              device="cpu")
+    assert (report["best_epoch"], report["epochs"]) == (0, 2)
+    assert not (tmp_path / "encoder" / "vocab.old.txt").exists()
+    start, saved = _weights(Path(tiny_model)), _weights(tmp_path / "encoder")
+    for k in start:
+        torch.testing.assert_close(saved[k], start[k], rtol=0, atol=0)
+
+
+def test_without_dropout_the_encoder_trains_in_eval_mode(tiny_model: str, tmp_path: Path,
+                                                         monkeypatch) -> None:
+    """``dropout=False`` switches every dropout layer off for the training steps (what makes
+    them deterministic, as the two-process test needs): left on, the steps draw masks."""
+    from xdretrieve.train import full
+
+    ds = _paired(tmp_path / "data")
+    modes: list[set[bool]] = []
+    train_epoch = full._train_epoch
+
+    def recording(net, model, *args):
+        modes.append({m.training for m in model.modules()})
+        return train_epoch(net, model, *args)
+
+    monkeypatch.setattr(full, "_train_epoch", recording)
+    finetune_encoder(ds, tiny_model, tmp_path / "encoder",
+                     _config(epochs=1, max_pairs=16, hard_negatives=0, dropout=False),
+                     device="cpu")
+    assert modes == [{False}]
 
 
 # -- end to end ----------------------------------------------------------------------------------
@@ -535,7 +635,8 @@ def test_a_checkpoint_is_keyed_by_the_data_and_a_torn_one_is_started_over(
 def test_the_checkpoints_of_a_model_written_to_the_current_folder_lie_beside_it(
         tmp_path: Path, monkeypatch) -> None:
     """``--out .`` (the folder named by its path, not '.') keeps them in ``../.NAME.resume``,
-    where a rerun from the same folder finds them and says which epoch it resumes after."""
+    where a rerun from the same folder finds them and says which epoch it resumes after; a
+    summary it cannot read says none (the interrupted run's message must not crash on it)."""
     from xdretrieve.train.resume import EpochCheckpoints, resume_dir_of, saved_epoch
 
     (tmp_path / "model").mkdir()
@@ -543,6 +644,10 @@ def test_the_checkpoints_of_a_model_written_to_the_current_folder_lie_beside_it(
     assert resume_dir_of(".") == tmp_path.resolve() / ".model.resume"
     EpochCheckpoints(resume_dir_of("."), "key").save({"epoch": 2, "done": False})
     assert saved_epoch(".") == 2 and saved_epoch(tmp_path / "model") == 2
+    # a summary cut short by a kill, or of another shape: no epoch to announce, no crash
+    for torn in ('{"epo', "{}", "[2]"):
+        (resume_dir_of(".") / "checkpoint.json").write_text(torn)
+        assert saved_epoch(".") is None
 
 
 def _interrupt_in_epoch_two(monkeypatch) -> list[int]:
@@ -592,8 +697,8 @@ def test_a_resumed_run_counts_the_time_before_against_a_new_time_budget(
         tiny_model: str, tmp_path: Path, monkeypatch, caplog) -> None:
     """Rerun with a time budget after an interruption (the budget is not part of the run's
     key): it resumes, and the time the run took before counts, so a budget already half spent
-    stops after one more step. Another sequence length is another run: its checkpoint is not
-    resumed from."""
+    stops after one more step. Another sequence length, item text or base model is another run:
+    its checkpoint is not resumed from."""
     from types import SimpleNamespace
 
     from xdretrieve.train import full
@@ -619,10 +724,17 @@ def test_a_resumed_run_counts_the_time_before_against_a_new_time_budget(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(full, "_validate", refuse)
-    with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
-        finetune_encoder(ds, tiny_model, tmp_path / "encoder", config, device="cpu",
-                         max_seq_length=32, resume_dir=resume)
-    assert "of another run" in caplog.text
+    kept = shutil.copytree(resume, tmp_path / "kept")
+    base = shutil.copytree(tiny_model, tmp_path / "another-base")
+    for model, other in ((tiny_model, {"max_seq_length": 32}),
+                         (tiny_model, {"text_template": "{title}"}), (base, {})):
+        shutil.rmtree(resume, ignore_errors=True)  # the finished run's checkpoint, each time
+        shutil.copytree(kept, resume)
+        caplog.clear()
+        with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
+            finetune_encoder(ds, model, tmp_path / "encoder", config, device="cpu",
+                             resume_dir=resume, **other)
+        assert "of another run" in caplog.text, other
 
 
 # -- several processes ---------------------------------------------------------------------------
