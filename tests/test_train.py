@@ -246,8 +246,8 @@ def test_a_model_whose_base_encoder_changed_is_refused(trained, tmp_path: Path) 
         resolve_model(str(model))
 
 
-@pytest.mark.parametrize("damage", ["manifest-not-json", "newer-format", "weights-missing",
-                                    "weights-cut-short"])
+@pytest.mark.parametrize("damage", ["manifest-not-json", "manifest-not-an-object", "newer-format",
+                                    "weights-missing", "weights-cut-short"])
 def test_a_damaged_or_newer_model_directory_is_refused_naming_its_file(trained, tmp_path: Path,
                                                                        damage: str) -> None:
     """A model directory copied half, edited by hand or written by a newer xdretrieve: an
@@ -264,6 +264,9 @@ def test_a_damaged_or_newer_model_directory_is_refused_naming_its_file(trained, 
     if damage == "manifest-not-json":
         (model / MANIFEST).write_text('{"format": 1, "kind"')
         expected = f"{model / MANIFEST}: not a readable model manifest"
+    elif damage == "manifest-not-an-object":  # JSON, but a list: no format to read
+        (model / MANIFEST).write_text(json.dumps([manifest]))
+        expected = f"{model / MANIFEST}: model format None, but this xdretrieve reads format 1"
     elif damage == "newer-format":
         (model / MANIFEST).write_text(json.dumps({**manifest, "format": 2}))
         expected = f"{model / MANIFEST}: model format 2, but this xdretrieve reads format 1"
@@ -903,6 +906,7 @@ def test_info_summarises_the_trained_model_of_a_store(trained, tmp_path: Path) -
     """Before, `info` named the model's folder and nothing it had learned."""
     import json
     import shutil
+    from datetime import datetime, timedelta
 
     from click.testing import CliRunner
 
@@ -920,6 +924,8 @@ def test_info_summarises_the_trained_model_of_a_store(trained, tmp_path: Path) -
     assert out["kind"] == "adapter" and out["best_epoch"] == manifest["best_epoch"]
     assert out["users"] == manifest["split"] and out["epochs"] == len(manifest["history"])
     assert out["trained_at"] == manifest["created_at"]  # when: which of two models it is
+    # said with its offset (UTC): a time without one reads differently on another machine
+    assert datetime.fromisoformat(manifest["created_at"]).utcoffset() == timedelta(0)
     assert out["valid"] == {k: round(v, 4) for k, v in best.items() if "/" in k}
     kept = manifest["reranker"]["kept"]
     assert out["reranker"] == (f"served into {', '.join(kept)}" if kept else
@@ -1102,7 +1108,9 @@ def test_hyper_parameters_out_of_range_are_refused_by_name(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="epochs=0"):  # a bad value, as Python says it
         AdapterConfig(epochs=0)
     for bad in ({"epochs": 0}, {"pooling": "max"}, {"dropout": 1.0}, {"time_budget_s": -1},
-                {"seed": -1}, {"batch_size": "8"}):
+                {"seed": -1}, {"batch_size": "8"}, {"patience": 0}, {"max_history": 0},
+                {"coral": -0.5}, {"weight_decay": -1}, {"rerank_fraction": 1.0},
+                {"rerank_candidates": 0}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             AdapterConfig(**bad)
     for bad in ({"batch_size": 0}, {"max_pairs": 0}, {"hard_negative_ranks": (3, 3)},
@@ -1406,6 +1414,10 @@ def test_cli_finetune_draws_valid_users_when_users_csv_names_none(tiny_model: st
             "from its train users") in result.output
     split = Protocol(Dataset.from_dir(data)).split
     assert all(u.endswith("-0") for u in split.test)  # as users.csv lists them
+    recorded = json.loads((out / MANIFEST).read_text())["split"]  # what `info` says of it
+    assert {k: recorded[k] for k in ("source", "train", "valid", "test")} == {
+        "source": "users.*, valid drawn from its train users", "train": 46, "valid": 2,
+        "test": 12}
     stats = ItemStats.load(out / "item_stats.npz")
     assert stats.popularity.sum() == 2 * len(split.train)  # a book and a movie each
     # one of test users only: said so (before: 'no valid users ... too few train users')
@@ -1704,9 +1716,9 @@ def test_the_tower_learns_from_recent_history_of_its_own_users(tmp_path: Path,
 def test_epochs_are_selected_by_a_strict_gain_within_the_budget(tmp_path: Path,
                                                                   monkeypatch) -> None:
     """Valid users' ndcg@10 is scripted: a tie is no gain (the earlier epoch is kept and the
-    tie counts toward patience), a model no valid user is helped by (ndcg 0 throughout) keeps
-    its first epoch, a time budget of 0 stops after one epoch, and each epoch's recorded loss
-    is the mean of its steps' losses, numbered from 1."""
+    tie counts toward patience), a gain starts patience over, a model no valid user is helped
+    by (ndcg 0 throughout) keeps its first epoch, a time budget of 0 stops after one epoch, and
+    each epoch's recorded loss is the mean of its steps' losses, numbered from 1."""
     from xdretrieve.train import adapter
 
     ds = _long_histories(tmp_path / "data")
@@ -1738,6 +1750,9 @@ def test_epochs_are_selected_by_a_strict_gain_within_the_budget(tmp_path: Path,
     assert len(losses[0]) > 1  # several steps an epoch
     for h, steps in zip(tied["history"], losses, strict=False):
         assert h["loss"] == pytest.approx(np.mean(steps), rel=1e-6)
+    # epoch 2 is no gain, epoch 3 is: patience counts again from there (2 more epochs)
+    late = train([0.3, 0.2, 0.5, 0.4, 0.4, 0.9], epochs=10, patience=2)
+    assert late["best_epoch"] == 3 and len(late["history"]) == 5
     nothing = train([0.0, 0.0, 0.0], epochs=3, patience=5)
     assert nothing["best_epoch"] == 1 and len(nothing["history"]) == 3
     budget = train([0.1, 0.2, 0.3], epochs=3, patience=5, time_budget_s=0)
@@ -1806,4 +1821,159 @@ def test_coral_samples_items_from_the_whole_domain() -> None:
     with torch.no_grad():
         first = tower.domain_items(0, slice(0, 10))
         beyond = [not torch.isclose(first, v, atol=1e-6).all(1).any() for v in sample[0]]
+        small = tower.domain_items(1)
+        drawn = {int(torch.isclose(small, v, atol=1e-6).all(1).nonzero()[0, 0])
+                 for v in tower.item_sample(200)[1]}
     assert any(beyond)
+    assert drawn == set(range(5))  # every item of a domain can be drawn, its last one too
+
+
+def test_the_coral_term_is_added_weighted_by_its_coefficient(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """Each step's loss is the softmax loss plus ``coral`` times CORAL's distance of the
+    domains' item samples (a constant 2 here, which moves no weight, so both runs take the
+    same steps): the epoch's loss is higher by exactly coral x 2; with coral 0 the distance is
+    not computed at all."""
+    import torch
+
+    from xdretrieve.train import adapter
+    from xdretrieve.train.tower import Tower
+
+    ds = _long_histories(tmp_path / "data")
+    base = np.random.default_rng(0).normal(size=(len(ds.items), 6)).astype(np.float32)
+    given: list = []
+    monkeypatch.setattr(Tower, "item_sample", lambda self, n=2048: ["the sample"])
+    monkeypatch.setattr(adapter, "coral_distance",
+                        lambda samples: given.append(samples) or torch.tensor(2.0))
+
+    def loss(coral: float) -> float:
+        config = AdapterConfig(dim=8, epochs=1, batch_size=8, seed=0, coral=coral,
+                               rerank_fraction=0)
+        return train_adapter(ds, base, tmp_path / "m", "m", "f", config)["history"][0]["loss"]
+
+    plain = loss(0.0)
+    assert given == []
+    assert loss(0.5) == pytest.approx(plain + 0.5 * 2.0, abs=1e-5)
+    assert given and all(s == ["the sample"] for s in given)
+
+
+def test_an_item_bought_twice_is_one_target_of_its_user(tmp_path: Path, monkeypatch) -> None:
+    """A user's label is spread evenly over the distinct items they took in the target
+    domain: an item bought twice is one target (counted twice, the whole softmax would give
+    that user less than a whole label, and the blocked one more weight to the repeated item)."""
+    from xdretrieve.train import adapter
+    from xdretrieve.train.catalog import Catalog
+
+    _long_histories(tmp_path / "data")
+    with open(tmp_path / "data" / "interactions.csv", "a") as f:  # u2-2 is a train user
+        f.write("u2-2,movie-2,movies,4\nu2-2,movie-3,movies,5\n")
+    ds = Dataset.from_dir(tmp_path / "data")
+    assert ds.histories["u2-2"]["movies"] == ("movie-2", "movie-2", "movie-3")
+    catalog = Catalog.of(ds)
+    base = np.random.default_rng(0).normal(size=(len(ds.items), 6)).astype(np.float32)
+    seen = {}
+
+    def fit(model, train, *rest):
+        seen.update(train=train)
+        raise _Stop
+
+    monkeypatch.setattr(adapter, "_fit_tower", fit)
+    with pytest.raises(_Stop):
+        train_adapter(ds, base, tmp_path / "m", "m", "f", AdapterConfig(dim=8, rerank_fraction=0))
+    (movies,) = [ex for ex in seen["train"] if catalog.domains[ex.target] == "movies"]
+    bought = [sorted(catalog.ids[catalog.rows_by_domain[movies.target][i]] for i in t)
+              for t in movies.targets]
+    assert ["movie-2", "movie-3"] in bought
+    assert all(len(b) == len(set(b)) for b in bought)
+
+
+def test_the_reranker_is_fitted_on_the_fold_the_tower_never_saw(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """The re-ranker learns from the tower's candidates for the held-out fold of train users
+    (their latest histories and their target items), with statistics of the tower's users and
+    the configured number of candidates: fitted on users the tower learned from, it would
+    learn to trust candidates the tower had memorised."""
+    from xdretrieve.train import adapter
+    from xdretrieve.train.catalog import Catalog
+
+    ds = _long_histories(tmp_path / "data")
+    catalog = Catalog.of(ds)
+    base = np.random.default_rng(0).normal(size=(len(ds.items), 6)).astype(np.float32)
+    seen = {}
+
+    def fit(model, dataset, catalog, histories, fold, valid, tower_users, train_users,
+            directions, seed, candidates, progress):
+        seen.update(fold=fold, tower=tower_users, train=train_users, candidates=candidates)
+        return None, {}
+
+    monkeypatch.setattr(adapter, "fit_served_reranker", fit)
+    config = AdapterConfig(dim=8, epochs=1, max_history=2, rerank_candidates=7)
+    train_adapter(ds, base, tmp_path / "m", "m", "f", config)
+    train_users = sorted(u for u, s in ds.splits.items() if s == "train")
+    held = sorted(set(train_users) - set(seen["tower"]))
+    assert sorted(seen["train"]) == train_users and seen["candidates"] == 7
+    assert len(held) == int(config.rerank_fraction * len(train_users)) > 0
+    assert len(seen["fold"]) == 2
+    for source, target, histories, targets in seen["fold"]:
+        s, t = catalog.domains[source], catalog.domains[target]
+        assert sorted([catalog.ids[r] for r in h] for h in histories) == sorted(
+            list(ds.histories[u][s][-2:]) for u in held)
+        assert sorted(sorted(catalog.ids[catalog.rows_by_domain[target][i]] for i in x)
+                      for x in targets) == sorted(sorted(set(ds.histories[u][t])) for u in held)
+
+
+def test_valid_metrics_read_the_whole_ranking_of_the_target_domain(tmp_path: Path) -> None:
+    """Each epoch's valid figures are ndcg@10 and recall@10 of the tower's ranking of every
+    target item: a valid user whose item the tower ranks 7th counts recall@10 1 and ndcg@10
+    1/log2(8) (a ranking cut at 5, or recall reported as ndcg, would say otherwise)."""
+    import torch
+
+    from xdretrieve.evaluate.protocol import Protocol
+    from xdretrieve.train import adapter
+    from xdretrieve.train.catalog import Catalog
+    from xdretrieve.train.tower import Tower
+
+    ds = _long_histories(tmp_path / "data")
+    catalog = Catalog.of(ds)
+    torch.manual_seed(0)
+    tower = Tower(torch.randn(len(ds.items), 6), catalog.rows_by_domain, AdapterConfig(dim=8))
+    with torch.no_grad():  # the score is the bias: item k of a domain ranks (k + 1)th
+        tower.logit_scale.fill_(-30.0)
+        for rows in catalog.rows_by_domain:
+            tower.bias[torch.from_numpy(rows)] = -torch.arange(len(rows), dtype=torch.float32)
+    directions = Protocol(ds).directions()
+    truth = {0: np.array([6]), 1: np.array([0])}
+    valid = []
+    for d in directions:
+        s, t = catalog.domains.index(d.source), catalog.domains.index(d.target)
+        valid.append((s, t, [catalog.rows_by_domain[s][:3]], [truth[len(valid)]]))
+    got = adapter._validate(tower, valid, directions)
+    first, second = (str(d) for d in directions)
+    assert got == pytest.approx({f"{first}/ndcg@10": 1 / 3, f"{first}/recall@10": 1.0,
+                                 f"{second}/ndcg@10": 1.0, f"{second}/recall@10": 1.0})
+
+
+def test_the_steps_of_an_epoch_mix_the_directions(tmp_path: Path, monkeypatch) -> None:
+    """An epoch's batches of both directions come shuffled together, not every batch of one
+    direction and then every batch of the other (the weights of each epoch would lean to the
+    direction trained last)."""
+    from xdretrieve.train.tower import Tower
+
+    ds = _long_histories(tmp_path / "data")
+    base = np.random.default_rng(0).normal(size=(len(ds.items), 6)).astype(np.float32)
+    sources: list[int] = []
+    users = Tower.users
+
+    def recorded(self, X, M, s, t):
+        if self.training:
+            sources.append(s)
+        return users(self, X, M, s, t)
+
+    monkeypatch.setattr(Tower, "users", recorded)
+    config = AdapterConfig(dim=8, epochs=3, patience=3, batch_size=8, seed=0,
+                           rerank_fraction=0)
+    train_adapter(ds, base, tmp_path / "m", "m", "f", config)
+    steps = len(sources) // 3
+    epochs = [sources[k * steps:(k + 1) * steps] for k in range(3)]
+    assert steps > 2 and all(sorted(e) == sorted(epochs[0]) for e in epochs)
+    assert any(e not in (sorted(e), sorted(e, reverse=True)) for e in epochs)

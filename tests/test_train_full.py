@@ -87,6 +87,11 @@ def test_pairs_cross_and_same_domain() -> None:
     assert p.target.tolist() == [{"a": 0, "b": 1}[list(items)[i][0]] for i in p.item]
     assert p.known[0].tolist() == [0, 1, 2, 3, 4] and p.known[1].tolist() == [1]
     assert all(p.query_user[q] == 0 for q in p.query)
+    # each query asks for its pairs' domain (hard negatives are mined in that domain)
+    assert p.query_target[p.query].tolist() == p.target.tolist()
+    # the limit on titles holds for the prefixes of a domain's own history too
+    one = build_pairs(histories, ["u", "v"], ["a", "b"], items, row_of, history_titles=1)
+    assert len(one) == len(p) and not any(";" in text for text in one.query_texts)
     only_cross = build_pairs(histories, ["u", "v"], ["a", "b"], items, row_of, 2,
                              same_domain=False)
     assert only_cross.cross.all() and len(only_cross) == 5
@@ -113,6 +118,11 @@ def test_global_batches_are_one_domain_and_shard_evenly() -> None:
     # max_pairs is how many pairs an epoch trains on, when the batches take them all
     capped = global_batches(np.zeros(20, dtype=np.int64), 5, 1, np.random.default_rng(0), 10)
     assert sorted(len(b) for b in capped) == [5, 5]
+    # drawn at random: another seed trains on other pairs (not always the first ones)
+    drawn = {frozenset(np.concatenate(global_batches(np.zeros(20, dtype=np.int64), 5, 1,
+                                                     np.random.default_rng(s), 10)).tolist())
+             for s in range(4)}
+    assert len(drawn) > 1
     # a last batch of one pair per process (7 - 4 = 3 left, trimmed to 2) is dropped
     assert [len(b) for b in global_batches(np.zeros(7, dtype=np.int64), 2, 2,
                                            np.random.default_rng(0))] == [4]
