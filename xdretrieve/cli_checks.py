@@ -1,4 +1,5 @@
-"""How a command fails: on one line naming what is wrong, and before its work where it can.
+"""How a command fails: on one line naming what is wrong, and before its work where it can;
+and the context settings every command shares (``-h``, the help's width).
 
 Shared by every ``xdretrieve`` command (and imported by their modules without importing
 :mod:`xdretrieve.cli`, which registers them).
