@@ -39,4 +39,3 @@ def test_the_sweep_stops_on_a_test_that_fails_without_any_mutation(tmp_path) -> 
     assert failing_unmutated([{"tests": [passing]}]) == ""
     said = failing_unmutated([{"tests": [passing]}, {"tests": [f"{broken}::test_already_failing"]}])
     assert "FAILED" in said and "test_already_failing" in said and "test_hr_and_mrr" not in said
-

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,7 +27,9 @@ from xdretrieve.cli_checks import (
     bad_rows_options,
     check_device,
     fail_cleanly,
+    make_settings,
     read_dataset,
+    store_options,
 )
 from xdretrieve.paths import output_dir_problem
 
@@ -41,41 +43,6 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--store / --url / --model, shared by every command that opens a store."""
-    func = click.option("--model", default=None, metavar="NAME|DIR",
-                        help="Encoder: 'all-MiniLM-L6-v2' (packaged default), a local "
-                             "sentence-transformers model directory, or a model directory "
-                             "written by `xdretrieve finetune`. A store records what built it: "
-                             "give this to index, or where a trained model has moved. "
-                             "[env XDR_MODEL]")(func)
-    func = click.option("--url", default=None, metavar="URL",
-                        help="Qdrant server URL (e.g. http://localhost:6333); overrides --store. "
-                             "[env XDR_URL]")(func)
-    func = click.option("--store", default=None, type=UserPath(file_okay=False, path_type=Path),
-                        help="Directory of the embedded Qdrant store. [default: .xdretrieve; "
-                             "env XDR_STORE]")(func)
-    return func
-
-
-def make_settings(**options: Any) -> Any:
-    """Settings from the options a user gave; the rest come from env, xdretrieve.toml, defaults."""
-    from pydantic import ValidationError
-
-    from xdretrieve.config import Settings
-    from xdretrieve.errors import ConfigError
-
-    try:
-        return Settings(**{k: v for k, v in options.items() if v is not None})
-    except ValidationError as e:  # one line a setting, as env XDR_... or xdretrieve.toml names it
-        lines = [f"setting {'.'.join(map(str, err['loc']))}: "
-                 + ("no such setting" if err["type"] == "extra_forbidden"
-                    else err["msg"].removeprefix("Value error, ")) for err in e.errors()]
-        raise click.UsageError("\n".join(lines)) from e
-    except ConfigError as e:  # xdretrieve.toml that is not TOML
-        raise click.UsageError(str(e)) from e
 
 
 @click.group(context_settings=COMMAND_CONTEXT)
@@ -429,21 +396,17 @@ def demo(store: Path) -> None:
                f"     xdretrieve query --store {store} --text 'space opera' --domain movies")
 
 
-def _register_optional() -> None:
-    """Commands that live in their own modules."""
+def _register_own_modules() -> None:
+    """Commands that live in their own modules (which import cli_checks, not this module)."""
     from xdretrieve.evaluate.cli import evaluate
+    from xdretrieve.serve_cli import serve
     from xdretrieve.train.cli import finetune
 
-    main.add_command(evaluate)
-    main.add_command(finetune)
-    try:
-        from xdretrieve.serve_cli import serve
-    except ImportError:  # serve_cli imported first (it imports this module): it registers itself
-        return
-    main.add_command(serve)
+    for command in (evaluate, finetune, serve):
+        main.add_command(command)
 
 
-_register_optional()
+_register_own_modules()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,5 +1,6 @@
 """How a command fails: on one line naming what is wrong, and before its work where it can;
-and the context settings every command shares (``-h``, the help's width).
+and what every command shares: its context settings (``-h``, the help's width), the store
+options and the settings made from them.
 
 Shared by every ``xdretrieve`` command (and imported by their modules without importing
 :mod:`xdretrieve.cli`, which registers them).
@@ -139,3 +140,38 @@ class OutputDir(UserPath):
         if problem is not None:
             self.fail(problem, param, ctx)
         return path
+
+
+def store_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--store / --url / --model, shared by every command that opens a store."""
+    func = click.option("--model", default=None, metavar="NAME|DIR",
+                        help="Encoder: 'all-MiniLM-L6-v2' (packaged default), a local "
+                             "sentence-transformers model directory, or a model directory "
+                             "written by `xdretrieve finetune`. A store records what built it: "
+                             "give this to index, or where a trained model has moved. "
+                             "[env XDR_MODEL]")(func)
+    func = click.option("--url", default=None, metavar="URL",
+                        help="Qdrant server URL (e.g. http://localhost:6333); overrides --store. "
+                             "[env XDR_URL]")(func)
+    func = click.option("--store", default=None, type=UserPath(file_okay=False, path_type=Path),
+                        help="Directory of the embedded Qdrant store. [default: .xdretrieve; "
+                             "env XDR_STORE]")(func)
+    return func
+
+
+def make_settings(**options: Any) -> Any:
+    """Settings from the options a user gave; the rest come from env, xdretrieve.toml, defaults."""
+    from pydantic import ValidationError
+
+    from xdretrieve.config import Settings
+    from xdretrieve.errors import ConfigError
+
+    try:
+        return Settings(**{k: v for k, v in options.items() if v is not None})
+    except ValidationError as e:  # one line a setting, as env XDR_... or xdretrieve.toml names it
+        lines = [f"setting {'.'.join(map(str, err['loc']))}: "
+                 + ("no such setting" if err["type"] == "extra_forbidden"
+                    else err["msg"].removeprefix("Value error, ")) for err in e.errors()]
+        raise click.UsageError("\n".join(lines)) from e
+    except ConfigError as e:  # xdretrieve.toml that is not TOML
+        raise click.UsageError(str(e)) from e

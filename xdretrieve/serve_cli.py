@@ -9,8 +9,7 @@ from pathlib import Path
 
 import click
 
-from xdretrieve.cli import main, make_settings, store_options
-from xdretrieve.cli_checks import COMMAND_CONTEXT, fail_cleanly
+from xdretrieve.cli_checks import COMMAND_CONTEXT, fail_cleanly, make_settings, store_options
 from xdretrieve.errors import SERVE_MISSING
 
 
@@ -46,8 +45,3 @@ def serve(host: str, port: int, store: Path | None, url: str | None, model: str 
     click.echo(f"serving {settings.url or settings.store} on http://{host}:{port} "
                f"(docs at /docs)", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
-
-
-# Imported before xdretrieve.cli, this module is the one that completes the group (cli.py's own
-# registration meets it half-imported).
-main.add_command(serve)

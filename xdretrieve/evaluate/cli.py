@@ -20,6 +20,7 @@ from xdretrieve.cli_checks import (
     UserPath,
     bad_rows_options,
     fail_cleanly,
+    make_settings,
     read_dataset,
 )
 from xdretrieve.errors import XDRetrieveError
@@ -80,7 +81,6 @@ def evaluate(data: Path, directions: tuple[str, ...], methods: tuple[str, ...],
       xdretrieve evaluate --data ../shared/data/amazon-arts-office --model arts-office.model \\
           --no-rerank-row --compare mean-pool=mean.model --compare coral=coral.model
     """
-    from xdretrieve.cli import make_settings
     from xdretrieve.evaluate.protocol import Direction
     from xdretrieve.evaluate.registry import BASELINES, METHODS
     from xdretrieve.evaluate.retrieval import RETRIEVER_METHODS, register_retriever_methods

@@ -13,6 +13,7 @@ from xdretrieve.cli_checks import (
     bad_rows_options,
     check_device,
     fail_cleanly,
+    make_settings,
     read_dataset,
 )
 from xdretrieve.train import POOLINGS
@@ -102,7 +103,6 @@ def finetune(data: Path, out: Path, mode: str, model: str | None, dim: int | Non
       torchrun --standalone --nproc_per_node=4 -m xdretrieve.cli finetune --mode full \\
           --data DIR --out MODEL_DIR
     """
-    from xdretrieve.cli import make_settings
     from xdretrieve.errors import ConfigError
     from xdretrieve.evaluate.protocol import Protocol
     from xdretrieve.model import model_out_problem
