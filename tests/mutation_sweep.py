@@ -8,10 +8,18 @@ reaches). An entry names the one test function that catches it (``tests/test_x.p
 or test files (slower to run). Not part of the default suite: a sweep runs
 pytest once per mutation (about 50 minutes for 615 on 2 cores).
 
+Each pytest run is a fork of the sweep's process, which has imported the heavy libraries
+(torch, transformers, sentence-transformers, Qdrant's) once, before any mutation: a fresh
+interpreter spent most of a short test's run importing them again. The fork imports xdretrieve
+itself anew, from the mutated files, and a test that starts ``xdretrieve`` in a subprocess sees
+them too. ``--fresh-interpreters`` runs each in a new ``python -m pytest`` instead (where there
+is no ``os.fork``, always).
+
 Usage (from the repository root, with a clean working tree under xdretrieve/ and plugins/)::
 
     python -m tests.mutation_sweep              # every mutation
     python -m tests.mutation_sweep --only save-bias-halved --only kept-ge
+    python -m tests.mutation_sweep --fresh-interpreters   # a new interpreter per pytest run
 
 It first runs every test the entries name on the code as it is (one pytest run): a test that
 fails there would "catch" every mutation, so the sweep stops (exit status 2) and names it.
@@ -23,11 +31,15 @@ anything a killed run left behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +48,12 @@ MUTATIONS = Path(__file__).with_name("mutations.json")
 # langsmith with the LangChain plugin): importing them took about 6 of the 7 s of a run of one
 # short test. No test needs them: main() first runs every named test so, unmutated.
 PYTEST_ENV = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+# Imported once by the sweep, before any fork (see the docstring). Third-party only: nothing
+# here imports xdretrieve, so every fork reads the package from the files as they are then.
+PRELOAD = ("numpy", "scipy.sparse", "pyarrow.parquet", "torch", "transformers",
+           "sentence_transformers", "qdrant_client", "qdrant_edge", "click", "pydantic",
+           "pydantic_settings", "fastapi", "uvicorn", "httpx", "implicit", "matplotlib.pyplot",
+           "threadpoolctl", "tqdm", "pytest")
 
 
 def entry_problem(mutation: dict) -> str | None:
@@ -66,21 +84,74 @@ def _test_exists(test: str) -> bool:
     return re.search(rf"^def {re.escape(name)}\(", source, re.M) is not None
 
 
-def failing_unmutated(mutations: list[dict]) -> str:
+def preload() -> None:
+    """Import the heavy third-party libraries into this process, for its forks to share (one
+    that is not installed, such as an optional extra, is left out)."""
+    for name in PRELOAD:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    own = sorted(m for m in sys.modules if m.partition(".")[0].startswith("xdretrieve"))
+    if own:  # every fork would run this code, not the mutated files
+        raise SystemExit(f"the sweep's process has imported {', '.join(own)}: its forks would "
+                         f"not see the mutations (use --fresh-interpreters)")
+
+
+def run_pytest(args: list[str], fresh: bool = False) -> tuple[int, str]:
+    """(exit status, output) of pytest run with ``args`` from the repository root, without
+    plugins: in a fork of this process, or in a fresh interpreter when ``fresh`` (or where
+    there is no fork)."""
+    if fresh or not hasattr(os, "fork"):
+        done = subprocess.run([sys.executable, "-m", "pytest", *args], cwd=ROOT,
+                              capture_output=True, text=True, env=PYTEST_ENV)
+        return done.returncode, done.stdout + done.stderr
+    with tempfile.TemporaryFile() as output:
+        sys.stdout.flush()  # or the fork would write what this process has buffered again
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _pytest_in_this_fork(args, output.fileno())
+        _, status = os.waitpid(pid, 0)
+        output.seek(0)
+        return os.waitstatus_to_exitcode(status), output.read().decode(errors="replace")
+
+
+def _pytest_in_this_fork(args: list[str], output: int) -> None:
+    """The forked child: run pytest with its output to ``output``, then exit with its status
+    (never returning into the sweep's loop)."""
+    status = 3
+    try:
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        # sys.stdout may not write to fd 1 (in a pytest run that captures, it does not)
+        sys.stdout = sys.__stdout__ = open(1, "w", closefd=False)  # noqa: SIM115
+        sys.stderr = sys.__stderr__ = open(2, "w", closefd=False)  # noqa: SIM115
+        os.chdir(ROOT)
+        os.environ.update(PYTEST_ENV)
+        import pytest
+
+        status = int(pytest.main(args))
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def failing_unmutated(mutations: list[dict], fresh: bool = False) -> str:
     """The tests the entries name that fail on the code as it is (pytest's summary lines), or
-    '': a mutation such a test "catches" would prove nothing."""
+    '': a mutation such a test "catches" would prove nothing. Run as the mutations' tests are
+    run (``fresh``: see ``run_pytest``)."""
     tests = sorted({t for m in mutations for t in m["tests"]})
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "-rfE", *tests], cwd=ROOT, capture_output=True, text=True,
-                          env=PYTEST_ENV)
-    if done.returncode == 0:
+    status, output = run_pytest(["-q", "-p", "no:cacheprovider", "-rfE", *tests], fresh)
+    if status == 0:
         return ""
-    failed = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
-    return "\n".join(failed) or (done.stdout + done.stderr).strip()[-2000:]
+    failed = [line for line in output.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    return "\n".join(failed) or output.strip()[-2000:]
 
 
-def run_one(mutation: dict) -> tuple[bool, str]:
-    """(caught, pytest's last line) for one mutation."""
+def run_one(mutation: dict, fresh: bool = False) -> tuple[bool, str]:
+    """(caught, pytest's last line) for one mutation (``fresh``: see ``run_pytest``)."""
     problem = entry_problem(mutation)
     if problem is not None:
         raise SystemExit(problem)
@@ -88,20 +159,23 @@ def run_one(mutation: dict) -> tuple[bool, str]:
     source = path.read_text()
     path.write_text(source.replace(mutation["old"], mutation["new"]))
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-             *mutation["tests"]], cwd=ROOT, capture_output=True, text=True, env=PYTEST_ENV)
+        status, output = run_pytest(["-q", "-x", "-p", "no:cacheprovider", *mutation["tests"]],
+                                    fresh)
     finally:
         path.write_text(source)
-    lines = done.stdout.strip().splitlines()
-    return done.returncode != 0, lines[-1] if lines else done.stderr.strip()[-200:]
+    lines = output.strip().splitlines()
+    return status != 0, lines[-1] if lines else ""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", default=[], metavar="ID",
                         help="run this mutation only (repeatable)")
+    parser.add_argument("--fresh-interpreters", action="store_true",
+                        help="run pytest in a new interpreter each time, not in a fork of this "
+                             "process with the heavy libraries imported (slower)")
     args = parser.parse_args(argv)
+    fresh = args.fresh_interpreters
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "xdretrieve", "plugins"],
                            cwd=ROOT, capture_output=True, text=True).stdout.strip()
     if dirty:
@@ -119,14 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 2
-    failing = failing_unmutated(mutations)
+    if not fresh:
+        preload()
+    failing = failing_unmutated(mutations, fresh)
     if failing:
         print(f"tests that fail without any mutation (fix them first):\n{failing}",
               file=sys.stderr)
         return 2
     gaps, caught_count, expected_count = [], 0, 0
     for m in mutations:
-        caught, last = run_one(m)
+        caught, last = run_one(m, fresh)
         expected = m.get("expect") == "survives"
         verdict = "caught" if caught else ("survived, as expected" if expected else "SURVIVED")
         print(f"{verdict:22} {m['id']:38} {last}", flush=True)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from tests.mutation_sweep import MUTATIONS, entry_problem, failing_unmutated
+import pytest
+
+from tests.mutation_sweep import MUTATIONS, entry_problem, failing_unmutated, run_one
 
 
 def test_every_mutation_changes_text_found_once_and_names_existing_tests() -> None:
@@ -39,3 +41,22 @@ def test_the_sweep_stops_on_a_test_that_fails_without_any_mutation(tmp_path) -> 
     assert failing_unmutated([{"tests": [passing]}]) == ""
     said = failing_unmutated([{"tests": [passing]}, {"tests": [f"{broken}::test_already_failing"]}])
     assert "FAILED" in said and "test_already_failing" in said and "test_hr_and_mrr" not in said
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["fork", "fresh-interpreter"])
+def test_a_mutation_is_seen_by_its_test_and_undone(tmp_path, fresh) -> None:
+    """Both ways of running pytest see the mutated file (a fork imports it anew), a change that
+    keeps the answer survives, and the file is as before after each."""
+    module = tmp_path / f"sweep_probe_{int(fresh)}.py"
+    module.write_text("def answer():\n    return 42\n")
+    test = tmp_path / "test_probe.py"
+    test.write_text(f"from {module.stem} import answer\n\n\ndef test_answer():\n"
+                    f"    assert answer() == 42\n")
+    entry = {"id": "probe", "file": str(module), "old": "return 42",
+             "tests": [f"{test}::test_answer"]}
+    caught, last = run_one({**entry, "new": "return 43"}, fresh)
+    assert caught and "1 failed" in last
+    assert module.read_text() == "def answer():\n    return 42\n"
+    caught, last = run_one({**entry, "new": "return 6 * 7"}, fresh)
+    assert not caught and "1 passed" in last
+    assert module.read_text() == "def answer():\n    return 42\n"
