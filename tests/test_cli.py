@@ -746,6 +746,30 @@ def test_the_version_is_the_package_s() -> None:
     assert run("--version").output == f"xdretrieve, version {version}\n"
 
 
+def check_demo_answers(out: str) -> None:
+    """Each user the demo shows: a test user of the sample (not trained on), queried with their
+    books, answered with five movies, of which it counts those in their movie history right."""
+    from xdretrieve.cli import DEMO_DIR
+    from xdretrieve.data import Dataset
+
+    sample = Dataset.from_dir(DEMO_DIR)
+    blocks = re.findall(r"user (\S+), treated as cold-start in movies: the query is their (\d+) "
+                        r"books only\n((?:   books: .*\n)+)rank +movies +score\n-[- ]+\n"
+                        r"((?:\d .*\n)+)   \((\d) of these 5", out)
+    assert len(blocks) == 2
+    for user, n_books, books, rows, found in blocks:
+        history = sample.histories[user]
+        assert sample.splits[user] == "test"
+        assert [line.split("books: ")[1] for line in books.splitlines()] == [
+            sample.items[i].title for i in history["books"]] and int(n_books) == len(
+            history["books"])
+        titles = [re.split(r"\s{2,}", line)[1] for line in rows.splitlines()]
+        movies = {item.title for item in sample.items.values() if item.domain == "movies"}
+        assert len(titles) == 5 and set(titles) <= movies
+        watched = {sample.items[i].title for i in history["movies"]}
+        assert int(found) == len(set(titles) & watched)
+
+
 def test_demo_trains_indexes_and_answers(tmp_path: Path, monkeypatch, minilm_model: str) -> None:
     """`xdretrieve demo`, the README's first command: a model trained on the packaged sample,
     the sample indexed with it, two cold-start users answered with some of their held-out
@@ -762,6 +786,7 @@ def test_demo_trains_indexes_and_answers(tmp_path: Path, monkeypatch, minilm_mod
                          r"movies->books 0\.\d{4} -> 0\.\d{4}; served into ", out)
         found = [int(n) for n in re.findall(r"\((\d) of these 5 (?:is|are) in the user's", out)]
         assert len(found) == 2 and all(n >= 1 for n in found)
+        check_demo_answers(out)
         with open_store(Settings(store=store)) as s:
             assert s.read_info().extra["trained"] == str((tmp_path / "demo.model").resolve())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "demo", "demo.model"]
