@@ -1376,6 +1376,30 @@ def test_finetune_from_python_writes_what_index_loads(trained, tiny_model: str,
     assert not (tmp_path / "m2").exists()
 
 
+def test_finetune_embeds_with_the_settings_template_and_shows_its_epochs(
+        tiny_model: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Adapter mode trains over the items as the settings' template writes them (the text that
+    index embeds with the same settings), and ``progress`` prints each epoch."""
+    import xdretrieve
+    from xdretrieve.config import Settings
+
+    seen: list[str] = []
+    encode = Encoder.encode
+
+    def spy(self, texts, *args, **kwargs):
+        seen.extend(texts)
+        return encode(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(Encoder, "encode", spy)
+    ds = Dataset.from_dir(write_paired_dataset(tmp_path / "data"))
+    settings = Settings(model=tiny_model, cache_dir=tmp_path / "cache",
+                        text_template="{domain}: {title}")
+    xdretrieve.finetune(ds, tmp_path / "m", settings, AdapterConfig(dim=8, epochs=2, batch_size=8),
+                        progress=True)
+    assert "books: The dragons chronicles" in seen and "movies: Jazz: the movie" in seen
+    assert re.search(r"^epoch 2: loss \d", capsys.readouterr().out, re.M)
+
+
 def test_finetune_refuses_a_dataset_of_one_domain_saying_so(tmp_path: Path) -> None:
     """One domain has no direction to learn: said as such, before anything is embedded (not
     as a lack of valid users, the first check it would fail later)."""
