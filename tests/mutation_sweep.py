@@ -23,7 +23,9 @@ Usage (from the repository root, with a clean working tree under xdretrieve/ and
 
 It first runs every test the entries name on the code as it is (one pytest run): a test that
 fails there would "catch" every mutation, so the sweep stops (exit status 2) and names it.
-Exit status 1 when a mutation not expected to survive survives. Each file is restored after
+Exit status 1 when a mutation not expected to survive survives. A mutation whose tests run
+past ``--timeout`` (300 s) hangs them: it is caught, and its run killed with every process it
+started. Each file is restored after
 its mutation, also when interrupted; the clean-tree check means ``git checkout`` can restore
 anything a killed run left behind.
 """
@@ -36,9 +38,11 @@ import importlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -54,6 +58,9 @@ PRELOAD = ("numpy", "scipy.sparse", "pyarrow.parquet", "torch", "transformers",
            "sentence_transformers", "qdrant_client", "qdrant_edge", "click", "pydantic",
            "pydantic_settings", "fastapi", "uvicorn", "httpx", "implicit", "matplotlib.pyplot",
            "threadpoolctl", "tqdm", "pytest")
+# A mutation's run past this has hung (a loop that never ends): it is caught, and the sweep goes
+# on. The slowest entries take about 25 s.
+TIMEOUT_S = 300
 
 
 def entry_problem(mutation: dict) -> str | None:
@@ -96,23 +103,68 @@ def preload() -> None:
                          f"not see the mutations (use --fresh-interpreters)")
 
 
-def run_pytest(args: list[str], fresh: bool = False) -> tuple[int, str]:
+def run_pytest(args: list[str], fresh: bool = False,
+               timeout: float | None = None) -> tuple[int, str]:
     """(exit status, output) of pytest run with ``args`` from the repository root, without
     plugins: in a fork of this process, or in a fresh interpreter when ``fresh`` (or where
-    there is no fork)."""
+    there is no fork). Past ``timeout`` seconds the run and every process it started are
+    killed: status -9, and the output's last line says so."""
     if fresh or not hasattr(os, "fork"):
-        done = subprocess.run([sys.executable, "-m", "pytest", *args], cwd=ROOT,
-                              capture_output=True, text=True, env=PYTEST_ENV)
-        return done.returncode, done.stdout + done.stderr
+        proc = subprocess.Popen([sys.executable, "-m", "pytest", *args], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=PYTEST_ENV, start_new_session=True)
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+            return proc.returncode, output
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid)
+            output, _ = proc.communicate()
+            return -signal.SIGKILL, f"{output}\ntimed out after {timeout:g} s"
+        except BaseException:
+            _kill_group(proc.pid)
+            raise
     with tempfile.TemporaryFile() as output:
         sys.stdout.flush()  # or the fork would write what this process has buffered again
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
+            os.setsid()  # a group of its own: a timeout kills what its tests started too
             _pytest_in_this_fork(args, output.fileno())
-        _, status = os.waitpid(pid, 0)
+        status = _wait(pid, timeout)
         output.seek(0)
-        return os.waitstatus_to_exitcode(status), output.read().decode(errors="replace")
+        said = output.read().decode(errors="replace")
+        if status is None:
+            return -signal.SIGKILL, f"{said}\ntimed out after {timeout:g} s"
+        return os.waitstatus_to_exitcode(status), said
+
+
+def _wait(pid: int, timeout: float | None) -> int | None:
+    """The wait status of the forked ``pid``, or None when it ran past ``timeout`` seconds (it
+    and its process group are killed then, and when this process is interrupted)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+    except BaseException:
+        _kill_group(pid)
+        os.waitpid(pid, 0)
+        raise
+    _kill_group(pid)
+    os.waitpid(pid, 0)
+    return None
+
+
+def _kill_group(leader: int) -> None:
+    """Kill ``leader``'s process group, and ``leader`` itself should it have none (waiting for
+    it must never hang)."""
+    for kill in (os.killpg, os.kill):
+        with contextlib.suppress(ProcessLookupError):
+            kill(leader, signal.SIGKILL)
 
 
 def _pytest_in_this_fork(args: list[str], output: int) -> None:
@@ -150,8 +202,10 @@ def failing_unmutated(mutations: list[dict], fresh: bool = False) -> str:
     return "\n".join(failed) or output.strip()[-2000:]
 
 
-def run_one(mutation: dict, fresh: bool = False) -> tuple[bool, str]:
-    """(caught, pytest's last line) for one mutation (``fresh``: see ``run_pytest``)."""
+def run_one(mutation: dict, fresh: bool = False,
+            timeout: float | None = TIMEOUT_S) -> tuple[bool, str]:
+    """(caught, pytest's last line) for one mutation (``fresh``, ``timeout``: see
+    ``run_pytest``; a run that times out is caught)."""
     problem = entry_problem(mutation)
     if problem is not None:
         raise SystemExit(problem)
@@ -160,7 +214,7 @@ def run_one(mutation: dict, fresh: bool = False) -> tuple[bool, str]:
     path.write_text(source.replace(mutation["old"], mutation["new"]))
     try:
         status, output = run_pytest(["-q", "-x", "-p", "no:cacheprovider", *mutation["tests"]],
-                                    fresh)
+                                    fresh, timeout)
     finally:
         path.write_text(source)
     lines = output.strip().splitlines()
@@ -174,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh-interpreters", action="store_true",
                         help="run pytest in a new interpreter each time, not in a fork of this "
                              "process with the heavy libraries imported (slower)")
+    parser.add_argument("--timeout", type=float, default=TIMEOUT_S, metavar="SECONDS",
+                        help=f"a mutation whose tests run longer is caught (they hang) and "
+                             f"killed (default {TIMEOUT_S})")
     args = parser.parse_args(argv)
     fresh = args.fresh_interpreters
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "xdretrieve", "plugins"],
@@ -202,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     gaps, caught_count, expected_count = [], 0, 0
     for m in mutations:
-        caught, last = run_one(m, fresh)
+        caught, last = run_one(m, fresh, args.timeout)
         expected = m.get("expect") == "survives"
         verdict = "caught" if caught else ("survived, as expected" if expected else "SURVIVED")
         print(f"{verdict:22} {m['id']:38} {last}", flush=True)

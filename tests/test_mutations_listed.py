@@ -5,7 +5,10 @@ default suite, not only in the sweep that CI runs after it."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +63,41 @@ def test_a_mutation_is_seen_by_its_test_and_undone(tmp_path, fresh) -> None:
     caught, last = run_one({**entry, "new": "return 6 * 7"}, fresh)
     assert not caught and "1 passed" in last
     assert module.read_text() == "def answer():\n    return 42\n"
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().rpartition(")")[2].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["fork", "fresh-interpreter"])
+def test_a_mutation_that_hangs_its_test_is_caught_and_its_processes_killed(tmp_path,
+                                                                           fresh) -> None:
+    """Past the timeout the run is stopped and counted as caught, and a process its test
+    started is killed with it (not left running): the sweep goes on."""
+    module = tmp_path / f"sweep_hang_{int(fresh)}.py"
+    module.write_text("def answer():\n    return 42\n")
+    pid_file = tmp_path / "sleeper.pid"
+    test = tmp_path / "test_hang.py"
+    test.write_text(
+        f"import subprocess, sys\nfrom pathlib import Path\nfrom {module.stem} import answer\n\n\n"
+        f"def test_answer():\n"
+        f"    sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        f"    Path({str(pid_file)!r}).write_text(str(sleeper.pid))\n"
+        f"    assert answer() == 42\n")
+    entry = {"id": "hang", "file": str(module), "old": "return 42",
+             "new": "while True:\n        pass", "tests": [f"{test}::test_answer"]}
+    caught, last = run_one(entry, fresh, timeout=5)
+    assert caught and last == "timed out after 5 s"
+    assert module.read_text() == "def answer():\n    return 42\n"
+    sleeper = int(pid_file.read_text())
+    for _ in range(100):  # SIGKILL is delivered at once; reaping it may take a moment
+        if not _running(sleeper):
+            break
+        time.sleep(0.05)
+    assert not _running(sleeper)
