@@ -204,6 +204,71 @@ def test_emcdr_mlp_without_valid_users_keeps_its_trained_mapping() -> None:
     assert error(100) < 0.1 * error(1)
 
 
+def test_emcdr_mlp_steps_are_torchs_adam_on_its_squared_error() -> None:
+    """The NumPy MLP's hand-written gradients and Adam steps are those of torch's autograd and
+    ``Adam(weight_decay=...)`` on the same net from the same start (torch's Linear default
+    initialisation, drawn in the order _fit_mlp draws it), step for step."""
+    import torch
+
+    from xdretrieve.evaluate.emcdr import _fit_mlp
+
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(20, 4)), rng.normal(size=(20, 3))
+    config = EMCDRConfig(hidden=8, lr=0.05, epochs=5, weight_decay=0.1)
+    mapped = _fit_mlp(x, y, np.zeros((0, 4)), np.zeros((0, 3)), config, seed=0)(x)
+    init = np.random.default_rng(0)
+    start = [init.uniform(-1.0, 1.0, size=shape) / np.sqrt(fan_in)
+             for fan_in, shape in ((4, (4, 8)), (4, (8,)), (8, (8, 3)), (8, (3,)))]
+    params = [torch.tensor(a, requires_grad=True) for a in start]  # float64, as _fit_mlp
+    adam = torch.optim.Adam(params, lr=0.05, weight_decay=0.1)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def forward() -> torch.Tensor:
+        return torch.tanh(xt @ params[0] + params[1]) @ params[2] + params[3]
+
+    for _ in range(config.epochs):
+        adam.zero_grad()
+        ((forward() - yt) ** 2).sum(dim=1).mean().backward()  # squared error, mean over users
+        adam.step()
+    np.testing.assert_allclose(mapped, forward().detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_emcdr_counts_a_repeated_interaction_once(dataset: Dataset) -> None:
+    """Its ALS factors are of binary histories: train users who read their book three times
+    give the same scores as when they read it once."""
+    again = [Interaction(x.user_id, x.item_id, x.domain, x.order + 10 * k)
+             for x in dataset.interactions for k in (1, 2)
+             if dataset.splits[x.user_id] == "train"]  # type: ignore[index]
+    repeated = Dataset(dataset.items, [*dataset.interactions, *again], dataset.splits)
+    scores = []
+    for data in (dataset, repeated):
+        method = EMCDR(EMCDRConfig(factors=8))
+        method.fit(Protocol(data).train_view(B2M))
+        scores.append(method.score(queries(view)))
+    np.testing.assert_array_equal(scores[0], scores[1])
+
+
+def test_emcdr_stops_on_valid_users_whole_target_histories(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """The MLP's early stopping compares the mapped valid users with the target factors folded
+    in from all their target items, as the train users' are (not a part of them)."""
+    from xdretrieve.evaluate import emcdr
+
+    users = [(f"t{t}-{k}", "train", [f"book-{t}"], [f"movie-{t}", f"poster-{t}"])
+             for t in range(4) for k in range(3)]
+    users += [(f"v{t}", "valid", [f"book-{t}"], [f"movie-{t}", f"poster-{t}"]) for t in range(4)]
+    view = view_of(users)
+    seen: list[np.ndarray] = []
+    fit_mlp = emcdr._fit_mlp
+    monkeypatch.setattr(emcdr, "_fit_mlp", lambda x, y, x_valid, y_valid, config, seed:
+                        seen.append(y_valid) or fit_mlp(x, y, x_valid, y_valid, config, seed))
+    method = EMCDR(EMCDRConfig(factors=8))
+    method.fit(view)
+    assert view.valid.users == ("v0", "v1", "v2", "v3")
+    whole = view.history_matrix([[f"movie-{t}", f"poster-{t}"] for t in range(4)], "movies")
+    np.testing.assert_array_equal(seen[0], method._target.fold_in(whole))
+
+
 def test_emcdr_reports_its_seed() -> None:
     """The report's settings of an emcdr row include the seed of its ALS and MLP draws (a
     method object may be built with another seed than the run's --seed)."""
