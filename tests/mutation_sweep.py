@@ -12,8 +12,8 @@ Each pytest run is a fork of the sweep's process, which has imported the heavy l
 (torch, transformers, sentence-transformers, Qdrant's) once, before any mutation: a fresh
 interpreter spent most of a short test's run importing them again. The fork imports xdretrieve
 itself anew, from the mutated files, and a test that starts ``xdretrieve`` in a subprocess sees
-them too. ``--fresh-interpreters`` runs each in a new ``python -m pytest`` instead (where there
-is no ``os.fork``, always).
+them too. ``--fresh-interpreters`` runs each in a new ``python -m pytest`` instead. For POSIX
+systems (Linux, macOS): the sweep forks and kills process groups.
 
 Usage (from the repository root, with a clean working tree under xdretrieve/ and plugins/)::
 
@@ -106,41 +106,27 @@ def preload() -> None:
 def run_pytest(args: list[str], fresh: bool = False,
                timeout: float | None = None) -> tuple[int, str]:
     """(exit status, output) of pytest run with ``args`` from the repository root, without
-    plugins: in a fork of this process, or in a fresh interpreter when ``fresh`` (or where
-    there is no fork). Past ``timeout`` seconds the run and every process it started are
-    killed: status -9, and the output's last line says so."""
-    if fresh or not hasattr(os, "fork"):
-        proc = subprocess.Popen([sys.executable, "-m", "pytest", *args], cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=PYTEST_ENV, start_new_session=True)
-        try:
-            output, _ = proc.communicate(timeout=timeout)
-            return proc.returncode, output
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
-            output, _ = proc.communicate()
-            return -signal.SIGKILL, f"{output}\ntimed out after {timeout:g} s"
-        except BaseException:
-            _kill_group(proc.pid)
-            raise
+    plugins: in a fork of this process, or in a fresh interpreter the fork starts when
+    ``fresh``. Past ``timeout`` seconds the run and every process it started are killed:
+    status -9, and the output's last line says so."""
     with tempfile.TemporaryFile() as output:
         sys.stdout.flush()  # or the fork would write what this process has buffered again
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            os.setsid()  # a group of its own: a timeout kills what its tests started too
-            _pytest_in_this_fork(args, output.fileno())
+            _pytest_in_this_fork(args, output.fileno(), fresh)
         status = _wait(pid, timeout)
         output.seek(0)
         said = output.read().decode(errors="replace")
-        if status is None:
-            return -signal.SIGKILL, f"{said}\ntimed out after {timeout:g} s"
-        return os.waitstatus_to_exitcode(status), said
+    if status is None:
+        return -signal.SIGKILL, f"{said}\ntimed out after {timeout:g} s"
+    return os.waitstatus_to_exitcode(status), said
 
 
 def _wait(pid: int, timeout: float | None) -> int | None:
-    """The wait status of the forked ``pid``, or None when it ran past ``timeout`` seconds (it
-    and its process group are killed then, and when this process is interrupted)."""
+    """The wait status of the child ``pid``, or None when it ran past ``timeout`` seconds (its
+    process group, what its tests started included, is killed then, and when this process is
+    interrupted)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while True:
@@ -167,17 +153,22 @@ def _kill_group(leader: int) -> None:
             kill(leader, signal.SIGKILL)
 
 
-def _pytest_in_this_fork(args: list[str], output: int) -> None:
-    """The forked child: run pytest with its output to ``output``, then exit with its status
-    (never returning into the sweep's loop)."""
+def _pytest_in_this_fork(args: list[str], output: int, fresh: bool) -> None:
+    """The forked child: a process group of its own (a timeout kills what its tests started
+    too), its output to ``output``; runs pytest here, or replaces itself with a fresh
+    interpreter that does (``fresh``); exits with pytest's status, never returning into the
+    sweep's loop."""
     status = 3
     try:
+        os.setsid()
         os.dup2(output, 1)
         os.dup2(output, 2)
+        os.chdir(ROOT)
+        if fresh:
+            os.execve(sys.executable, [sys.executable, "-m", "pytest", *args], PYTEST_ENV)
         # sys.stdout may not write to fd 1 (in a pytest run that captures, it does not)
         sys.stdout = sys.__stdout__ = open(1, "w", closefd=False)  # noqa: SIM115
         sys.stderr = sys.__stderr__ = open(2, "w", closefd=False)  # noqa: SIM115
-        os.chdir(ROOT)
         os.environ.update(PYTEST_ENV)
         import pytest
 
