@@ -442,3 +442,42 @@ def test_new_items_trains_on_the_whole_datasets_split(tmp_path: Path) -> None:
     whole, kept = Split.of(dataset), Split.of(cut)
     assert whole.test and set(kept.test) == set(whole.test)
     assert set(kept.train) == set(whole.train) and set(kept.valid) == set(whole.valid)
+
+
+def test_cooccurrence_order_weights_each_pair_by_its_distance_in_the_sequence() -> None:
+    """benchmarks/cooccurrence_order.py: a pair's distance is the closest the two items came in
+    the user's sequence over both domains (a repeat counts, every item between them counts),
+    only train users are read, and with weight 1 the co-occurrence is itemknn's."""
+    from benchmarks import cooccurrence_order as order
+    from xdretrieve.data import Interaction, Item
+    from xdretrieve.evaluate.itemknn import ItemKNN
+    from xdretrieve.evaluate.protocol import Direction, Protocol
+
+    items = {i: Item(i, d, i) for i, d in (("b0", "books"), ("b1", "books"), ("m0", "movies"),
+                                           ("m1", "movies"))}
+    seq = {"t1": ["b0", "m0", "b1", "b0", "m1"], "t2": ["m1", "m0", "b1"],
+           "v": ["b0", "m0"], "x": ["b1", "m1"]}  # x: a test user, read by no fit
+    domain = {i: it.domain for i, it in items.items()}
+    events = [Interaction(u, i, domain[i], float(k)) for u, s in seq.items()
+              for k, i in enumerate(s)]
+    dataset = Dataset(items, events, {"t1": "train", "t2": "train", "v": "valid", "x": "test"})
+    protocol = Protocol(dataset)
+    ranks = order.sequence_ranks(dataset, set(protocol.split.train))
+    assert set(ranks) == {"t1", "t2"} and ranks["t1"][("books", "b0")] == [0, 3]
+    view = protocol.train_view(Direction("books", "movies"))
+    pairs = order.pair_distances(view, ranks, ItemKNN().max_history)
+    found = sorted((view.source_items[r], view.target_items[c], d)
+                   for r, c, d in zip(*pairs, strict=True))
+    # t1: b0-m0 1, b0-m1 1 (b0's repeat), b1-m0 1, b1-m1 2 (b0 between); t2: b1-m0 1, b1-m1 2
+    assert found == [("b0", "m0", 1), ("b0", "m1", 1), ("b1", "m0", 1), ("b1", "m0", 1),
+                     ("b1", "m1", 2), ("b1", "m1", 2)]
+    s, t = view.item_index("books"), view.item_index("movies")
+    binary, plain = order.OrderWeightedItemKNN(pairs, order.WEIGHTS["binary"]), ItemKNN()
+    binary.fit(view)
+    plain.fit(view)
+    assert (binary._cooc != plain._cooc).nnz == 0 and plain._cooc[s["b1"], t["m1"]] == 2
+    weighted = order.OrderWeightedItemKNN(pairs, order.WEIGHTS["1 / d"])
+    weighted.fit(view)
+    assert weighted._cooc[s["b1"], t["m1"]] == pytest.approx(1.0)  # 1/2 + 1/2
+    assert weighted._cooc[s["b1"], t["m0"]] == pytest.approx(2.0)
+    assert weighted._cooc[s["b0"], t["m1"]] == pytest.approx(1.0)

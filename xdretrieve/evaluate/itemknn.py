@@ -55,7 +55,7 @@ class ItemKNN(ScoringMethod):
         source, target = (view.history_matrix(  # binary (n_users, n_s) and (n_users, n_t)
             [recent_distinct(view.histories[u].get(d, ()), self.max_history) for u in view.users],
             d) for d in (view.source, view.target))
-        self._cooc = (source.T @ target).tocsr()  # (n_s, n_t) co-occurring users
+        self._cooc = self._cooccurrence(view, source, target)
         self._n_source = np.asarray(source.sum(axis=0)).ravel()  # (n_s,) users per item
         self._n_target = np.asarray(target.sum(axis=0)).ravel()  # (n_t,)
         self.tiebreak = view.popularity(view.target)
@@ -73,6 +73,12 @@ class ItemKNN(ScoringMethod):
             lambda p, q: stable_rank(self._score(similarity(p), q), self.tiebreak), view.valid)
         self.alpha, self.shrink = params["alpha"], params["shrink"]
         self._sim = similarity(params)
+
+    def _cooccurrence(self, view: TrainView, source: sp.csr_matrix,
+                      target: sp.csr_matrix) -> sp.csr_matrix:
+        """(n_s, n_t) c(i, j): the train users who have both items, from the binary user rows
+        of each domain (a hook: ``benchmarks/cooccurrence_order.py`` weights the pairs)."""
+        return (source.T @ target).tocsr()
 
     def _similarity(self, alpha: float, shrink: float) -> sp.csr_matrix:
         """(n_s, n_t) shrunk asymmetric cosine; zero where no train user has both items."""
