@@ -535,6 +535,9 @@ def test_a_collection_with_domains_keeps_one_shard_per_domain(tmp_path: Path, po
         assert [h.payload["item_id"] for h in store.search(ITEMS, q, 10, "b")][:5] == \
             brute_force(points, q, 5, "b")
     assert store.search(ITEMS, q, 10, "no such domain") == []
+    # every point once, shard after shard in the order of their domains
+    scrolled = [p.payload["domain"] for p in store.scroll(ITEMS)]
+    assert scrolled == sorted(scrolled) and len(scrolled) == N
     store.close()
 
 
@@ -596,6 +599,9 @@ def test_a_large_upsert_writes_each_domain_from_a_process_of_its_own(tmp_path: P
     got = store.retrieve(ITEMS, [item_point_id(i) for i in ids], with_vectors=True)
     assert sorted(p.payload["item_id"] for p in got) == sorted(ids)
     by_id = {p.payload["item_id"]: p for p in got}
+    # each point under its own item's id (a worker's ids out of step with its vectors and
+    # payloads would still hold every item)
+    assert all(p.id == item_point_id(p.payload["item_id"]) for p in got)
     for k in (0, 1, 2, 299, 599):
         np.testing.assert_allclose(by_id[ids[k]].vector, vectors[k], atol=1e-6)
         assert by_id[ids[k]].payload == payloads[k]
@@ -613,6 +619,46 @@ def test_a_large_upsert_writes_each_domain_from_a_process_of_its_own(tmp_path: P
     assert [h.payload["item_id"] for h in store.search(ITEMS, q, 10, "b")] == \
         brute_force((ids, vectors, flipped), q, 10, "b")
     store.close()
+
+
+def test_worker_processes_are_used_only_where_they_pay(monkeypatch) -> None:
+    """Several domains, the others together at least PARALLEL_MIN_POINTS beside the largest,
+    and more than one usable CPU: otherwise one process writes."""
+    big, limit = 50_000, edge_load.PARALLEL_MIN_POINTS
+    monkeypatch.setattr(edge_load, "usable_cpus", lambda: 2)
+    assert edge_load.worth_it([big, limit]) and edge_load.worth_it([big, limit // 2, limit // 2])
+    assert not edge_load.worth_it([big, limit - 1]) and not edge_load.worth_it([big])
+    monkeypatch.setattr(edge_load, "usable_cpus", lambda: 1)
+    assert not edge_load.worth_it([big, big])
+
+
+@pytest.mark.parametrize("per_domain", [True, False], ids=["shard per domain", "one shard"])
+def test_the_store_settings_are_what_its_shards_are_created_with(tmp_path: Path, points,
+                                                                  per_domain: bool) -> None:
+    """hnsw_m, hnsw_ef_construct and quantization given to the store reach the engine's
+    configuration of every shard, with the thresholds that give a small domain its graph; one
+    shard for all domains indexes the domain field its searches filter on."""
+    for quantization in ("int8", "none"):
+        path = tmp_path / quantization
+        store = EdgeStore(path, hnsw_m=24, hnsw_ef_construct=150, quantization=quantization,
+                          hnsw_per_domain=per_domain)
+        load(store, points)
+        store.close()
+        configs = [json.loads(f.read_text())
+                   for f in sorted((path / ITEMS).rglob(edge_shards.SHARD_CONFIG))]
+        assert len(configs) == (2 if per_domain else 1)
+        for config in configs:
+            hnsw = config["hnsw_config"]
+            assert (hnsw["m"], hnsw["ef_construct"]) == (24, 150)
+            assert hnsw["full_scan_threshold"] == edge_shards.FULL_SCAN_KB
+            assert config["optimizers"]["indexing_threshold"] == edge_shards.INDEXING_KB
+            scalar = (config.get("quantization_config") or {}).get("scalar")
+            assert scalar == ({"type": "int8", "quantile": 0.99, "memory": "pinned"}
+                              if quantization == "int8" else None)
+        indexed = [json.loads(f.read_text())["indexed_fields"]
+                   for f in (path / ITEMS).rglob("payload_index/config.json")]
+        assert indexed and all(i == ({} if per_domain else {"domain": "keyword"})
+                               for i in indexed)
 
 
 def test_without_worker_processes_the_upsert_is_written_here(tmp_path: Path, points,
