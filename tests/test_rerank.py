@@ -270,6 +270,7 @@ def test_cooccurring_items_of_the_target_domain_best_first(tmp_path) -> None:
     assert stats.cooccurring(["a1"], "arts", 5) == []  # same-domain pairs are not counted
     assert stats.cooccurring(["o1"], "arts", 5) == ["a1"]
     assert stats.cooccurring(["unknown"], "office", 5) == []
+    assert stats.cooccurring(["a1"], "office", 0) == []  # none asked for, none given
     stats.save(tmp_path / "s.npz")
     assert ItemStats.load(tmp_path / "s.npz").cooccurring(["a1"], "office", 1) == ["o1"]
 
@@ -354,6 +355,17 @@ def test_popular_items_of_a_domain_most_first() -> None:
     assert stats.popular("office") == ["o1", "o2", "o3"]  # 2, 1, 1: ties in catalog order
     assert stats.popular("arts") == ["a1", "a2"]
     assert ItemStats.fit(IDS, HISTORIES).popular("office") == []  # no domains known
+
+
+def test_popular_items_keep_catalog_order_among_many_ties() -> None:
+    """Hundreds of items bought equally often (a new catalog's long tail, all at 0) come in
+    catalog order, whatever the sort does with ties (an unstable one reorders them beyond a
+    few dozen)."""
+    ids = [f"o{k}" for k in range(300)]
+    bought = {f"u{k}": {"office": (f"o{(k * 7) % 300}",)} for k in range(100)}
+    stats = ItemStats.fit(ids, bought, ["office"] * 300)
+    order = sorted(range(300), key=lambda k: (-stats.popularity[k], k))
+    assert stats.popular("office") == [ids[k] for k in order]
 
 
 def test_items_no_train_user_had_have_popularity_zero() -> None:
