@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -12,7 +14,15 @@ import qdrant_edge as qe
 from qdrant_client import QdrantClient
 
 from xdretrieve.errors import EncoderMismatchError
-from xdretrieve.store import ITEMS, StoreInfo, VectorStore, edge_load, edge_shards, item_point_id
+from xdretrieve.store import (
+    ITEMS,
+    USERS,
+    StoreInfo,
+    VectorStore,
+    edge_load,
+    edge_shards,
+    item_point_id,
+)
 from xdretrieve.store.edge import MAX_EXCLUDED_AFTER, EdgeStore
 from xdretrieve.store.server import ServerStore
 
@@ -355,7 +365,8 @@ def test_an_edge_store_is_never_written_among_other_files(tmp_path: Path, points
         under_a_file.read_info()
 
     cut = EdgeStore(tmp_path / "cut")
-    load(cut, points)  # points, no xdretrieve.json yet
+    load(cut, points)  # items and users, no xdretrieve.json yet
+    cut.ensure(USERS, DIM, ("domain",))
     cut.close()
     (tmp_path / "cut" / "xdretrieve.json.tmp").write_text("{")
     again = EdgeStore(tmp_path / "cut")
@@ -1092,3 +1103,53 @@ def test_build_index_on_a_server_waits_until_the_collection_is_green(monkeypatch
         store.build_index(ITEMS, timeout_s=25)  # yellow from now on
     assert len(slept) == 2 + 2  # a clock of 10 s a call: yellow at 10 and 20 s, 30 is past 25
     store.close()
+
+
+@pytest.mark.parametrize("change", ["upsert", "delete"])
+def test_a_write_is_on_disk_when_it_returns(tmp_path: Path, points, change: str) -> None:
+    """The collections have no write-ahead log, so each upsert and delete ends with a flush:
+    a process that dies right after the call (no close, no finaliser) has lost nothing."""
+    store = EdgeStore(tmp_path / "s")
+    load(store, points)
+    store.close()
+    write = ("s.delete(ITEMS, [item_point_id('i0')])" if change == "delete" else
+             f"s.upsert(ITEMS, [item_point_id('new')], np.ones((1, {DIM}), np.float32), "
+             f"[{{'item_id': 'new', 'domain': 'a'}}])")
+    code = ("import os, numpy as np\n"
+            "from xdretrieve.store import ITEMS, item_point_id\n"
+            "from xdretrieve.store.edge import EdgeStore\n"
+            f"s = EdgeStore({str(tmp_path / 's')!r})\n"
+            f"{write}\n"
+            "os._exit(0)\n")  # as a process killed after the call returned
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    again = EdgeStore(tmp_path / "s")
+    assert again.count(ITEMS) == (N - 1 if change == "delete" else N + 1)
+    gone_or_new = again.retrieve(ITEMS, [item_point_id("i0" if change == "delete" else "new")])
+    assert len(gone_or_new) == (0 if change == "delete" else 1)
+    again.close()
+
+
+def test_an_int8_search_rescores_enough_candidates_to_keep_the_nearest(tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """int8 distances reorder near-ties: a search rescores at least MIN_RESCORED candidates on
+    the original vectors, so that the 10 asked for are the exact nearest (on clustered points,
+    rescoring only 10 found about 60% of them)."""
+    _with_graphs(monkeypatch)
+    rng = np.random.default_rng(0)
+    n, dim = 4000, 32
+    centres = rng.normal(size=(40, dim))
+    vectors = (centres[rng.integers(0, 40, n)] + 0.15 * rng.normal(size=(n, dim))).astype(
+        np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    store = EdgeStore(tmp_path / "s", quantization="int8")
+    store.ensure(ITEMS, dim, ("domain",))
+    store.upsert(ITEMS, [item_point_id(f"{k}") for k in range(n)], vectors,
+                 [{"item_id": f"{k}", "domain": "a"} for k in range(n)])
+    store.build_index(ITEMS)
+    found = 0
+    for q in centres[rng.integers(0, 40, 50)] + 0.15 * rng.normal(size=(50, dim)):
+        q = (q / np.linalg.norm(q)).astype(np.float32)
+        nearest = set(np.argsort(-(vectors @ q))[:10].tolist())
+        found += len(nearest & {int(h.payload["item_id"]) for h in store.search(ITEMS, q, 10)})
+    store.close()
+    assert found / 500 >= 0.95
