@@ -43,6 +43,10 @@ def test_known_items_are_excluded_and_domain_respected(paired_store) -> None:
         assert "movie-4" not in {h.item_id for h in hits}
         assert len(hits) == len(THEMES) - 1
         assert {h.domain for h in hits} == {"movies"}
+        # a user known only in the domain asked for is answered from that history, less its items
+        own = r.recommend_user("u4-0", "books", 3)
+        assert len(own) == 3 and {h.domain for h in own} == {"books"}
+        assert "book-4" not in {h.item_id for h in own}
         assert r.search_text("a film about volcanoes", "movies", 1)[0].item_id == "movie-10"
         # asked without a limit: the ten best, by every kind of query
         assert [len(r.recommend_user("u4-1", "movies")),

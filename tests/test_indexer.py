@@ -201,6 +201,26 @@ def test_an_interrupted_recreate_leaves_the_old_store_whole(
     assert index_dataset(ds, settings_for(model=other_tiny_model)).resumed
 
 
+def test_a_text_query_refuses_an_encoder_changed_since_the_store_was_built(
+        paired_dir: Path, tiny_model: str, settings_for, tmp_path: Path) -> None:
+    """A store queried without --model embeds a text with the encoder it records: retrained in
+    place since, that folder would put the text in another space than the stored items, so
+    the text query is refused (a history query, from stored vectors, still answers)."""
+    import shutil
+
+    copy = tmp_path / "encoder"
+    shutil.copytree(tiny_model, copy)
+    index_dataset(Dataset.from_dir(paired_dir), settings_for(model=str(copy)))
+    with Retriever(settings_for()) as r:
+        assert len(r.search_text("dragons", "movies", 3)) == 3
+    config = copy / "config.json"
+    config.write_text(config.read_text().replace("{", '{"comment": "retrained",', 1))
+    with Retriever(settings_for()) as r:
+        assert len(r.recommend_history(["book-1"], "movies", 3)) == 3
+        with pytest.raises(EncoderMismatchError, match="this store was built by encoder"):
+            r.search_text("dragons", "movies", 3)
+
+
 def three_domain_user() -> Dataset:
     """One user: three books, an album and a film."""
     items = [Item(f"book-{k}", "books", f"book {k}", w) for k, w in

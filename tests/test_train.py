@@ -13,8 +13,9 @@ import pytest
 from tests.conftest import THEMES, check_trained_model_store, write_paired_dataset
 from xdretrieve.data import Dataset
 from xdretrieve.encoder import Encoder, item_text, resolve_model
+from xdretrieve.errors import NotFoundError
 from xdretrieve.model import MANIFEST, WEIGHTS, TrainedModel
-from xdretrieve.retriever import Retriever
+from xdretrieve.retriever import Query, Retriever
 from xdretrieve.store import ITEMS, item_point_id, open_store
 from xdretrieve.train.adapter import AdapterConfig, train_adapter
 
@@ -434,6 +435,9 @@ def test_a_text_query_to_a_trained_model_finds_the_items_nearest_to_it(trained,
             hits = r.search_text(item_text(item, settings.text_template), "movies", 3)
             assert hits[0].item_id == item.item_id
             assert hits[0].score == pytest.approx(1.0, abs=1e-4)  # a cosine
+        with pytest.raises(NotFoundError, match="a text query to a trained model needs its "
+                                                "target domain"):
+            r.text_query("a film")  # an item-like vector needs the domain's adapter
 
 
 def test_a_trained_model_on_a_qdrant_server_answers_as_on_the_embedded_store(
@@ -525,7 +529,6 @@ def test_the_reranker_reads_a_long_history_as_it_was_fitted(trained, tmp_path: P
     import shutil
 
     from xdretrieve.config import Settings
-    from xdretrieve.errors import NotFoundError
     from xdretrieve.indexer import index_dataset
     from xdretrieve.model import MANIFEST, WEIGHTS
     from xdretrieve.rerank import FEATURES, Reranker
@@ -1581,7 +1584,6 @@ def test_an_excluded_item_of_high_bias_stays_out_of_the_answer(trained, tmp_path
     a stored user's own items are left out there as the search leaves them out (the scan by
     bias would bring back an item of high bias, the user's own)."""
     from xdretrieve.config import Settings
-    from xdretrieve.errors import NotFoundError
     from xdretrieve.indexer import index_dataset
 
     tmp, ds, _, _ = trained
@@ -1636,6 +1638,29 @@ def test_a_cooccurring_item_deleted_through_the_service_leaves_a_reranked_answer
         narrow = r.search(r.history_query(["book-3"], "movies"), "movies", 3, candidates=2)
         assert len({h.item_id for h in narrow}) == 3 and "movie-3" not in {
             h.item_id for h in narrow}
+        # an answer item deleted between the re-ranking and the read of its payload (a DELETE
+        # beside the query): the next re-ranked item takes its place
+        query = r.history_query(["book-5"], "movies")
+        full = [h.item_id for h in r.search(query, "movies", 4)]
+        real, dropped = r.store.retrieve, []
+
+        def deleted_meanwhile(collection, ids, **kwargs):
+            points = real(collection, ids, **kwargs)
+            if kwargs.get("with_vectors") or dropped:  # the payloads of the answer, once
+                return points
+            dropped.append(points[0].payload["item_id"])
+            return points[1:]
+
+        r.store.retrieve = deleted_meanwhile
+        try:
+            raced = [h.item_id for h in r.search(query, "movies", 3)]
+        finally:
+            del r.store.retrieve
+        assert dropped == full[:1] and raced == full[1:4]
+        # a query of a bare vector has no history to re-rank by: the model's own best
+        tower = r.search(Query(query.vector), "movies", 3)
+        assert all(h.why is None for h in tower)
+        assert [h.score for h in tower] == sorted((h.score for h in tower), reverse=True)
     finally:
         service.close()
 
