@@ -423,6 +423,67 @@ def test_the_locked_store_answers_as_the_store_it_wraps(tmp_path: Path) -> None:
         store.close()
 
 
+def test_the_service_s_store_changes_alone_and_reads_together(tmp_path: Path) -> None:
+    """Every call of the service's store that changes it (points, collections, the build info,
+    closing) holds the lock as a writer, alone; every read holds it as a reader, beside other
+    reads: an upsert or DELETE taken as a read would run while a query reads the same shard."""
+    from contextlib import contextmanager
+
+    import numpy as np
+
+    from xdretrieve.service import LockedStore, ReadWriteLock
+    from xdretrieve.store import ITEMS, StoreInfo, open_store
+
+    class Recording(ReadWriteLock):
+        def __init__(self) -> None:
+            super().__init__()
+            self.modes: list[str] = []
+
+        @contextmanager
+        def read(self):
+            self.modes.append("read")
+            with super().read():
+                yield
+
+        @contextmanager
+        def write(self):
+            self.modes.append("write")
+            with super().write():
+                yield
+
+    lock = Recording()
+    inner = open_store(Settings(store=tmp_path / "store", cache_dir=tmp_path / "cache"))
+    store = LockedStore(inner, lock)
+    v = np.eye(4, dtype=np.float32)
+    payloads = [{"item_id": f"i{k}", "domain": "a"} for k in range(4)]
+    calls = {
+        "create": lambda: store.create(ITEMS, 4, ("domain",)),
+        "upsert": lambda: store.upsert(ITEMS, [0, 1, 2, 3], v, payloads),
+        "_upsert": lambda: store._upsert(ITEMS, [0], v[:1], payloads[:1]),
+        "build_index": lambda: store.build_index(ITEMS),
+        "exists": lambda: store.exists(ITEMS),
+        "retrieve": lambda: store.retrieve(ITEMS, [0]),
+        "scroll": lambda: list(store.scroll(ITEMS)),
+        "ids_by_domain": lambda: store.ids_by_domain(ITEMS),
+        "count": lambda: store.count(ITEMS),
+        "search": lambda: store.search(ITEMS, v[0], 2),
+        "nearest": lambda: store.nearest(ITEMS, v[0], 2),
+        "similarity": lambda: store.similarity(ITEMS, v[0], [1]),
+        "write_info": lambda: store.write_info(StoreInfo("enc", "abc", 4, "0", ["a"], "{title}",
+                                                         64, "mean")),
+        "read_info": lambda: store.read_info(),
+        "delete": lambda: store.delete(ITEMS, [3]),
+        "drop": lambda: store.drop(ITEMS),
+        "close": lambda: store.close(),
+    }
+    changes = {"create", "upsert", "_upsert", "build_index", "write_info", "delete", "drop",
+               "close"}
+    for name, call in calls.items():
+        lock.modes.clear()
+        call()
+        assert lock.modes == ["write" if name in changes else "read"], name
+
+
 def test_a_waiting_writer_holds_back_new_readers_and_writers_take_turns() -> None:
     """A stream of searches must not starve an upsert: a reader that comes while a writer
     waits goes after it. And two writes never run at once (they read and rewrite the store's
