@@ -152,6 +152,27 @@ def test_info_nce_masks_and_corrects_by_logq() -> None:
     assert float(plain) == pytest.approx(expected, rel=1e-6)
 
 
+def test_a_step_masks_every_item_of_the_row_s_user_but_its_positive() -> None:
+    """A step's columns are the batch's positives, then its hard negatives; each row may not
+    count another item its own user has (another positive of theirs, a negative that is
+    theirs) as a negative, and its own positive stays its label."""
+    from xdretrieve.train.full import _Steps
+    from xdretrieve.train.pairs import Pairs
+
+    pairs = Pairs(query_texts=["q0", "q1"], query_user=np.array([0, 1]),
+                  query_target=np.array([1, 1]), query=np.array([0, 1]), item=np.array([0, 3]),
+                  target=np.array([1, 1]), cross=np.array([True, True]),
+                  known=[np.array([0, 1, 2]), np.array([3])])
+    negatives = np.array([[2], [4]])  # user 0's negative is an item of theirs
+    steps = _Steps([np.array([0, 1])], pairs, negatives, [f"item {k}" for k in range(5)],
+                   np.zeros(5), lambda texts: {"texts": texts}, rank=0, world_size=1)
+    queries, docs, labels, mask, logq = steps[0]
+    assert queries["texts"] == ["q0", "q1"] and docs["texts"] == ["item 0", "item 3", "item 2",
+                                                                  "item 4"]
+    assert labels.tolist() == [0, 1] and len(logq) == 4
+    assert mask.tolist() == [[False, False, True, False], [False, False, False, False]]
+
+
 def test_mined_negatives_rank_high_and_are_not_the_users(tiny_model: str, tmp_path: Path,
                                                         monkeypatch) -> None:
     from xdretrieve.encoder import item_text
@@ -365,6 +386,12 @@ def test_valid_users_are_ranked_by_scaled_cosine_plus_log_popularity(monkeypatch
                                 _config(scale=20.0), torch.device("cpu"))
     # 20 * 0.8 + 0 = 16 beats 20 * 0.6 + 1.8 = 13.8: the bought item first (by cosine too)
     assert metrics == {"books->movies/ndcg@10": 1.0, "books->movies/ndcg@10_cosine": 1.0}
+    # at scale 1 the prior outweighs (0.8 against 0.6 + 1.8): the popular item first by the
+    # score; the cosine row (the encoder's own figure) still ranks by the cosine alone
+    metrics, _ = full._validate(None, valid, ["bought", "popular"], [np.array([0, 1])],
+                                _config(scale=1.0), torch.device("cpu"))
+    assert metrics == {"books->movies/ndcg@10": pytest.approx(1 / np.log2(3)),
+                       "books->movies/ndcg@10_cosine": 1.0}
 
 
 def test_the_prior_of_valid_users_is_the_popularity_of_the_target_domain(tmp_path: Path) -> None:
