@@ -40,8 +40,8 @@ WEIGHTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "binary": lambda d: np.ones_like(d, dtype=np.float64),
     "1 / d": lambda d: 1.0 / d,
     "1 / sqrt(d)": lambda d: 1.0 / np.sqrt(d),
-    "exp(-d / 20)": lambda d: np.exp(-(d - 1) / 20.0),
-    "d <= 10 only": lambda d: (d <= 10).astype(np.float64),
+    "exp(-(d - 1) / 20)": lambda d: np.exp(-(d - 1) / 20.0),
+    "1 if d <= 10, else 0": lambda d: (d <= 10).astype(np.float64),
     "1 + 1 / d": lambda d: 1.0 + 1.0 / d,
 }
 
