@@ -488,6 +488,19 @@ def test_itemknn_ranks_with_the_setting_chosen_on_valid_users() -> None:
     assert target_ids(view, method.rank([("b0",)])[0]) == ["mB", "mA"]
 
 
+def test_itemknn_valid_figures_are_those_of_the_ranking_it_serves() -> None:
+    """A valid user whose history no train user shares gets itemknn's served ranking, train
+    popularity (mP, three users, before mQ, one user and first in items order): the valid
+    figures it chooses by are that ranking's, ndcg@10 1 for every setting."""
+    users = [("a", "train", ["b0"], ["mQ"]), ("valid", "valid", ["b9"], ["mP"])]
+    users += [(f"p{k}", "train", ["b1"], ["mP"]) for k in range(3)]
+    view = view_of(users)
+    method = ItemKNN(alphas=(0.5, 1.0), shrinks=(0.0,))
+    method.fit(view)
+    assert target_ids(view, method.rank([("b9",)])[0]) == ["mP", "mQ"]
+    assert [score for _, score in method.valid_table] == pytest.approx([1.0, 1.0])
+
+
 def test_choose_refuses_test_users(dataset: Dataset) -> None:
     with pytest.raises(ValueError, match="valid users"):
         choose([{}], lambda p, q: np.zeros((len(q), 1)), Protocol(dataset).task(B2M))
@@ -755,6 +768,8 @@ def test_registry() -> None:
         # the list names what is registered now (e.g. zeroshot), not just the baselines
         with pytest.raises(XDRetrieveError, match=r"known methods: popularity, .*\btest-only\b"):
             make_method("no-such-method")
+        register_method("test-only", lambda seed=0: ItemKNN(), replace=True)  # as asked
+        assert isinstance(make_method("test-only"), ItemKNN)
     finally:
         del METHODS["test-only"]
 

@@ -690,6 +690,7 @@ def test_cli_run_writes_files_and_prints_the_table(tmp_path: Path) -> None:
         "--max-users", "1", "--seed", "3", "--out", str(tmp_path / "out"), "-q"])
     assert result.exit_code == 0, result.output
     assert "books->movies  popularity  1" in result.output
+    assert "movies->books" not in result.output  # the one direction asked for
     config = json.loads((tmp_path / "out" / "results.json").read_text())["config"]
     assert (config["seed"], config["max_users"]) == (3, 1)
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"results.json", "report.md",

@@ -360,9 +360,9 @@ def test_an_edge_store_is_never_written_among_other_files(tmp_path: Path, points
         load(s, points)
     s.close()
     assert sorted(p.name for p in folder.rglob("*")) == ["items", "mine.txt", "notes.txt"]
-    under_a_file = EdgeStore(folder / "notes.txt" / "store")  # refused before any work
-    with pytest.raises(StoreError, match=r"cannot be made: .*notes\.txt is a file, not a folder"):
-        under_a_file.read_info()
+    for path in (folder / "notes.txt" / "store", folder / "notes.txt"):  # under a file, a file
+        with pytest.raises(StoreError, match=r"cannot be made: .*notes\.txt is a file, not a"):
+            EdgeStore(path).read_info()  # refused before any work
 
     cut = EdgeStore(tmp_path / "cut")
     load(cut, points)  # items and users, no xdretrieve.json yet
@@ -749,6 +749,27 @@ def test_search_threads_is_kept_with_the_collection_and_answers_the_same(
         brute_force(points, q, 10, "a")
     again.close()
     assert [c.get("max_search_threads") for c in configs()] == [threads or None] * 3
+
+
+def test_open_store_hands_every_setting_to_the_store_it_opens(tmp_path: Path) -> None:
+    """What a user sets (``--hnsw-m``, ``--shards``, ...) reaches the backend the settings pick:
+    a setting dropped on the way would build every store with its default and say nothing."""
+    from xdretrieve.config import Settings
+    from xdretrieve.store import open_store
+
+    index = {"hnsw_m": 24, "hnsw_ef_construct": 100, "search_ef": 77}  # none a default
+    edge = open_store(Settings(store=tmp_path / "s", hnsw_per_domain=False, quantization="none",
+                               search_threads=2, **index))
+    assert isinstance(edge, EdgeStore)
+    assert (edge.path, edge.hnsw_per_domain, edge.quantization, edge.search_threads) == (
+        tmp_path / "s", False, "none", 2)
+    server = open_store(Settings(url=":memory:", collection_prefix="p_", shards=3, replicas=2,
+                                 **index))
+    assert isinstance(server, ServerStore)
+    assert (server.prefix, server.shards, server.replicas, server.url) == ("p_", 3, 2, ":memory:")
+    for store in (edge, server):
+        assert (store.hnsw_m, store.hnsw_ef_construct, store.search_ef) == (24, 100, 77)
+        store.close()
 
 
 def test_search_threads_below_zero_is_refused(tmp_path: Path) -> None:

@@ -52,6 +52,24 @@ def _train_stats(ds: Dataset):
                          [item_text(ds.items[i], Settings().text_template) for i in ids])
 
 
+def test_the_catalog_numbers_items_in_file_order_and_each_domain_s_items_apart() -> None:
+    """Row r is item r of items.jsonl, whatever its domain (the order of the encoder's vectors,
+    which the tower and the pairs index by ``row_of``); a domain's rows are its items in that
+    order, and ``local_of`` is an item's place among them (its column of that domain's scores).
+    The items interleave the domains, so a row taken for a column would differ."""
+    from xdretrieve.data import Item
+    from xdretrieve.train.catalog import Catalog
+
+    order = [("m0", "movies"), ("b0", "books"), ("m1", "movies"), ("b1", "books"),
+             ("b2", "books")]
+    catalog = Catalog.of(Dataset({i: Item(i, d, i) for i, d in order}, []))
+    assert catalog.domains == ["books", "movies"]
+    assert catalog.ids == ["m0", "b0", "m1", "b1", "b2"]
+    assert catalog.row_of == {"m0": 0, "b0": 1, "m1": 2, "b1": 3, "b2": 4}
+    assert [rows.tolist() for rows in catalog.rows_by_domain] == [[1, 3, 4], [0, 2]]
+    assert catalog.local_of == {"b0": 0, "b1": 1, "b2": 2, "m0": 0, "m1": 1}
+
+
 def test_training_improves_its_validation_metric(trained) -> None:
     _, _, _, manifest = trained
     scores = [np.mean([v for k, v in h.items() if k.endswith("ndcg@10")])
@@ -870,6 +888,7 @@ def test_evaluate_runs_ablation_rows_side_by_side(trained, tmp_path: Path,
         "--pooling", "mean", "--out", str(tmp_path / "out"), "-q"],
         env={"XDR_CACHE_DIR": str(tmp / "cache")})
     assert result.exit_code == 0, result.output
+    assert "note:" not in result.output  # a trained --model: its row is the pipeline
     rows = json.loads((tmp_path / "out" / "results.json").read_text())
     text = json.dumps(rows)
     for name in ("xdretrieve", "xdretrieve-no-rerank", "xdretrieve-base", "zeroshot"):
