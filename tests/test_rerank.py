@@ -298,6 +298,10 @@ def test_reranker_reads_the_features_it_was_trained_on(tmp_path) -> None:
     x[:, FEATURES.index("cosine")] = [0.2, 0.9]
     x[:, FEATURES.index("log_popularity")] = [0.0, 0.5]
     np.testing.assert_allclose(again.score(x), [0.2, 0.4], rtol=1e-6)
+    # each weight goes with its name, in the order the names are given (not FEATURES' order)
+    swapped = Reranker(np.array([-1.0, 1.0], dtype=np.float32), np.zeros(2, np.float32),
+                       np.ones(2, np.float32), stats, ("log_popularity", "cosine"))
+    np.testing.assert_allclose(swapped.score(x), [0.2, 0.4], rtol=1e-6)
 
 
 def test_the_score_standardises_each_feature_by_its_own_mean_and_deviation() -> None:
