@@ -97,12 +97,13 @@ def test_parquet_fields_of_any_type_are_kept_as_json_and_stored(
     rows = [{"item_id": f"{d}{k}", "domain": d, "title": f"{d} {k}", "added": added,
              "day": dt.date(2020, 5, 17), "price": Decimal("9.99"), "missing": None,
              "score": float("nan"), "tags": ["a", "b"], "size": {"w": Decimal("1.5")},
+             "days": [dt.date(2020, 5, 17)],  # a list's values converted as fields' are
              "open": dt.time(9, 0), "keep": dt.timedelta(days=1)}
             for d in ("books", "movies") for k in range(2)]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "items.parquet")
     items = read_items(tmp_path / "items.parquet")
     expected = {"added": "2020-05-17T08:30:00+00:00", "day": "2020-05-17", "price": 9.99,
-                "tags": ["a", "b"], "size": {"w": 1.5}, "open": "09:00:00",
+                "tags": ["a", "b"], "size": {"w": 1.5}, "days": ["2020-05-17"], "open": "09:00:00",
                 "keep": 86400.0}
     assert items["books0"].extra == expected
     wide = {"n": 2**70, "m": -3, "top": 2**63 - 1, "over": 2**63, "low": -(2**63),
@@ -160,13 +161,23 @@ def test_bad_items_name_file_line_and_field(tmp_path: Path, rows: list, expected
     assert expected in str(err.value)
 
 
+def test_a_header_the_csv_reader_cannot_read_is_line_1_of_the_file(tmp_path: Path) -> None:
+    """A header of one field beyond the csv module's limit (a file that is not CSV, or a
+    catalog's text in the header line): a DataError at line 1, not csv's own error."""
+    items = read_items(write_jsonl(tmp_path / "items.jsonl", ITEMS))
+    path = tmp_path / "inter.csv"
+    path.write_text("user_id," + "x" * 200_000 + "\nu1,b1\n")
+    with pytest.raises(DataError, match=r"inter\.csv, line 1: malformed CSV: field larger"):
+        read_interactions(path, items)
+
+
 @pytest.mark.parametrize(
     ("lines", "expected"),
     [
         (["u1,zz,books,0"], "line 2, field 'item_id': unknown item 'zz'"),
         (["u1,b1,movies,0"], "line 2, field 'domain': 'movies' but item 'b1' is in 'books'"),
         (["u1,b1,books,first"], "line 2, field 'position': expected a number, got 'first'"),
-        (["u1,b1,books,"], "line 2, field 'position': missing"),
+        (["u1,b1,books,"], "line 2, field 'position': missing (give 'position' or 'timestamp')"),
         (["u1,b1,books,0", ",m1,movies,1"], "line 3, field 'user_id': must not be empty"),
         (["u1,b1,books,0,extra"], "line 2: malformed CSV: 5 fields, the header has 4"),
         (['u1,"b1,books,0'], "malformed CSV"),
