@@ -489,9 +489,9 @@ def test_itemknn_ranks_with_the_setting_chosen_on_valid_users() -> None:
 
 
 def test_itemknn_valid_figures_are_those_of_the_ranking_it_serves() -> None:
-    """A valid user whose history no train user shares gets itemknn's served ranking, train
-    popularity (mP, three users, before mQ, one user and first in items order): the valid
-    figures it chooses by are that ranking's, ndcg@10 1 for every setting."""
+    """A valid user whose history no train user shares is served train popularity: mP (three
+    users) before mQ (one user, though first in items order). The valid figures itemknn chooses
+    its setting by are those of that ranking: ndcg@10 1 for every setting."""
     users = [("a", "train", ["b0"], ["mQ"]), ("valid", "valid", ["b9"], ["mP"])]
     users += [(f"p{k}", "train", ["b1"], ["mP"]) for k in range(3)]
     view = view_of(users)
