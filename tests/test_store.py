@@ -286,8 +286,21 @@ def test_info_round_trip_and_encoder_check(store: VectorStore, points) -> None:
     back = store.read_info()
     assert back == info
     back.check_encoder("enc", "abc")
-    with pytest.raises(EncoderMismatchError, match="built by encoder 'enc'"):
+    with pytest.raises(EncoderMismatchError, match=rf"built by encoder 'enc' \(fingerprint abc, "
+                                                   rf"dim {DIM}\), not by 'other' \(fingerprint zzz\)"):
         back.check_encoder("other", "zzz")
+
+
+def test_store_info_times_are_utc_and_its_summary_shortens_only_the_popular_lists() -> None:
+    """Build times in UTC, with their offset (a local time would read differently on another
+    machine); `info` gives the popular items (1,000 per domain) by their count and every other
+    extra as it is."""
+    from datetime import datetime, timedelta
+
+    info = make_info(extra={"popular": {"a": ["x1", "x2"]}, "trained": "/models/m"})
+    assert [datetime.fromisoformat(t).utcoffset() for t in (info.created_at, info.updated_at)] == [
+        timedelta(0)] * 2
+    assert info.summary()["extra"] == {"popular": {"a": "2 items"}, "trained": "/models/m"}
 
 
 def test_edge_store_persists(tmp_path: Path, points) -> None:
