@@ -24,7 +24,7 @@ from xdretrieve.evaluate.registry import (
     register_method,
 )
 from xdretrieve.evaluate.runner import evaluate
-from xdretrieve.evaluate.selection import choose
+from xdretrieve.evaluate.selection import choose, score_task
 from xdretrieve.evaluate.userknn import UserKNN
 
 THEMES = 8
@@ -499,6 +499,21 @@ def test_itemknn_valid_figures_are_those_of_the_ranking_it_serves() -> None:
     method.fit(view)
     assert target_ids(view, method.rank([("b9",)])[0]) == ["mP", "mQ"]
     assert [score for _, score in method.valid_table] == pytest.approx([1.0, 1.0])
+
+
+def test_choose_ranks_nothing_when_there_is_nothing_to_choose(view: TrainView) -> None:
+    """One candidate, or no valid users: the first candidate, with no valid ranking run (and no
+    error from an empty task); no candidates at all is an error that says so."""
+
+    def never(params, qs: Sequence[tuple[str, ...]]) -> np.ndarray:
+        raise AssertionError("ranked with nothing to choose")
+
+    assert choose([{"k": 1}], never, view.valid) == ({"k": 1}, [])
+    no_valid = view.valid.head(0)
+    assert len(no_valid) == 0 and score_task(never, no_valid) == {}
+    assert choose([{"k": 1}, {"k": 2}], never, no_valid) == ({"k": 1}, [])
+    with pytest.raises(ValueError, match="no candidates"):
+        choose([], never, view.valid)
 
 
 def test_choose_refuses_test_users(dataset: Dataset) -> None:

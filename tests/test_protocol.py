@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from xdretrieve import __version__
 from xdretrieve.data import Dataset, Interaction, Item
 from xdretrieve.errors import NotFoundError, XDRetrieveError
 from xdretrieve.evaluate.cli import evaluate as evaluate_command
@@ -97,6 +98,7 @@ def test_head_takes_the_first_users(protocol: Protocol) -> None:
     assert first.queries == task.queries[:1] and first.truth == task.truth[:1]  # each its own
     assert first.target_items == task.target_items
     assert task.head(None) is task
+    assert len(task.head(0)) == 0  # none asked for: none, not every user
 
 
 def test_train_view_holds_train_users_only(protocol: Protocol) -> None:
@@ -180,7 +182,9 @@ def test_a_dataset_of_one_domain_is_refused_by_name_before_any_work(tmp_path: Pa
 
 
 def test_random_split_without_users_csv_is_seeded_and_takes_both_domain_users() -> None:
-    users = {f"u{i:02d}": ("train", [(f"b{i % 4}", 0), (f"m{i % 5}", 1)]) for i in range(40)}
+    # names out of alphabetical order, so that data order and sorted order differ
+    users = {f"u{i * 7 % 40:02d}": ("train", [(f"b{i % 4}", 0), (f"m{i % 5}", 1)])
+             for i in range(40)}
     users |= {f"s{i}": ("train", [(f"b{i % 4}", 0)]) for i in range(10)}  # books only
     ds = make_dataset(users, with_splits=False)
     split = Split.of(ds, seed=3)
@@ -472,6 +476,14 @@ def test_runner_max_users_and_directions() -> None:
 def test_runner_rejects_unknown_and_repeated_methods() -> None:
     with pytest.raises(XDRetrieveError, match="known methods: popularity, itemknn"):
         evaluate(make_dataset(), methods=["nope"], progress=False)
+
+    class Checked(Recorder):
+        def check(self, view: TrainView) -> None:
+            raise AssertionError("checked before the names were")
+
+    # a misspelt name is refused before any method is checked (a check may load a model)
+    with pytest.raises(XDRetrieveError, match="unknown method 'nope'"):
+        evaluate(make_dataset(), methods=[Checked(), "nope"], progress=False)
     with pytest.raises(XDRetrieveError, match="given twice"):
         evaluate(make_dataset(), methods=["popularity", "popularity"], progress=False)
 
@@ -541,7 +553,8 @@ def test_report_files(tmp_path: Path) -> None:
     results = evaluate(make_dataset(), methods=["popularity", Recorder()], progress=False)
     paths = write_report(results, tmp_path / "runs" / "out")  # folders made as needed
     doc = json.loads(paths["json"].read_text())
-    assert doc["dataset"] == "hand-made" and doc["version"] != "" and doc["runtime_seconds"] >= 0
+    assert doc["dataset"] == "hand-made" and doc["runtime_seconds"] >= 0
+    assert doc["version"] == __version__  # the version that computed the figures
     assert [d["direction"] for d in doc["directions"]] == ["books->movies", "movies->books"]
     first = doc["directions"][0]
     assert first["n_users"] == 2
