@@ -361,6 +361,38 @@ def test_userknn_scores_an_item_by_the_similarity_of_the_neighbours_who_have_it(
     assert target_ids(view, method.rank([("b1",)])[0])[:2] == ["m-near", "m-far"]
 
 
+def test_userknn_counts_only_the_k_nearest_users_with_the_k_chosen_on_valid_users() -> None:
+    """Query {b1}: user near read b1 only (cosine 1) and watched m-near; three users read b1 and
+    b2 (cosine 0.58 each) and watched m-far. One neighbour ranks m-near first; all four rank
+    m-far first (3 x 0.58 > 1). The valid user watched m-near, so k = 1 is chosen over the
+    default 4 and ranks (the others' books keep the idf of b1 and b2 apart from 0)."""
+    users = [("near", "train", ["b1"], ["m-near"]), ("valid", "valid", ["b1"], ["m-near"])]
+    users += [(f"far{k}", "train", ["b1", "b2"], ["m-far"]) for k in range(3)]
+    users += [(f"other{k}", "train", ["b-other"], ["m-other"]) for k in range(4)]
+    view = view_of(users)
+    every = UserKNN(neighbours=(4,))
+    every.fit(view)
+    assert target_ids(view, every.rank([("b1",)])[0])[0] == "m-far"
+    method = UserKNN(neighbours=(4, 1))
+    method.fit(view)
+    valid = method.config()["valid_ndcg@10"]  # four neighbours put m-near second
+    assert method.k == 1 and valid == {"4": round(1 / np.log2(3), 4), "1": 1.0}
+    assert target_ids(view, method.rank([("b1",)])[0])[0] == "m-near"
+
+
+def test_userknn_counts_a_book_every_train_user_read() -> None:
+    """Every train user read b-all: its idf is log(1) = 0, kept at a small weight so that a
+    query of b-all alone finds the user who read nothing else (cosine 1) and not only users
+    of rarer books (cosine about 0); without it every cosine is 0 and the ranking falls back
+    to popularity (m-pop, two users)."""
+    users = [("only", "train", ["b-all"], ["m-only"]), ("valid", "valid", ["b-all"], ["m-only"])]
+    users += [(f"more{k}", "train", ["b-all", f"b{k}"], ["m-pop"]) for k in range(2)]
+    view = view_of(users)
+    method = UserKNN(neighbours=(1,))
+    method.fit(view)
+    assert target_ids(view, method.rank([("b-all",)])[0])[:2] == ["m-only", "m-pop"]
+
+
 def test_userknn_ranks_a_batch_of_queries_each_by_its_own_neighbours(view: TrainView) -> None:
     """Three neighbours of 24 train users, every theme's query in one call: each query's
     neighbours (its theme's three train users) vote for its row, not another query's."""
@@ -578,6 +610,9 @@ def test_ranking_before_fitting_is_refused_by_name() -> None:
         RetrieverMethod("early", lambda history, domain, limit: []).rank([("book-0",)])
     with pytest.raises(RuntimeError, match=r"score\(\) before fit\(\)"):
         EMCDR().rank([("book-0",)])
+    for method in (ItemKNN(), UserKNN()):
+        with pytest.raises(RuntimeError, match=r"score\(\) before fit\(\)"):
+            method.rank([("book-0",)])
 
 
 def test_retriever_method_takes_whole_rankings_as_columns_or_asks_by_ids(view: TrainView) -> None:

@@ -57,6 +57,33 @@ def _noisy(n: int) -> tuple[Results, np.ndarray]:
     return Results("toy", rows, {"a->b": n}, {}, "0", "now", 1.0), a
 
 
+def test_the_ratio_is_that_of_the_means_over_every_test_user() -> None:
+    """Not a statistic of the resamples (their median is near it, but not it)."""
+    results, a = _noisy(300)
+    assert against_best(results)[0].ratio == a.mean()
+
+
+def test_without_a_rival_there_is_no_comparison() -> None:
+    """Only xdretrieve and its own variants, or a rival without per-user values (nothing to
+    resample): no comparison, and no section for it in the report."""
+    ones = np.ones(50)
+    alone = Results("toy", [_row("xdretrieve", ones), _row("xdretrieve-no-rerank", ones)],
+                    {"a->b": 50}, {}, "0", "now", 1.0)
+    assert against_best(alone) == [] and to_markdown([]) == []
+    bare = MethodResult("a->b", "itemknn", 50, {"ndcg@10": 2.0, "recall@10": 2.0}, 0.0, 0.0)
+    unresampled = Results("toy", [bare, _row("xdretrieve", ones)], {"a->b": 50}, {}, "0", "now",
+                          1.0)
+    assert against_best(unresampled) == []
+
+
+def test_a_rival_that_scores_zero_gives_a_finite_ratio() -> None:
+    """On a small dataset every other method may miss every test user: no division by zero."""
+    rows = [_row("popularity", np.zeros(40)), _row("xdretrieve", np.full(40, 0.5))]
+    c = against_best(Results("toy", rows, {"a->b": 40}, {}, "0", "now", 1.0))[0]
+    assert c.rival == "popularity"
+    assert np.isfinite([c.ratio, c.low, c.high]).all() and c.ratio > 1
+
+
 def test_the_interval_is_the_same_on_every_run_and_follows_the_seed() -> None:
     """A report rewritten from the same results says the same interval (the bootstrap is
     seeded), and another seed draws other resamples."""

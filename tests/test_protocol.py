@@ -564,6 +564,10 @@ def test_report_files(tmp_path: Path) -> None:
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = paths["markdown"].read_text()
     assert "## books->movies (2 test users)" in markdown and "metrics.png" in markdown
+    assert f"xdretrieve {__version__}, started {results.started}" in markdown
+    # a method without settings to show gets no section for them
+    bare = evaluate(make_dataset(), methods=[Recorder()], progress=False)
+    assert "## Method settings" not in to_markdown(bare)
     assert to_markdown(results, None).count("| popularity |") == 2
     table = format_table(results).splitlines()
     assert table[0].split()[:4] == ["direction", "method", "users", "recall@10"]

@@ -302,6 +302,22 @@ def test_a_damaged_or_newer_model_directory_is_refused_naming_its_file(trained, 
             trained_items(model)
 
 
+def test_a_stored_user_without_history_is_refused_by_name_with_the_tower_too(trained) -> None:
+    """With a trained model a stored user's vector is the tower's query: an empty history is
+    refused as pooling refuses it, not with numpy's error from inside the tower."""
+    from xdretrieve.users import profile_vector
+
+    tmp, _, _, _ = trained
+    model = TrainedModel.load(tmp / "model")
+    assert model.profile_target("books") == "movies"
+    dim = int(model.manifest["dim"])
+    one = np.ones((1, dim), dtype=np.float32)
+    assert np.array_equal(profile_vector(one, "books", model=model),
+                          model.user_vector(one, "movies"))
+    with pytest.raises(ValueError, match="cannot pool an empty history"):
+        profile_vector(np.zeros((0, dim), dtype=np.float32), "books", model=model)
+
+
 def test_the_service_counts_the_items_new_to_the_trained_model(trained, tmp_path: Path) -> None:
     """PUT /items answers how many of the items the trained model has not seen (no learned
     bias: they rank by their vectors alone until the next finetune)."""

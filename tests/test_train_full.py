@@ -653,6 +653,9 @@ def test_a_checkpoint_is_keyed_by_the_data_and_a_torn_one_is_started_over(
     assert run_key(pairs, {"lr": 1e-3}) == run_key(pairs.copy(), {"lr": 1e-3})
     assert run_key(pairs, {"lr": 1e-3}) != run_key(pairs[::-1].copy(), {"lr": 1e-3})
     assert run_key(pairs, {"lr": 1e-3}) != run_key(pairs, {"lr": 2e-3})
+    # the same bytes of another dtype are other data; a config's keys in any order the same
+    assert run_key(np.zeros(4, np.float32)) != run_key(np.zeros(4, np.int32))
+    assert run_key({"lr": 1e-3, "dim": 8}) == run_key({"dim": 8, "lr": 1e-3})
 
     checkpoints = EpochCheckpoints(tmp_path / "resume", run_key(pairs))
     checkpoints.save({"epoch": 1, "done": False, "weights": torch.ones(3)})
@@ -679,8 +682,10 @@ def test_the_checkpoints_of_a_model_written_to_the_current_folder_lie_beside_it(
     (tmp_path / "model").mkdir()
     monkeypatch.chdir(tmp_path / "model")
     assert resume_dir_of(".") == tmp_path.resolve() / ".model.resume"
-    EpochCheckpoints(resume_dir_of("."), "key").save({"epoch": 2, "done": False})
+    EpochCheckpoints(resume_dir_of("."), "key").save({"epoch": 2, "done": True})
     assert saved_epoch(".") == 2 and saved_epoch(tmp_path / "model") == 2
+    summary = json.loads((resume_dir_of(".") / "checkpoint.json").read_text())
+    assert summary == {"epoch": 2, "done": True}  # readable without torch
     # a summary cut short by a kill, or of another shape: no epoch to announce, no crash
     for torn in ('{"epo', "{}", "[2]"):
         (resume_dir_of(".") / "checkpoint.json").write_text(torn)
