@@ -369,6 +369,18 @@ def test_honest_method_passes_the_leak_check() -> None:
     check_no_leak(lambda ds: Popularity(), make_dataset(), BOOKS_TO_MOVIES)
 
 
+def test_the_leak_check_closes_each_method_it_fits() -> None:
+    """Both runs' methods are closed (a retriever-backed one holds a store open)."""
+    closed: list[str] = []
+
+    class Closing(Popularity):
+        def close(self) -> None:
+            closed.append(self.name)
+
+    check_no_leak(lambda ds: Closing(), make_dataset(), BOOKS_TO_MOVIES)
+    assert closed == ["popularity", "popularity"]
+
+
 def test_leaky_method_is_caught() -> None:
     with pytest.raises(LeakError, match="leaky"):
         check_no_leak(LeakyPopularity, make_dataset(), BOOKS_TO_MOVIES)
@@ -708,6 +720,8 @@ def test_cli_run_writes_files_and_prints_the_table(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "books->movies  popularity  1" in result.output
     assert "movies->books" not in result.output  # the one direction asked for
+    assert "test users: books->movies: 1;" in result.output
+    assert f"wrote {tmp_path / 'out' / 'results.json'}, " in result.output
     config = json.loads((tmp_path / "out" / "results.json").read_text())["config"]
     assert (config["seed"], config["max_users"]) == (3, 1)
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"results.json", "report.md",

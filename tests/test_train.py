@@ -899,7 +899,7 @@ def test_evaluate_runs_ablation_rows_side_by_side(trained, tmp_path: Path,
     tmp, _, _, _ = trained
     result = CliRunner().invoke(evaluate, [
         "--data", str(tmp / "data"), "--direction", "books->movies", "--method", "xdretrieve",
-        "--method", "zeroshot",
+        "--method", "zeroshot", "--method", "xdretrieve-base",  # asked for by name too: once
         "--model", str(tmp / "model"), "--no-rerank-row", "--compare", f" base = {tiny_model} ",
         "--pooling", "mean", "--out", str(tmp_path / "out"), "-q"],
         env={"XDR_CACHE_DIR": str(tmp / "cache")})
@@ -910,6 +910,12 @@ def test_evaluate_runs_ablation_rows_side_by_side(trained, tmp_path: Path,
     for name in ("xdretrieve", "xdretrieve-no-rerank", "xdretrieve-base", "zeroshot"):
         assert f"books->movies  {name} " in result.output
     assert '"rerank": false' in text and str((tmp / "model").resolve()) in text
+    by_name = {m["method"]: m["config"] for m in rows["directions"][0]["methods"]}
+    assert list(by_name) == ["xdretrieve", "zeroshot", "xdretrieve-base", "xdretrieve-no-rerank"]
+    # the no-rerank row is --model's pipeline, re-ranker off; the --pooling asked for recorded
+    trained_row, no_rerank = by_name["xdretrieve"], by_name["xdretrieve-no-rerank"]
+    assert (no_rerank["fingerprint"], no_rerank["rerank"]) == (trained_row["fingerprint"], False)
+    assert trained_row["rerank"] and trained_row["pooling"] == "mean"
     # the no-fine-tuning row is the encoder this model was trained over, not the packaged one
     zeroshot = next(m for m in rows["directions"][0]["methods"] if m["method"] == "zeroshot")
     assert zeroshot["config"]["model"] == resolve_model(tiny_model).name

@@ -87,6 +87,9 @@ def test_pairs_cross_and_same_domain() -> None:
     assert p.target.tolist() == [{"a": 0, "b": 1}[list(items)[i][0]] for i in p.item]
     assert p.known[0].tolist() == [0, 1, 2, 3, 4] and p.known[1].tolist() == [1]
     assert all(p.query_user[q] == 0 for q in p.query)
+    # a query's user is the user's index in the order given (v's none, u's 1 here)
+    swapped = build_pairs(histories, ["v", "u"], ["a", "b"], items, row_of, history_titles=2)
+    assert set(swapped.query_user.tolist()) == {1} and swapped.known[1].tolist() == [0, 1, 2, 3, 4]
     # each query asks for its pairs' domain (hard negatives are mined in that domain)
     assert p.query_target[p.query].tolist() == p.target.tolist()
     # the limit on titles holds for the prefixes of a domain's own history too
