@@ -198,6 +198,12 @@ def test_mined_negatives_rank_high_and_are_not_the_users(tiny_model: str, tmp_pa
     used = np.arange(0, len(pairs), 2)  # this epoch's pairs
     draws = np.random.default_rng(0).random((len(pairs), 2))
     negs = _mine(model, pairs, used, texts, rows_by_domain, config, draws, ctx, {})
+    # embedding leaves the model in the mode it found (training goes on with dropout)
+    for training in (True, False):
+        model.train(training)
+        _embed(model, texts[:3], ctx.device, 2)
+        assert model.training is training
+    model.train(False)
     # texts tokenized by worker processes: the same batches in the same order, the same result
     assert torch.equal(_embed(model, texts, ctx.device, 4, workers=2),
                        _embed(model, texts, ctx.device, 4))
@@ -227,6 +233,34 @@ def test_mined_negatives_rank_high_and_are_not_the_users(tiny_model: str, tmp_pa
         top = [r for r in order.tolist() if r not in user_items][:5]
         assert set(negs[i].tolist()) <= set(top[:3])
         assert set(deeper[i].tolist()) <= set(top[2:5])
+
+
+def test_stage_one_refuses_train_users_without_a_pair_and_reports_what_it_trained() -> None:
+    """Train users with one item each (no other domain, no prefix): no pair to train on, an
+    error that says so. The manifest's entry counts the pairs by kind, the epochs after the
+    start's validation, the global batch over every process and pairs/s of the steps' time."""
+    from xdretrieve.data import Interaction, Item
+    from xdretrieve.errors import XDRetrieveError
+    from xdretrieve.train.distributed import Dist
+    from xdretrieve.train.full import _Progress, _report, _task
+
+    items = {i: Item(i, i[0], f"title {i}") for i in ("a1", "b1")}
+    lonely = Dataset(items, [Interaction("u", "a1", "a", 0.0), Interaction("v", "b1", "b", 0.0),
+                             Interaction("w", "a1", "a", 0.0), Interaction("w", "b1", "b", 1.0)],
+                     {"u": "train", "v": "train", "w": "test"})
+    with pytest.raises(XDRetrieveError, match="no training pairs"):
+        _task(lonely, FullConfig(), "{title}")
+    # one pair each way across the domains, and a prefix pair within a
+    pairs = build_pairs({"u": {"a": ("a1", "a1"), "b": ("b1",)}}, ["u"], ["a", "b"], items,
+                        {"a1": 0, "b1": 1})
+    assert (int(pairs.cross.sum()), len(pairs)) == (2, 3)
+    run = _Progress(history=[{}, {}, {}], n_seen=1200, step_seconds=4.0, step=6)
+    report = _report(pairs, run, 10.0, FullConfig(batch_size=8),
+                     Dist(0, 2, torch.device("cpu"), False), [])
+    assert (report["pairs"], report["cross_domain_pairs"], report["same_domain_pairs"]) == (
+        3, 2, 1)
+    assert (report["epochs"], report["global_batch"], report["pairs_per_s"]) == (2, 16, 300.0)
+    assert (report["seconds"], report["step_seconds"], report["device"]) == (10.0, 4.0, "cpu")
 
 
 def test_full_config_out_of_range_is_refused_by_name() -> None:
@@ -553,6 +587,10 @@ def test_tokenizing_workers_scale_with_the_cores_of_each_training_process(monkey
     assert loader_workers(32) == 4
     assert FullConfig().on(torch.device("cpu")).num_workers == 0  # the CPU tokenizes in-process
     assert FullConfig(num_workers=3).on(torch.device("cuda")).num_workers == 3  # as given
+    # the other device defaults: small embedding batches and checkpointing on the CPU
+    cpu, cuda = FullConfig().on(torch.device("cpu")), FullConfig().on(torch.device("cuda"))
+    assert (cpu.eval_batch_size, cpu.gradient_checkpointing) == (64, True)
+    assert (cuda.eval_batch_size, cuda.gradient_checkpointing) == (512, False)
 
 
 def test_cli_full_mode_with_a_time_budget(tiny_model: str, tmp_path: Path, monkeypatch) -> None:
