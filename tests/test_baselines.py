@@ -365,7 +365,8 @@ def test_userknn_counts_only_the_k_nearest_users_with_the_k_chosen_on_valid_user
     """Query {b1}: user near read b1 only (cosine 1) and watched m-near; three users read b1 and
     b2 (cosine 0.58 each) and watched m-far. One neighbour ranks m-near first; all four rank
     m-far first (3 x 0.58 > 1). The valid user watched m-near, so k = 1 is chosen over the
-    default 4 and ranks (the others' books keep the idf of b1 and b2 apart from 0)."""
+    default 4, and the ranking uses it. (Four users of another book keep the idf of b1 and b2
+    above 0.)"""
     users = [("near", "train", ["b1"], ["m-near"]), ("valid", "valid", ["b1"], ["m-near"])]
     users += [(f"far{k}", "train", ["b1", "b2"], ["m-far"]) for k in range(3)]
     users += [(f"other{k}", "train", ["b-other"], ["m-other"]) for k in range(4)]

@@ -199,11 +199,12 @@ def test_mined_negatives_rank_high_and_are_not_the_users(tiny_model: str, tmp_pa
     draws = np.random.default_rng(0).random((len(pairs), 2))
     negs = _mine(model, pairs, used, texts, rows_by_domain, config, draws, ctx, {})
     # embedding leaves the model in the mode it found (training goes on with dropout)
+    loaded = model.training
     for training in (True, False):
         model.train(training)
         _embed(model, texts[:3], ctx.device, 2)
         assert model.training is training
-    model.train(False)
+    model.train(loaded)
     # texts tokenized by worker processes: the same batches in the same order, the same result
     assert torch.equal(_embed(model, texts, ctx.device, 4, workers=2),
                        _embed(model, texts, ctx.device, 4))
