@@ -14,12 +14,17 @@ def _row(method: str, ndcg: np.ndarray, recall: np.ndarray | None = None) -> Met
                         0.0, 0.0, per_user=per_user)
 
 
+def _results(rows: list[MethodResult]) -> Results:
+    """One direction, a->b, of the rows' test users."""
+    return Results("toy", rows, {"a->b": rows[0].n_users}, {}, "0", "now", 1.0)
+
+
 def test_against_the_best_rival_not_own_variants() -> None:
     rng = np.random.default_rng(0)
     base = rng.random(500)
     rows = [_row("popularity", base * 0.5), _row("itemknn", base),
             _row("xdretrieve", base * 1.5), _row("xdretrieve-no-rerank", base * 3)]
-    results = Results("toy", rows, {"a->b": 500}, {}, "0", "now", 1.0)
+    results = _results(rows)
     (ndcg, recall) = against_best(results)
     assert ndcg.rival == "itemknn" and ndcg.metric == "ndcg@10" and recall.metric == "recall@10"
     assert abs(ndcg.ratio - 1.5) < 1e-9
@@ -32,8 +37,7 @@ def test_against_the_best_rival_not_own_variants() -> None:
 def test_interval_widens_with_noise_and_contains_the_ratio() -> None:
     rng = np.random.default_rng(1)
     a, b = rng.random(300), rng.random(300)  # two equally good, independent methods
-    results = Results("toy", [_row("itemknn", b), _row("xdretrieve", a)], {"a->b": 300}, {}, "0",
-                      "now", 1.0)
+    results = _results([_row("itemknn", b), _row("xdretrieve", a)])
     c = against_best(results)[0]
     assert c.low < c.ratio < c.high
     assert c.low < 1.0 < c.high  # no difference can be claimed
@@ -45,7 +49,7 @@ def test_each_metric_is_compared_against_the_best_other_method_on_that_metric() 
     ones = np.ones(100)
     rows = [_row("itemknn", 0.4 * ones, 0.2 * ones), _row("userknn", 0.2 * ones, 0.4 * ones),
             _row("xdretrieve", 0.3 * ones, 0.3 * ones)]
-    ndcg, recall = against_best(Results("toy", rows, {"a->b": 100}, {}, "0", "now", 1.0))
+    ndcg, recall = against_best(_results(rows))
     assert (ndcg.rival, recall.rival) == ("itemknn", "userknn")
     assert abs(ndcg.ratio - 0.75) < 1e-9 and abs(recall.ratio - 0.75) < 1e-9
 
@@ -54,7 +58,7 @@ def _noisy(n: int) -> tuple[Results, np.ndarray]:
     """xdretrieve's per-user values random, its rival's all 1: the ratio is xdretrieve's mean."""
     a = np.random.default_rng(0).random(n)
     rows = [_row("itemknn", np.ones(n)), _row("xdretrieve", a)]
-    return Results("toy", rows, {"a->b": n}, {}, "0", "now", 1.0), a
+    return _results(rows), a
 
 
 def test_the_ratio_is_that_of_the_means_over_every_test_user() -> None:
@@ -67,19 +71,16 @@ def test_without_a_rival_there_is_no_comparison() -> None:
     """Only xdretrieve and its own variants, or a rival without per-user values (nothing to
     resample): no comparison, and no section for it in the report."""
     ones = np.ones(50)
-    alone = Results("toy", [_row("xdretrieve", ones), _row("xdretrieve-no-rerank", ones)],
-                    {"a->b": 50}, {}, "0", "now", 1.0)
+    alone = _results([_row("xdretrieve", ones), _row("xdretrieve-no-rerank", ones)])
     assert against_best(alone) == [] and to_markdown([]) == []
     bare = MethodResult("a->b", "itemknn", 50, {"ndcg@10": 2.0, "recall@10": 2.0}, 0.0, 0.0)
-    unresampled = Results("toy", [bare, _row("xdretrieve", ones)], {"a->b": 50}, {}, "0", "now",
-                          1.0)
-    assert against_best(unresampled) == []
+    assert against_best(_results([bare, _row("xdretrieve", ones)])) == []
 
 
 def test_a_rival_that_scores_zero_gives_a_finite_ratio() -> None:
     """On a small dataset every other method may miss every test user: no division by zero."""
     rows = [_row("popularity", np.zeros(40)), _row("xdretrieve", np.full(40, 0.5))]
-    c = against_best(Results("toy", rows, {"a->b": 40}, {}, "0", "now", 1.0))[0]
+    c = against_best(_results(rows))[0]
     assert c.rival == "popularity"
     assert np.isfinite([c.ratio, c.low, c.high]).all() and c.ratio > 1
 
@@ -110,7 +111,7 @@ def test_the_report_bolds_the_best_value_of_each_metric() -> None:
                             0.0, 0.0)
 
     rows = [row("popularity", 0.1, 0.5), row("itemknn", 0.2, 0.25)]
-    markdown = report_markdown(Results("toy", rows, {"a->b": 3}, {}, "0", "now", 1.0), None)
+    markdown = report_markdown(_results(rows), None)
     cells = {line.split(" | ")[0][2:]: line.split(" | ")[1:len(METRICS) + 1]
              for line in markdown.splitlines() if line.startswith(("| popularity", "| itemknn"))}
     assert cells["itemknn"] == ["**0.2000**"] * (len(METRICS) - 1) + ["0.2500"]
