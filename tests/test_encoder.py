@@ -174,6 +174,18 @@ def test_cache_is_used_and_can_be_bypassed(tiny_model: str, tmp_path: Path) -> N
     assert enc.cache.get(["never cached"]) == {}
 
 
+def test_embedding_shows_its_progress_only_when_asked(tiny_model: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """Long embedding shows a bar that counts the texts it embeds (each distinct text once),
+    named as the caller says; nothing when not asked."""
+    enc = Encoder.from_settings(Settings(model=tiny_model, cache_dir=tmp_path))
+    enc.encode(["green ink", "black ink"])
+    assert capsys.readouterr().err == ""
+    enc.encode(["red pencil", "blue stapler", "red pencil"], progress=True, desc="embedding items")
+    err = capsys.readouterr().err
+    assert "embedding items" in err and "2/2" in err
+
+
 def test_the_token_limit_is_the_model_s_at_most_and_keys_the_cache(tiny_model: str,
                                                                    tmp_path: Path) -> None:
     """A limit above what the model has positions for is the model's own (64 here): asked for

@@ -38,6 +38,7 @@ def test_reindex_changes_nothing(paired_dir: Path, tiny_model: str, settings_for
     assert not again.changed
     assert (again.items_embedded, again.profiles_written) == (0, 0)
     assert again.user_profiles == first.user_profiles  # what the store holds, not what was written
+    assert first.users == again.users == len(ds.histories)
     assert snapshot(settings) == before
 
 
@@ -107,6 +108,9 @@ def test_mismatched_encoder_is_refused(paired_dir: Path, tiny_model: str, other_
     # --recreate switches encoders on purpose
     report = index_dataset(ds, settings_for(model=other_tiny_model), recreate=True)
     assert report.items_embedded == len(ds.items)
+    # and every user profile with it: pooled from the same histories, the old encoder's
+    # profiles would otherwise count as up to date
+    assert report.profiles_written == report.user_profiles == 2 * len(ds.histories)
 
 
 class Interrupt(BaseException):
@@ -173,6 +177,37 @@ def test_a_run_interrupted_after_writing_items_is_finished_by_the_next(
                                    np.frombuffer(expected[USERS][pid][1], np.float32), atol=1e-6)
     with Retriever(settings_for(model=tiny_model), store=store) as r:
         assert len(r.recommend_user("u0-0", "movies", 3)) == 3
+
+
+def test_every_run_that_completes_a_store_builds_its_index(
+        paired_dir: Path, tiny_model: str, settings_for, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped after every point was written but before the HNSW graphs were built, the next
+    run has nothing to write and still builds them (without, the store would answer by full
+    scans for good); items PUT into a new store get their graph too."""
+    from xdretrieve.encoder import Encoder
+    from xdretrieve.store.edge import EdgeStore
+
+    ds = Dataset.from_dir(paired_dir)
+    settings = settings_for(model=tiny_model)
+    with monkeypatch.context() as m:
+        m.setattr(EdgeStore, "build_index", interrupt)
+        with pytest.raises(Interrupt):
+            index_dataset(ds, settings)
+    built: list[str] = []
+    build = EdgeStore.build_index
+    monkeypatch.setattr(EdgeStore, "build_index",
+                        lambda self, collection: (built.append(collection),
+                                                  build(self, collection))[1])
+    report = index_dataset(ds, settings)
+    assert report.resumed and not report.changed
+    assert sorted(built) == [ITEMS, USERS]
+    built.clear()
+    fresh = settings_for(store=tmp_path / "fresh", model=tiny_model)
+    with open_store(fresh) as s:
+        indexer.upsert_items([Item("movie-x", "movies", "A film")], fresh, s,
+                             Encoder.from_settings(fresh))
+    assert built == [ITEMS]
 
 
 def test_an_interrupted_recreate_leaves_the_old_store_whole(
@@ -317,10 +352,11 @@ def test_the_build_info_keeps_its_creation_time_and_dates_each_change(
 
 
 def test_upserted_items_are_embedded_as_the_store_was_built(
-        tiny_model: str, settings_for, monkeypatch: pytest.MonkeyPatch) -> None:
+        tiny_model: str, settings_for, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """upsert_items (PUT /items) embeds with the store's text template and cut length, not the
     caller's settings, so the next `index` of the catalog re-embeds nothing; of two items with
-    one id the later is written; a store an interrupted `index` left incomplete stays so."""
+    one id the later is written; a store an interrupted `index` left incomplete stays so. A new
+    store takes the caller's settings, and no items cannot make one."""
     from dataclasses import replace
 
     from xdretrieve.encoder import Encoder
@@ -342,6 +378,13 @@ def test_upserted_items_are_embedded_as_the_store_was_built(
         assert (point.payload["title"], point.payload["text"]) == ("book 0", "dragons and wizards")
     report = index_dataset(Dataset(items, ds.interactions), built)
     assert report.resumed and report.items_embedded == 0
+    fresh = caller.model_copy(update={"store": tmp_path / "fresh"})
+    with open_store(fresh) as s:
+        encoder = Encoder.from_settings(fresh)
+        with pytest.raises(ValueError, match="no items to create a store from"):
+            indexer.upsert_items([], fresh, s, encoder)
+        info = indexer.upsert_items([Item("movie-x", "movies", "A film")], fresh, s, encoder)
+        assert info.text_template == s.read_info().text_template == "{title}"
 
 
 def test_a_stored_users_query_weighs_each_other_domain_by_its_history(

@@ -380,12 +380,13 @@ def test_read_write_lock_excludes_writers_from_readers() -> None:
         with lock.write():
             events.append("write")
 
-    threads = [threading.Thread(target=reader)]
+    # daemons: a lock that never lets a thread go fails the test instead of hanging the run
+    threads = [threading.Thread(target=reader, daemon=True)]
     threads[0].start()
     reading.wait(5)
     with lock.read():  # readers share the lock
         events.append("second read")
-    threads.append(threading.Thread(target=writer))
+    threads.append(threading.Thread(target=writer, daemon=True))
     threads[1].start()
     time.sleep(0.1)
     assert "write" not in events  # waits for the first reader
@@ -398,8 +399,9 @@ def test_read_write_lock_excludes_writers_from_readers() -> None:
 def test_the_locked_store_answers_as_the_store_it_wraps(tmp_path: Path) -> None:
     """The service's store holds a lock around each call and passes every argument on: the
     history left out and the domain kept in the nearest-neighbour search a trained model's
-    query makes (before it, the service would recommend the items a user already has), and
-    the cosines of given points of one domain."""
+    query makes (before it, the service would recommend the items a user already has), the
+    cosines of given points of one domain, each domain's ids (a trained model's bias scan), a
+    read without payloads, and a drop."""
     import numpy as np
 
     from xdretrieve.service import LockedStore, ReadWriteLock
@@ -419,6 +421,13 @@ def test_the_locked_store_answers_as_the_store_it_wraps(tmp_path: Path) -> None:
         assert [h.id for h in hits] == ids
         found = store.similarity(ITEMS, vectors[0], [0, 1, 2], domain="a")
         assert sorted(found) == [0, 2] and found[0] == pytest.approx(1, abs=1e-5)
+        by_domain = store.ids_by_domain(ITEMS)
+        assert {d: sorted(ids) for d, ids in by_domain.items()} == {
+            "a": [0, 2, 4, 6], "b": [1, 3, 5, 7]}
+        (bare,) = store.retrieve(ITEMS, [1], with_vectors=True, with_payload=False)
+        assert bare.id == 1 and not bare.payload and bare.vector.shape == (16,)
+        store.drop(ITEMS)
+        assert not inner.exists(ITEMS)
     finally:
         store.close()
 
@@ -507,15 +516,16 @@ def test_a_waiting_writer_holds_back_new_readers_and_writers_take_turns() -> Non
         with lock.read():
             events.append("read 2")
 
-    threads = [threading.Thread(target=first_reader)]
+    # daemons: a lock that never lets a thread go fails the test instead of hanging the run
+    threads = [threading.Thread(target=first_reader, daemon=True)]
     threads[0].start()
     reading.wait(5)
-    threads.append(threading.Thread(target=writer, args=("write",)))
+    threads.append(threading.Thread(target=writer, args=("write",), daemon=True))
     threads[1].start()
     deadline = time.monotonic() + 5
     while not lock._writers_waiting and time.monotonic() < deadline:
         time.sleep(0.01)
-    threads.append(threading.Thread(target=late_reader))
+    threads.append(threading.Thread(target=late_reader, daemon=True))
     threads[2].start()
     time.sleep(0.1)
     assert events == []  # the late reader waits behind the waiting writer
@@ -534,10 +544,10 @@ def test_a_waiting_writer_holds_back_new_readers_and_writers_take_turns() -> Non
             release.wait(5)
             events.append("write 1 done")
 
-    threads = [threading.Thread(target=first_writer)]
+    threads = [threading.Thread(target=first_writer, daemon=True)]
     threads[0].start()
     writing.wait(5)
-    threads.append(threading.Thread(target=writer, args=("write 2",)))
+    threads.append(threading.Thread(target=writer, args=("write 2",), daemon=True))
     threads[1].start()
     time.sleep(0.1)
     assert events == ["write 1"]  # the second write waits for the first
@@ -568,6 +578,23 @@ def test_an_empty_store_is_alive_but_not_ready(tmp_path: Path) -> None:
         r = c.get("/info")
         assert r.status_code == 503 and r.json()["detail"].startswith(
             "no xdretrieve store at :memory:: ")
+
+
+def test_a_store_that_lost_its_items_is_not_ready_and_says_to_index(
+        paired_dir: Path, tiny_model: str, tmp_path: Path) -> None:
+    """Build info without an items collection (its folder deleted, or the collection dropped
+    on a server) is an empty store: not ready, with the way out, not the engine's words."""
+    import shutil
+
+    from xdretrieve.service import create_app
+
+    settings = Settings(store=tmp_path / "store", cache_dir=tmp_path / "cache", model=tiny_model)
+    index_dataset(Dataset.from_dir(paired_dir), settings)
+    shutil.rmtree(tmp_path / "store" / "items")
+    with LiveServer(create_app(settings)) as live, httpx.Client(base_url=live.url) as c:
+        r = c.get("/ready")
+        assert r.status_code == 503 and r.json()["items"] == 0
+        assert r.json()["reason"] == "the store is empty: run `xdretrieve index` or PUT /items"
 
 
 def test_a_store_an_interrupted_index_left_incomplete_is_not_ready(

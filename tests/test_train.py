@@ -758,9 +758,11 @@ def test_a_moved_or_changed_trained_model_is_found_or_refused(trained, tmp_path:
     index_dataset(ds, plain.model_copy(update={"model": str(model_dir)}))
 
     def answers(settings: Settings) -> list[tuple[str, float]]:
-        with Retriever(settings) as r:
+        with Retriever(settings) as r:  # a text query loads the encoder from where it is now
             return [(h.item_id, h.score) for t in range(len(THEMES))
-                    for h in r.recommend_history([f"book-{t}"], "movies", 3)]
+                    for h in r.recommend_history([f"book-{t}"], "movies", 3)] + [
+                (h.item_id, h.score) for h in r.search(r.text_query("dragons", "movies"),
+                                                       "movies", 3)]
 
     expected = answers(plain)
     model_dir.rename(moved)
@@ -853,8 +855,14 @@ def test_stored_users_look_the_user_tower_query_up(trained, tmp_path: Path) -> N
     reranker = Reranker(np.linspace(1, 2, len(FEATURES), dtype=np.float32), 0 * ones, ones, stats)
     reads: list[tuple[str, bool]] = []
     with Retriever(settings) as looked_up:
-        computed = Retriever(settings, store=looked_up.store)
-        computed._tower_profiles = False  # as a store without the tower's queries answers
+        # as a store an older release built answers: its info does not say the profiles hold
+        # the tower's queries (they held pooled vectors), so the tower runs on the history
+        info = looked_up.store.read_info()
+        del info.extra[PROFILE_VECTORS]
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(looked_up.store, "read_info", lambda: info)
+            computed = Retriever(settings, store=looked_up.store)
+        assert looked_up._tower_profiles and not computed._tower_profiles
         for r in (looked_up, computed):
             r.model.reranker = reranker
             r.model.index_points()
