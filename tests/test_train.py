@@ -1142,6 +1142,18 @@ def test_a_model_is_written_beside_its_out_folder_made_for_it_and_never_over_a_f
     with pytest.raises(XDRetrieveError, match="notes.txt exists and is not an xdretrieve model"):
         StagedModelDir(tmp_path / "notes.txt")
     assert (tmp_path / "notes.txt").read_text() == "mine"
+    # a folder made for it beforehand (`mkdir shop.model`) is taken while empty, and refused
+    # once something else is in it
+    made = tmp_path / "made.model"
+    made.mkdir()
+    with StagedModelDir(made) as stage:
+        (stage.path / MANIFEST).write_text("{}")
+        stage.publish()
+    assert is_model_dir(made)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(XDRetrieveError, match="other exists and is not an xdretrieve model"):
+        StagedModelDir(tmp_path / "other")
 
 
 def test_hyper_parameters_out_of_range_are_refused_by_name(tmp_path: Path) -> None:
