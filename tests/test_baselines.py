@@ -129,7 +129,8 @@ def test_personalised_methods_find_the_paired_item(view: TrainView, make) -> Non
 
 def test_emcdr_linear_mapping_fits_an_intercept() -> None:
     """The source -> target factor map is affine, as EMCDR's linear mapping is: factor spaces
-    of two ALS models need not share an origin."""
+    of two ALS models need not share an origin. Its ridge weight shrinks the map: a large one
+    maps everything near the origin."""
     from xdretrieve.evaluate.emcdr import _fit_linear
 
     rng = np.random.default_rng(0)
@@ -138,6 +139,8 @@ def test_emcdr_linear_mapping_fits_an_intercept() -> None:
     apply = _fit_linear(x, x @ w + c, ridge=1e-6)
     np.testing.assert_allclose(apply(np.zeros((1, 3), np.float32))[0], c, atol=1e-4)
     np.testing.assert_allclose(apply(x[:5]), x[:5] @ w + c, atol=1e-4)
+    shrunk = _fit_linear(x, x @ w + c, ridge=1e6)(x[:5])
+    assert np.abs(shrunk).max() < 0.01 * np.abs(x[:5] @ w + c).max()
 
 
 def test_emcdr_refuses_an_unknown_mapping() -> None:
