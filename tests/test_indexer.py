@@ -196,9 +196,12 @@ def test_every_run_that_completes_a_store_builds_its_index(
             index_dataset(ds, settings)
     built: list[str] = []
     build = EdgeStore.build_index
-    monkeypatch.setattr(EdgeStore, "build_index",
-                        lambda self, collection: (built.append(collection),
-                                                  build(self, collection))[1])
+
+    def recorded(self: EdgeStore, collection: str) -> None:
+        built.append(collection)
+        build(self, collection)
+
+    monkeypatch.setattr(EdgeStore, "build_index", recorded)
     report = index_dataset(ds, settings)
     assert report.resumed and not report.changed
     assert sorted(built) == [ITEMS, USERS]

@@ -758,11 +758,12 @@ def test_a_moved_or_changed_trained_model_is_found_or_refused(trained, tmp_path:
     index_dataset(ds, plain.model_copy(update={"model": str(model_dir)}))
 
     def answers(settings: Settings) -> list[tuple[str, float]]:
-        with Retriever(settings) as r:  # a text query loads the encoder from where it is now
-            return [(h.item_id, h.score) for t in range(len(THEMES))
-                    for h in r.recommend_history([f"book-{t}"], "movies", 3)] + [
-                (h.item_id, h.score) for h in r.search(r.text_query("dragons", "movies"),
-                                                       "movies", 3)]
+        with Retriever(settings) as r:
+            hits = [h for t in range(len(THEMES))
+                    for h in r.recommend_history([f"book-{t}"], "movies", 3)]
+            # a text query loads the encoder: from where the model is now, not where it was
+            hits += r.search(r.text_query("dragons", "movies"), "movies", 3)
+            return [(h.item_id, h.score) for h in hits]
 
     expected = answers(plain)
     model_dir.rename(moved)
