@@ -576,6 +576,10 @@ def test_a_domain_first_seen_later_gets_its_own_shard(tmp_path: Path, points) ->
     assert again.count(ITEMS) == N + 1
     with pytest.raises(ValueError, match="point 0 .* no string 'domain'"):
         again.upsert(ITEMS, [item_point_id("x")], v, [{"item_id": "x"}])
+    # nor one whose domain is not a string (a shard's folder is named after it); nothing written
+    with pytest.raises(ValueError, match="point 0 .* no string 'domain'"):
+        again.upsert(ITEMS, [item_point_id("x")], v, [{"item_id": "x", "domain": 7}])
+    assert again.count(ITEMS) == N + 1
     again.close()
 
 
