@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mutation_sweep import MUTATIONS, entry_problem, failing_unmutated, run_one
+from tests.mutation_sweep import MUTATIONS, ROOT, entry_problem, failing_unmutated, run_one
 
 
 def test_every_mutation_changes_text_found_once_and_names_existing_tests() -> None:
@@ -21,6 +21,22 @@ def test_every_mutation_changes_text_found_once_and_names_existing_tests() -> No
     assert not repeated, f"ids used twice: {repeated}"
     problems = [p for p in map(entry_problem, entries) if p is not None]
     assert not problems, "\n".join(problems)
+
+
+def test_no_two_mutations_make_the_same_change() -> None:
+    """Two entries that leave their file the same (but for spacing) run the same tests on the
+    same code twice: the sweep's time, for nothing."""
+    sources: dict[str, str] = {}
+    made: dict[tuple[str, str], str] = {}
+    twins = []
+    for m in json.loads(MUTATIONS.read_text()):
+        if m["file"] not in sources:
+            sources[m["file"]] = (ROOT / m["file"]).read_text()
+        key = (m["file"], " ".join(sources[m["file"]].replace(m["old"], m["new"]).split()))
+        if key in made:
+            twins.append(f"{made[key]} and {m['id']}")
+        made.setdefault(key, m["id"])
+    assert not twins, "the same change twice: " + "; ".join(twins)
 
 
 def test_an_entry_may_name_one_test_function_and_it_must_exist() -> None:
