@@ -6,7 +6,7 @@ catch it. A mutation the tests pass ("survived") is a gap in the tests, unless t
 it is expected to survive and why (a change that keeps the answer, or a path no request
 reaches). An entry names the one test function that catches it (``tests/test_x.py::test_y``),
 or test files (slower to run). Not part of the default suite: a sweep runs
-pytest once per mutation (about 28 minutes for 1,050 on 2 cores).
+pytest once per mutation (about 29 minutes for 1,050 on 2 cores).
 
 Each pytest run is a fork of the sweep's process, which has imported the heavy libraries
 (torch, transformers, sentence-transformers, Qdrant's) once, before any mutation: a fresh
